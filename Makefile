@@ -1,0 +1,48 @@
+# recserve: `make serve` to run the server with the demo model, `make test` to run the test suite.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+MODEL_REPOSITORY ?= models
+MODEL_NAME ?= recommender
+GRPC_PORT ?= 8001
+STAMP := $(VENV)/.installed
+
+.PHONY: help install proto model serve test lint bench clean
+
+help:
+	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
+	@echo "make test    install test dependencies and run the whole test suite"
+	@echo "make proto   regenerate the protobuf code from protos/"
+	@echo "make model   build the demo model into $(MODEL_REPOSITORY)/$(MODEL_NAME)/ if none is there"
+	@echo "make lint    ruff"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+proto: $(STAMP)
+	$(BIN)/python protos/generate.py
+
+model: $(STAMP)
+	@if ls -d $(MODEL_REPOSITORY)/$(MODEL_NAME)/[0-9]* >/dev/null 2>&1; then \
+		echo "model repository already has $(MODEL_NAME) version(s): $$(ls -d $(MODEL_REPOSITORY)/$(MODEL_NAME)/[0-9]* | xargs -n1 basename | tr '\n' ' ')"; \
+	else \
+		$(BIN)/recserve build-demo --model-repository $(MODEL_REPOSITORY) --model-name $(MODEL_NAME); \
+	fi
+
+serve: proto model
+	$(BIN)/recserve serve --grpc-port $(GRPC_PORT) --model-repository $(MODEL_REPOSITORY)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,130 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class RecommendRequest(_message.Message):
+    __slots__ = ("user_id", "recent_item_ids", "k", "exclude_item_ids", "include_recent_items")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECENT_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    recent_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    k: int
+    exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    include_recent_items: bool
+    def __init__(self, user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_recent_items: _Optional[bool] = ...) -> None: ...
+
+class ScoredItem(_message.Message):
+    __slots__ = ("item_id", "score")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class RecommendResponse(_message.Message):
+    __slots__ = ("items", "model_version", "cold_start", "unknown_item_ids")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    model_version: str
+    cold_start: bool
+    unknown_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., cold_start: _Optional[bool] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("user_id", "recent_item_ids", "item_ids")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    RECENT_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    recent_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("scores", "model_version", "cold_start", "unknown_item_ids")
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    COLD_START_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    model_version: str
+    cold_start: bool
+    unknown_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., cold_start: _Optional[bool] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SimilarItemsRequest(_message.Message):
+    __slots__ = ("item_id", "k")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    k: int
+    def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+
+class SimilarItemsResponse(_message.Message):
+    __slots__ = ("items", "model_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    model_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class IndexInfo(_message.Message):
+    __slots__ = ("library", "metric", "n_trees", "search_k", "candidate_count")
+    LIBRARY_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    N_TREES_FIELD_NUMBER: _ClassVar[int]
+    SEARCH_K_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    library: str
+    metric: str
+    n_trees: int
+    search_k: int
+    candidate_count: int
+    def __init__(self, library: _Optional[str] = ..., metric: _Optional[str] = ..., n_trees: _Optional[int] = ..., search_k: _Optional[int] = ..., candidate_count: _Optional[int] = ...) -> None: ...
+
+class GetModelInfoResponse(_message.Message):
+    __slots__ = ("model_name", "model_version", "embedding_dim", "num_users", "num_items", "index", "default_k", "max_k", "max_score_items", "max_recent_items", "evaluation")
+    class EvaluationEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_DIM_FIELD_NUMBER: _ClassVar[int]
+    NUM_USERS_FIELD_NUMBER: _ClassVar[int]
+    NUM_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_K_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCORE_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    embedding_dim: int
+    num_users: int
+    num_items: int
+    index: IndexInfo
+    default_k: int
+    max_k: int
+    max_score_items: int
+    max_recent_items: int
+    evaluation: _containers.ScalarMap[str, float]
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., index: _Optional[_Union[IndexInfo, _Mapping]] = ..., default_k: _Optional[int] = ..., max_k: _Optional[int] = ..., max_score_items: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., evaluation: _Optional[_Mapping[str, float]] = ...) -> None: ...
