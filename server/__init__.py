@@ -1,0 +1,1 @@
+"""recserve server: gRPC API, dynamic batching, two-tower retrieval and ranking."""

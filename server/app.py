@@ -1,0 +1,148 @@
+"""Builds, runs and stops the gRPC server.
+
+The server starts answering at once (health NOT_SERVING, API calls UNAVAILABLE) while the model loads
+and warms up off the event loop; health turns SERVING only when the first batch would be fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from server.errors import unary_handlers
+from server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery, UserQuery
+from server.recommender import RecommenderService, ServiceSlot
+from server.repository import load_model, resolve_version_dir
+from server.servicers.recommender import SERVICE as RECOMMENDER_SERVICE
+from server.servicers.recommender import RecommenderServicer
+from server.servicers.reflection import add_reflection
+from server.settings import ServerSettings, effective_batching, load_model_config
+
+logger = logging.getLogger(__name__)
+
+HEALTH_SERVICE = health.SERVICE_NAME
+
+
+@dataclass
+class RunningServer:
+    """A started gRPC server and the pieces that change while it runs."""
+
+    server: grpc.aio.Server
+    port: int
+    settings: ServerSettings
+    health: health.aio.HealthServicer
+    slot: ServiceSlot = field(default_factory=ServiceSlot)
+    executor: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+    )
+    service: RecommenderService | None = None
+
+    async def set_serving(self, serving: bool) -> None:
+        """Report SERVING or NOT_SERVING for the server as a whole and for the Recommender service."""
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", RECOMMENDER_SERVICE.full_name):
+            await self.health.set(name, status)
+
+
+async def start_server(settings: ServerSettings) -> RunningServer:
+    """Bind and start the gRPC server (model not loaded yet). Port 0 binds a free port, returned."""
+    server = grpc.aio.server(options=_channel_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    health_servicer = health.aio.HealthServicer()
+    running = RunningServer(server, 0, settings, health_servicer)
+    server.add_generic_rpc_handlers((unary_handlers(RECOMMENDER_SERVICE, RecommenderServicer(running.slot)),))
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    add_reflection(server, [RECOMMENDER_SERVICE.full_name, HEALTH_SERVICE])
+    running.port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+    if running.port == 0:
+        raise OSError(f"cannot bind gRPC port {settings.grpc_host}:{settings.grpc_port}")
+    await server.start()
+    await running.set_serving(False)
+    logger.info("gRPC server listening on %s:%d (health NOT_SERVING until the model is ready)",
+                settings.grpc_host, running.port)
+    return running
+
+
+def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
+        ("grpc.max_send_message_length", settings.max_send_message_bytes),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+async def load_and_serve_model(running: RunningServer) -> RecommenderService:
+    """Load the newest (or configured) model version, warm it up, then report SERVING."""
+    settings = running.settings
+    model_dir = settings.model_repository / settings.model_name
+    config = load_model_config(model_dir)
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+    version_dir = resolve_version_dir(model_dir, settings.model_version)
+    model = await loop.run_in_executor(running.executor, load_model, version_dir, config.retrieval.search_k)
+    batching = effective_batching(settings, config)
+    service = RecommenderService(model, config, batching, running.executor)
+    await loop.run_in_executor(running.executor, warm_up, service.pipeline, batching.max_batch_size,
+                               settings.warmup_rounds)
+    service.start()
+    running.service = service
+    running.slot.set(service)
+    await running.set_serving(True)
+    logger.info(
+        "model %s version %s ready in %.1fs: %d users, %d items, dim %d, index %d trees (search_k %d); "
+        "batching max_batch_size=%d max_queue_delay_us=%d max_queue_size=%d",
+        model.name, model.version, time.perf_counter() - started, len(model.users), len(model.items),
+        model.embedding_dim, model.index.n_trees, model.index.search_k, batching.max_batch_size,
+        batching.max_queue_delay_microseconds, batching.max_queue_size,
+    )
+    return service
+
+
+def warm_up(pipeline: BatchPipeline, max_batch_size: int, rounds: int) -> None:
+    """Run every power-of-two batch size up to max_batch_size so no request pays first-call costs."""
+    items = pipeline.model.items
+    context = np.arange(1, min(len(items), 5) + 1, dtype=np.int32)
+    user = UserQuery(1 if len(pipeline.model.users) else 0, context)
+    size = 1
+    while rounds:
+        queries = [RecommendQuery(user, 10) if i % 2 == 0 else ScoreQuery(user, context) for i in range(size)]
+        for _ in range(rounds):
+            pipeline.run_batch(queries)
+        if size >= max_batch_size:
+            break
+        size = min(size * 2, max_batch_size)
+
+
+async def stop_server(running: RunningServer, grace_s: float) -> None:
+    """Report NOT_SERVING, let in-flight RPCs finish within `grace_s`, then stop batching."""
+    await running.set_serving(False)
+    await running.server.stop(grace_s)
+    if running.service is not None:
+        await running.service.close()
+    running.executor.shutdown(wait=True)
+
+
+async def serve(settings: ServerSettings) -> None:
+    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    running = await start_server(settings)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_requested.set)
+    try:
+        await load_and_serve_model(running)
+    except Exception:
+        logger.exception("could not load model %s from %s", settings.model_name, settings.model_repository)
+        await stop_server(running, 0)
+        raise
+    await stop_requested.wait()
+    logger.info("shutting down: finishing in-flight requests (grace %.1fs)", settings.shutdown_grace_seconds)
+    await stop_server(running, settings.shutdown_grace_seconds)
+    logger.info("stopped")

@@ -1,0 +1,119 @@
+"""The `recserve` command: `serve`, `build-demo`, and the client commands from `client.cli`.
+
+Heavy imports (TensorFlow, numpy) happen inside the commands that need them, so client commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from client.cli import add_client_commands
+
+# Each pool is sized deliberately: a spinning BLAS/OpenMP worker steals a core from gRPC on small machines.
+THREAD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full `recserve` argument parser."""
+    parser = argparse.ArgumentParser(prog="recserve", description="Real-time recommendation inference server.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_serve(commands)
+    _add_build_demo(commands)
+    add_client_commands(commands)
+    return parser
+
+
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--config", type=Path, help="YAML file of server settings (also $RECSERVE_CONFIG)")
+    serve.add_argument("--grpc-host", help="bind address (default 0.0.0.0)")
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default 8001)")
+    serve.add_argument("--model-repository", type=Path, help="model repository directory (default models)")
+    serve.add_argument("--model-name", help="model to serve (default recommender)")
+    serve.add_argument("--model-version", help="version to serve (default: the highest)")
+    serve.add_argument("--max-batch-size", type=int, help="override the model's batching.max_batch_size")
+    serve.add_argument("--max-queue-delay-us", type=int, help="override batching.max_queue_delay_microseconds")
+    serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.set_defaults(func=_serve)
+
+
+def _add_build_demo(commands: argparse._SubParsersAction) -> None:
+    build = commands.add_parser("build-demo", help="generate demo data, train the models, write a new version")
+    build.add_argument("--model-repository", type=Path, default=Path("models"))
+    build.add_argument("--model-name", default="recommender")
+    build.add_argument("--ratings", type=Path, help="train on a MovieLens ratings.csv / u.data instead")
+    build.add_argument("--num-users", type=int, help="demo users (default from config.yaml)")
+    build.add_argument("--num-items", type=int, help="demo items (default from config.yaml)")
+    build.add_argument("--epochs", type=int, help="two-tower training epochs")
+    build.add_argument("--seed", type=int, help="random seed")
+    build.add_argument("--no-progress", action="store_true", help="log stages instead of a progress display")
+    build.set_defaults(func=_build_demo)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    for name, value in {**THREAD_ENVIRONMENT, **QUIET_TENSORFLOW}.items():
+        os.environ.setdefault(name, value)
+    from pydantic import ValidationError
+
+    from server.settings import load_server_settings
+
+    try:
+        settings = load_server_settings(
+            args.config,
+            grpc_host=args.grpc_host,
+            grpc_port=args.grpc_port,
+            model_repository=args.model_repository,
+            model_name=args.model_name,
+            model_version=args.model_version,
+            max_batch_size=args.max_batch_size,
+            max_queue_delay_us=args.max_queue_delay_us,
+            log_level=args.log_level,
+        )
+    except (ValidationError, FileNotFoundError) as error:
+        sys.stderr.write(f"error: invalid settings: {error}\n")
+        return 2
+    _configure_logging(settings.log_level)
+    import asyncio
+
+    from server.app import serve
+    from server.runtime.tf_model import configure_threads
+
+    configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+    asyncio.run(serve(settings))
+    return 0
+
+
+def _build_demo(args: argparse.Namespace) -> int:
+    os.environ.update(QUIET_TENSORFLOW)
+    _configure_logging("INFO")
+    from training.build import build_demo
+    from training.config import load_demo_config
+
+    config = load_demo_config(args.model_repository / args.model_name / "config.yaml")
+    overrides = {"num_users": args.num_users, "num_items": args.num_items, "epochs": args.epochs, "seed": args.seed}
+    config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    version_dir = build_demo(
+        args.model_repository, args.model_name, config, ratings_path=args.ratings, show_progress=not args.no_progress
+    )
+    sys.stdout.write(f"built {version_dir}\n")
+    return 0
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `recserve` console script."""
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

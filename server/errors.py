@@ -1,0 +1,79 @@
+"""The one table from domain error to gRPC status, and the method wrapper that applies it.
+
+Servicer methods are registered through `unary_handlers`, which decodes the request itself so that a
+malformed message is INVALID_ARGUMENT (gRPC's default would be UNKNOWN or INTERNAL) and turns domain
+errors into statuses in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+from google.protobuf import message_factory
+from google.protobuf.descriptor import ServiceDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from server import exceptions
+
+logger = logging.getLogger(__name__)
+
+STATUS_BY_ERROR: dict[type[exceptions.RecserveError], grpc.StatusCode] = {
+    exceptions.InvalidArgumentError: grpc.StatusCode.INVALID_ARGUMENT,
+    exceptions.NotFoundError: grpc.StatusCode.NOT_FOUND,
+    exceptions.QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    exceptions.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    exceptions.UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    exceptions.ModelExecutionError: grpc.StatusCode.INTERNAL,
+}
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
+
+
+def status_for(error: exceptions.RecserveError) -> grpc.StatusCode:
+    """The gRPC status of a domain error (INTERNAL for any not in the table)."""
+    for error_type in type(error).__mro__:
+        if error_type in STATUS_BY_ERROR:
+            return STATUS_BY_ERROR[error_type]
+    return grpc.StatusCode.INTERNAL
+
+
+def guarded(behavior: Behavior, request_type: type[Message]) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+    """Wrap a servicer method: decode the raw request, run it, map domain errors to statuses."""
+
+    async def handle(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:
+        try:
+            request = request_type.FromString(raw_request)
+        except DecodeError as error:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+            )
+        try:
+            return await behavior(request, context)
+        except exceptions.RecserveError as error:
+            await context.abort(status_for(error), str(error))
+        except (grpc.aio.AbortError, KeyboardInterrupt):
+            raise
+        except Exception:
+            logger.exception("unexpected error in %s", request_type.DESCRIPTOR.full_name)
+            await context.abort(grpc.StatusCode.INTERNAL, "internal server error; see the server log")
+        raise AssertionError("unreachable: context.abort raises")
+
+    return handle
+
+
+def unary_handlers(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
+    """A generic handler for every unary method of `service`, served by the same-named servicer methods."""
+    handlers = {}
+    for method in service.methods:
+        request_type = message_factory.GetMessageClass(method.input_type)
+        response_type = message_factory.GetMessageClass(method.output_type)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            guarded(getattr(servicer, method.name), request_type),
+            request_deserializer=None,
+            response_serializer=response_type.SerializeToString,
+        )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)

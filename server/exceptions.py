@@ -1,0 +1,31 @@
+"""Domain errors. Each maps to exactly one gRPC status in `server.errors`; nothing here knows gRPC."""
+
+from __future__ import annotations
+
+
+class RecserveError(Exception):
+    """Base class: the message is shown to the caller, so it must say what to change."""
+
+
+class InvalidArgumentError(RecserveError):
+    """The request is malformed or out of the configured limits."""
+
+
+class NotFoundError(RecserveError):
+    """The request names an id the model does not know."""
+
+
+class QueueFullError(RecserveError):
+    """The batcher's queue is at its limit; the caller should back off and retry."""
+
+
+class DeadlineExceededError(RecserveError):
+    """The caller's deadline passed before the request could run."""
+
+
+class UnavailableError(RecserveError):
+    """The server cannot serve now (model loading, shutting down); retrying later may succeed."""
+
+
+class ModelExecutionError(RecserveError):
+    """A model or index call failed; only the batch it ran in is affected."""

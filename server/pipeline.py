@@ -1,0 +1,150 @@
+"""The two-stage pipeline for one batch: ONE user-tower pass, the ANN lookups, ONE ranker pass.
+
+Recommend and Score queries can share a batch: both need the user embedding and ranker probabilities;
+only Recommend needs candidates from the index. Nothing here knows gRPC or asyncio.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from server.repository import LoadedModel
+from server.settings import RetrievalSettings
+
+EMPTY_INDICES = np.zeros(0, dtype=np.int32)
+
+
+@dataclass(frozen=True)
+class UserQuery:
+    """Who to score for: a user index (0 = unknown) and known context item indices, most recent last."""
+
+    user_index: int
+    context: np.ndarray
+
+    @property
+    def is_cold_start(self) -> bool:
+        """Nothing personal to go on: unknown user and no known context item."""
+        return self.user_index == 0 and self.context.size == 0
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """Top-k items for a user, never any of `excluded` (item indices)."""
+
+    user: UserQuery
+    k: int
+    excluded: np.ndarray = field(default_factory=lambda: EMPTY_INDICES)
+
+
+@dataclass(frozen=True)
+class ScoreQuery:
+    """P(like) for each of `item_indices`, in order."""
+
+    user: UserQuery
+    item_indices: np.ndarray
+
+
+@dataclass(frozen=True)
+class RankedItems:
+    """Item indices and their probabilities, best first."""
+
+    item_indices: np.ndarray
+    scores: np.ndarray
+
+
+Query = RecommendQuery | ScoreQuery
+QueryResult = RankedItems | np.ndarray
+
+
+class BatchPipeline:
+    """Runs batches of queries against one loaded model version."""
+
+    def __init__(self, model: LoadedModel, retrieval: RetrievalSettings) -> None:
+        self.model = model
+        self.retrieval = retrieval
+        self._popular_indices = (np.argsort(-model.item_popularity, kind="stable") + 1).astype(np.int32)
+
+    def run_batch(self, queries: Sequence[Query]) -> list[QueryResult]:
+        """Answer every query; one result per query, in order."""
+        user_embeddings = self.embed_users([query.user for query in queries])
+        item_lists = [self._items_to_rank(query, user_embeddings[row]) for row, query in enumerate(queries)]
+        counts = np.fromiter((items.size for items in item_lists), dtype=np.int64, count=len(item_lists))
+        probabilities = self.rank(np.repeat(user_embeddings, counts, axis=0), np.concatenate(item_lists))
+        results: list[QueryResult] = []
+        for query, items, scores in zip(queries, item_lists, np.split(probabilities, np.cumsum(counts)[:-1])):
+            results.append(_top_k(items, scores, query.k) if isinstance(query, RecommendQuery) else scores)
+        return results
+
+    def embed_users(self, users: Sequence[UserQuery]) -> np.ndarray:
+        """One user-tower pass for all users; contexts are left-padded with 0 so the latest is last."""
+        width = max(1, max(user.context.size for user in users))
+        contexts = np.zeros((len(users), width), dtype=np.int32)
+        for row, user in enumerate(users):
+            if user.context.size:
+                contexts[row, width - user.context.size :] = user.context
+        user_indices = np.fromiter((user.user_index for user in users), dtype=np.int32, count=len(users))
+        outputs = self.model.user_tower(user_index=user_indices, recent_item_indices=contexts)
+        return outputs["embedding"]
+
+    def rank(self, user_embeddings: np.ndarray, item_indices: np.ndarray) -> np.ndarray:
+        """One ranker pass over (user embedding, item) pairs: P(like) per pair."""
+        if item_indices.size == 0:
+            return np.zeros(0, dtype=np.float32)
+        outputs = self.model.ranker(user_embedding=user_embeddings, item_index=item_indices)
+        return outputs["probability"].reshape(-1)
+
+    def candidates(self, query: RecommendQuery, user_embedding: np.ndarray) -> np.ndarray:
+        """Item indices to rank: ANN neighbours of the user, or popular items for cold start."""
+        if query.user.is_cold_start:
+            wanted = max(self.retrieval.cold_start_candidates, query.k)
+            pool = self._popular_indices[: wanted + query.excluded.size]
+        else:
+            wanted = max(self.retrieval.candidate_count, query.k)
+            annoy_ids, _ = self.model.index.nearest_to_vector(user_embedding, wanted + query.excluded.size)
+            pool = (annoy_ids + 1).astype(np.int32)
+        if query.excluded.size:
+            pool = pool[~np.isin(pool, query.excluded)]
+        return pool[:wanted]
+
+    def _items_to_rank(self, query: Query, user_embedding: np.ndarray) -> np.ndarray:
+        if isinstance(query, RecommendQuery):
+            return self.candidates(query, user_embedding)
+        return query.item_indices
+
+
+def _top_k(items: np.ndarray, scores: np.ndarray, k: int) -> RankedItems:
+    order = np.argsort(-scores, kind="stable")[:k]
+    return RankedItems(items[order], scores[order])
+
+
+RecommendFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def offline_recommender(version_dir: Path, batch_size: int = 64) -> RecommendFn:
+    """A batch recommend function over a built version, for offline evaluation through this pipeline.
+
+    The returned `recommend(user_indices [B], contexts [B, L], k) -> item indices [B, k]` treats 0 in
+    contexts as padding, excludes context items (as the server does by default) and pads short rows with 0.
+    """
+    from server.repository import load_model
+    from server.settings import load_model_config
+
+    config = load_model_config(version_dir.parent)
+    pipeline = BatchPipeline(load_model(version_dir, config.retrieval.search_k), config.retrieval)
+
+    def recommend(user_indices: np.ndarray, contexts: np.ndarray, k: int) -> np.ndarray:
+        out = np.zeros((len(user_indices), k), dtype=np.int32)
+        for start in range(0, len(user_indices), batch_size):
+            queries = []
+            for user_index, context in zip(user_indices[start : start + batch_size], contexts[start : start + batch_size]):
+                known = context[context > 0].astype(np.int32)
+                queries.append(RecommendQuery(UserQuery(int(user_index), known), k, np.unique(known)))
+            for row, result in enumerate(pipeline.run_batch(queries), start=start):
+                out[row, : result.item_indices.size] = result.item_indices
+        return out
+
+    return recommend

@@ -1,0 +1,167 @@
+"""The recommender as the servicers see it: validates requests, maps ids to indices, sends queries
+through the dynamic batcher and maps the answers back to ids. Nothing here knows gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from server.batching import DynamicBatcher
+from server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
+from server.pipeline import BatchPipeline, Query, QueryResult, RankedItems, RecommendQuery, ScoreQuery, UserQuery
+from server.repository import LoadedModel
+from server.settings import BatchingSettings, ModelConfig
+
+MAX_IDS_IN_MESSAGE = 5
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """Items with their scores, best first."""
+
+    items: list[tuple[str, float]]
+    model_version: str
+    cold_start: bool = False
+    unknown_item_ids: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """P(like) per requested item, in request order."""
+
+    scores: np.ndarray
+    model_version: str
+    cold_start: bool
+    unknown_item_ids: list[str]
+
+
+class RecommenderService:
+    """Serves one loaded model version through one dynamic batcher."""
+
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: ModelConfig,
+        batching: BatchingSettings,
+        executor: Executor | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.pipeline = BatchPipeline(model, config.retrieval)
+        self.batcher: DynamicBatcher[Query, QueryResult] = DynamicBatcher(
+            self.pipeline.run_batch, batching, executor, name=f"{model.name}:{model.version}"
+        )
+        self._executor = executor
+
+    def start(self) -> None:
+        """Start batching (call from the event loop)."""
+        self.batcher.start()
+
+    async def close(self) -> None:
+        """Finish queued work and stop."""
+        await self.batcher.close()
+
+    async def recommend(
+        self,
+        user_id: str,
+        recent_item_ids: Sequence[str],
+        k: int,
+        exclude_item_ids: Sequence[str] = (),
+        include_recent_items: bool = False,
+        timeout_s: float | None = None,
+    ) -> Recommendation:
+        """Top-k items for the user, scored by P(like); see RecommendRequest in the API."""
+        k = self._checked_k(k)
+        user, unknown = self._user_query(user_id, recent_item_ids)
+        excluded = self._known_indices(exclude_item_ids)
+        if not include_recent_items:
+            excluded = np.union1d(excluded, self._known_indices(recent_item_ids)).astype(np.int32)
+        result = await self.batcher.submit(RecommendQuery(user, k, excluded), timeout_s)
+        assert isinstance(result, RankedItems)
+        items = [(self.model.items.id_of(int(i)), float(s)) for i, s in zip(result.item_indices, result.scores)]
+        return Recommendation(items, self.model.version, user.is_cold_start, unknown)
+
+    async def score(
+        self,
+        user_id: str,
+        recent_item_ids: Sequence[str],
+        item_ids: Sequence[str],
+        timeout_s: float | None = None,
+    ) -> Scores:
+        """P(like) for each item in order; see ScoreRequest in the API."""
+        limit = self.config.limits.max_score_items
+        if len(item_ids) > limit:
+            raise InvalidArgumentError(f"item_ids has {len(item_ids)} entries; at most {limit} are allowed")
+        item_indices = self._required_indices(item_ids)
+        user, unknown = self._user_query(user_id, recent_item_ids)
+        if item_indices.size == 0:
+            return Scores(np.zeros(0, dtype=np.float32), self.model.version, user.is_cold_start, unknown)
+        scores = await self.batcher.submit(ScoreQuery(user, item_indices), timeout_s)
+        assert isinstance(scores, np.ndarray)
+        return Scores(scores, self.model.version, user.is_cold_start, unknown)
+
+    async def similar_items(self, item_id: str, k: int) -> Recommendation:
+        """The k items most similar (cosine) to `item_id`, excluding itself."""
+        k = self._checked_k(k)
+        item_index = self._required_indices([item_id])[0]
+        loop = asyncio.get_running_loop()
+        annoy_ids, similarities = await loop.run_in_executor(
+            self._executor, self.model.index.nearest_to_item, int(item_index) - 1, k + 1
+        )
+        items = [
+            (self.model.items.ids[int(annoy_id)], float(similarity))
+            for annoy_id, similarity in zip(annoy_ids, similarities)
+            if annoy_id != item_index - 1
+        ]
+        return Recommendation(items[:k], self.model.version)
+
+    def _checked_k(self, k: int) -> int:
+        limits = self.config.limits
+        if k == 0:
+            return limits.default_k
+        if k < 0 or k > limits.max_k:
+            raise InvalidArgumentError(f"k must be between 1 and {limits.max_k} (0 means {limits.default_k}); got {k}")
+        return k
+
+    def _user_query(self, user_id: str, recent_item_ids: Sequence[str]) -> tuple[UserQuery, list[str]]:
+        """The user's index and known context (latest max_recent_items), plus the unknown context ids."""
+        recent = list(recent_item_ids)[-self.config.limits.max_recent_items :]
+        indices = [self.model.items.index_of(item_id) for item_id in recent]
+        unknown = [item_id for item_id, index in zip(recent, indices) if index == 0]
+        context = np.fromiter((i for i in indices if i), dtype=np.int32)
+        return UserQuery(self.model.users.index_of(user_id), context), unknown
+
+    def _known_indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        indices = np.fromiter((self.model.items.index_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids))
+        return np.unique(indices[indices > 0])
+
+    def _required_indices(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Indices in order. Raises NotFoundError naming the unknown ids."""
+        indices = np.fromiter((self.model.items.index_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids))
+        if (indices == 0).any():
+            missing = [item_id for item_id, index in zip(item_ids, indices) if index == 0]
+            shown = ", ".join(repr(m) for m in missing[:MAX_IDS_IN_MESSAGE])
+            more = f" and {len(missing) - MAX_IDS_IN_MESSAGE} more" if len(missing) > MAX_IDS_IN_MESSAGE else ""
+            raise NotFoundError(f"unknown item id {shown}{more}: the model has no such item")
+        return indices
+
+
+class ServiceSlot:
+    """Holds the service once the model is loaded; until then callers get UNAVAILABLE."""
+
+    def __init__(self) -> None:
+        self._service: RecommenderService | None = None
+
+    def set(self, service: RecommenderService | None) -> None:
+        """Install (or remove) the live service."""
+        self._service = service
+
+    def get(self) -> RecommenderService:
+        """The live service. Raises UnavailableError while the model is loading."""
+        if self._service is None:
+            raise UnavailableError("the model is still loading or failed to load; retry shortly")
+        return self._service

@@ -1,0 +1,111 @@
+"""The model repository: finds a model's versions on disk and loads one into memory.
+
+A version directory holds SavedModels, an Annoy index and id maps (see docs/model-repository.md). Loading
+reads everything once; the index is memory-mapped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from server.exceptions import UnavailableError
+from server.runtime.ann_index import AnnIndex
+from server.runtime.tf_model import SignatureRunner
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """Maps external string ids to the models' 1-based indices (0 = unknown) and back."""
+
+    ids: tuple[str, ...]
+    index_by_id: dict[str, int] = field(repr=False)
+
+    @classmethod
+    def from_file(cls, path: Path) -> Vocabulary:
+        """One id per line; line r is index r + 1."""
+        ids = tuple(path.read_text().splitlines())
+        return cls(ids, {item_id: row + 1 for row, item_id in enumerate(ids)})
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def index_of(self, external_id: str) -> int:
+        """The index of `external_id`, 0 when unknown."""
+        return self.index_by_id.get(external_id, 0)
+
+    def id_of(self, index: int) -> str:
+        """The external id of a 1-based index."""
+        return self.ids[index - 1]
+
+
+@dataclass
+class LoadedModel:
+    """Everything one model version needs at serving time."""
+
+    name: str
+    version: str
+    path: Path
+    metadata: dict[str, Any]
+    evaluation: dict[str, float]
+    users: Vocabulary
+    items: Vocabulary
+    user_tower: SignatureRunner
+    ranker: SignatureRunner
+    index: AnnIndex
+    item_popularity: np.ndarray  # by item row
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size of the user and item embeddings."""
+        return int(self.metadata["embedding_dim"])
+
+
+def list_versions(model_dir: Path) -> list[str]:
+    """Version directory names (numeric), lowest first."""
+    if not model_dir.is_dir():
+        return []
+    return sorted((p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
+
+
+def resolve_version_dir(model_dir: Path, version: str | None = None) -> Path:
+    """The directory of `version`, or of the highest version when None.
+
+    Raises:
+        UnavailableError: no such version has been built.
+    """
+    versions = list_versions(model_dir)
+    if version is None:
+        if not versions:
+            raise UnavailableError(
+                f"no built version of model '{model_dir.name}' in {model_dir}; run `recserve build-demo`"
+            )
+        version = versions[-1]
+    if version not in versions:
+        raise UnavailableError(f"model '{model_dir.name}' has no version {version} (have: {versions})")
+    return model_dir / version
+
+
+def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:
+    """Load one version directory (TensorFlow graphs, Annoy index, id maps)."""
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    evaluation_path = version_dir / "evaluation.json"
+    evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
+    dimension = int(metadata["embedding_dim"])
+    return LoadedModel(
+        name=str(metadata.get("name", version_dir.parent.name)),
+        version=version_dir.name,
+        path=version_dir,
+        metadata=metadata,
+        evaluation={k: float(v) for k, v in evaluation.items() if isinstance(v, (int, float))},
+        users=Vocabulary.from_file(version_dir / "user_ids.txt"),
+        items=Vocabulary.from_file(version_dir / "item_ids.txt"),
+        user_tower=SignatureRunner(version_dir / "user_tower"),
+        ranker=SignatureRunner(version_dir / "ranker"),
+        index=AnnIndex(version_dir / "items.ann", dimension, search_k=search_k),
+        item_popularity=np.load(version_dir / "item_popularity.npy"),
+    )

@@ -1,0 +1,1 @@
+"""Thin wrappers around TensorFlow and Annoy: the only modules that import them."""

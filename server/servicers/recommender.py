@@ -1,0 +1,83 @@
+"""`recserve.v1.Recommender`: converts protobuf messages to service calls and back."""
+
+from __future__ import annotations
+
+import grpc
+
+from recserve.v1 import recommender_pb2 as pb
+from server.recommender import Recommendation, ServiceSlot
+
+SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
+
+
+def _scored_items(recommendation: Recommendation) -> list[pb.ScoredItem]:
+    return [pb.ScoredItem(item_id=item_id, score=score) for item_id, score in recommendation.items]
+
+
+class RecommenderServicer:
+    """Implements the Recommender service over the live RecommenderService."""
+
+    def __init__(self, slot: ServiceSlot) -> None:
+        self._slot = slot
+
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:  # noqa: N802
+        """Top-k items for a user."""
+        result = await self._slot.get().recommend(
+            request.user_id,
+            request.recent_item_ids,
+            request.k,
+            request.exclude_item_ids,
+            request.include_recent_items,
+            context.time_remaining(),
+        )
+        return pb.RecommendResponse(
+            items=_scored_items(result),
+            model_version=result.model_version,
+            cold_start=result.cold_start,
+            unknown_item_ids=result.unknown_item_ids,
+        )
+
+    async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:  # noqa: N802
+        """P(like) per item."""
+        result = await self._slot.get().score(
+            request.user_id, request.recent_item_ids, request.item_ids, context.time_remaining()
+        )
+        return pb.ScoreResponse(
+            scores=result.scores.tolist(),
+            model_version=result.model_version,
+            cold_start=result.cold_start,
+            unknown_item_ids=result.unknown_item_ids,
+        )
+
+    async def SimilarItems(  # noqa: N802
+        self, request: pb.SimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SimilarItemsResponse:
+        """Nearest items by cosine similarity."""
+        result = await self._slot.get().similar_items(request.item_id, request.k)
+        return pb.SimilarItemsResponse(items=_scored_items(result), model_version=result.model_version)
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelInfoResponse:
+        """What is loaded."""
+        service = self._slot.get()
+        model, config = service.model, service.config
+        return pb.GetModelInfoResponse(
+            model_name=model.name,
+            model_version=model.version,
+            embedding_dim=model.embedding_dim,
+            num_users=len(model.users),
+            num_items=len(model.items),
+            index=pb.IndexInfo(
+                library="annoy",
+                metric=model.index.metric,
+                n_trees=model.index.n_trees,
+                search_k=model.index.search_k,
+                candidate_count=config.retrieval.candidate_count,
+            ),
+            default_k=config.limits.default_k,
+            max_k=config.limits.max_k,
+            max_score_items=config.limits.max_score_items,
+            max_recent_items=config.limits.max_recent_items,
+            evaluation=model.evaluation,
+        )

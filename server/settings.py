@@ -1,0 +1,136 @@
+"""Typed settings: server settings (CLI flags > RECSERVE_* environment > YAML file > defaults) and the
+per-model configuration read from `<model_repository>/<model_name>/config.yaml`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "RECSERVE_"
+
+
+class BatchingSettings(BaseModel):
+    """How concurrent requests are grouped into one forward pass."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_batch_size: int = Field(64, ge=1, description="Most requests in one batch; 1 turns batching off.")
+    max_queue_delay_microseconds: int = Field(
+        500, ge=0, description="Longest a request waits for others to join its batch; 0 = take what is queued."
+    )
+    max_queue_size: int = Field(
+        4096, ge=1, description="Requests allowed to wait; beyond it new ones get RESOURCE_EXHAUSTED at once."
+    )
+
+
+class RetrievalSettings(BaseModel):
+    """Candidate generation from the ANN index."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate_count: int = Field(100, ge=1, description="Candidates ranked per Recommend.")
+    search_k: int = Field(-1, ge=-1, description="Annoy nodes inspected per query; -1 = Annoy's default.")
+    cold_start_candidates: int = Field(200, ge=1, description="Popular items ranked for cold-start users.")
+
+
+class LimitSettings(BaseModel):
+    """Request limits; requests beyond them are INVALID_ARGUMENT."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    default_k: int = Field(10, ge=1, description="Items returned when a request leaves k at 0.")
+    max_k: int = Field(200, ge=1, description="Largest k a request may ask for.")
+    max_score_items: int = Field(1000, ge=1, description="Most item_ids in one Score request.")
+    max_recent_items: int = Field(50, ge=1, description="Context items used; longer contexts keep the latest.")
+
+
+class ModelConfig(BaseModel):
+    """One model's `config.yaml`. Unknown sections (such as `demo`, read by the builder) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = "recommender"
+    batching: BatchingSettings = BatchingSettings()
+    retrieval: RetrievalSettings = RetrievalSettings()
+    limits: LimitSettings = LimitSettings()
+
+
+class ServerSettings(BaseSettings):
+    """Process-wide settings. Every field is also `RECSERVE_<FIELD>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    grpc_host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
+    grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    model_repository: Path = Field(Path("models"), description="Directory holding one folder per model.")
+    model_name: str = Field("recommender", description="Model folder to serve.")
+    model_version: str | None = Field(None, description="Version to load; default the highest number.")
+    max_batch_size: int | None = Field(None, ge=1, description="Overrides batching.max_batch_size.")
+    max_queue_delay_us: int | None = Field(
+        None, ge=0, description="Overrides batching.max_queue_delay_microseconds."
+    )
+    max_receive_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Larger requests are RESOURCE_EXHAUSTED."
+    )
+    max_send_message_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest response.")
+    max_concurrent_rpcs: int | None = Field(
+        None, ge=1, description="RPCs handled at once; beyond it RESOURCE_EXHAUSTED. Default unlimited."
+    )
+    tf_intra_op_threads: int = Field(1, ge=0, description="TensorFlow intra-op threads; 0 = TensorFlow picks.")
+    tf_inter_op_threads: int = Field(1, ge=0, description="TensorFlow inter-op threads; 0 = TensorFlow picks.")
+    warmup_rounds: int = Field(3, ge=0, description="Warm-up passes per batch size before SERVING.")
+    shutdown_grace_seconds: float = Field(
+        5.0, ge=0, description="On SIGTERM/SIGINT, time allowed for in-flight RPCs to finish."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+
+
+def load_server_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
+    """Build settings from, highest priority first: `overrides` (CLI flags; None means not given),
+    `RECSERVE_*` environment variables, the YAML `config_file` (or `$RECSERVE_CONFIG`), defaults.
+
+    Raises:
+        pydantic.ValidationError: a value is of the wrong type or out of range; the message names it.
+        FileNotFoundError: the config file does not exist.
+    """
+    config_file = config_file or _env_config_file()
+    file_values: dict[str, Any] = {}
+    if config_file is not None:
+        file_values = yaml.safe_load(Path(config_file).read_text()) or {}
+    env_values = _env_values()
+    cli_values = {key: value for key, value in overrides.items() if value is not None}
+    return ServerSettings(**{**file_values, **env_values, **cli_values})
+
+
+def _env_config_file() -> Path | None:
+    value = os.environ.get(f"{ENV_PREFIX}CONFIG")
+    return Path(value) if value else None
+
+
+def _env_values() -> dict[str, Any]:
+    """The fields the environment sets, parsed the way pydantic-settings parses them."""
+    from_env = ServerSettings()
+    return from_env.model_dump(include=from_env.model_fields_set)
+
+
+def load_model_config(model_dir: Path) -> ModelConfig:
+    """Read `<model_dir>/config.yaml`; a missing file gives the defaults."""
+    path = model_dir / "config.yaml"
+    if not path.exists():
+        return ModelConfig(name=model_dir.name)
+    return ModelConfig(**(yaml.safe_load(path.read_text()) or {}))
+
+
+def effective_batching(settings: ServerSettings, model: ModelConfig) -> BatchingSettings:
+    """The model's batching settings with the server's command-line overrides applied."""
+    overrides: dict[str, int] = {}
+    if settings.max_batch_size is not None:
+        overrides["max_batch_size"] = settings.max_batch_size
+    if settings.max_queue_delay_us is not None:
+        overrides["max_queue_delay_microseconds"] = settings.max_queue_delay_us
+    return model.batching.model_copy(update=overrides)

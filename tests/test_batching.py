@@ -1,0 +1,197 @@
+"""Pure asyncio tests of the dynamic batcher, with a gated fake stage that records its batches."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from server.batching import DynamicBatcher
+from server.exceptions import DeadlineExceededError, ModelExecutionError, QueueFullError, UnavailableError
+from server.settings import BatchingSettings
+
+HUGE_DELAY_US = 60_000_000  # so that only the size trigger can release a batch
+
+
+class GatedStage:
+    """Doubles its inputs; blocks until the gate opens; records every batch it ran."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.fail_on = fail_on
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.gate.wait(10)
+        self.batches.append(list(items))
+        if self.fail_on is not None and self.fail_on in items:
+            raise RuntimeError("boom")
+        return [2 * item for item in items]
+
+
+@pytest.fixture
+def executor():
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        yield pool
+
+
+def make(stage: GatedStage, executor, **settings) -> DynamicBatcher[int, int]:
+    batcher = DynamicBatcher(stage, BatchingSettings(**settings), executor, name="test")
+    batcher.start()
+    return batcher
+
+
+async def test_size_trigger_releases_a_full_batch(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=4, max_queue_delay_microseconds=HUGE_DELAY_US)
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(4))), 5)
+    assert results == [0, 2, 4, 6]
+    assert stage.batches == [[0, 1, 2, 3]]
+    await batcher.close()
+
+
+async def test_delay_trigger_releases_a_partial_batch(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=64, max_queue_delay_microseconds=20_000)
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(3))), 5)
+    assert results == [0, 2, 4]
+    assert stage.batches == [[0, 1, 2]]
+    await batcher.close()
+
+
+async def test_zero_delay_takes_what_is_queued_while_the_previous_batch_runs(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=64, max_queue_delay_microseconds=0)
+    stage.gate.clear()
+    first = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)  # the first batch [0] is now blocked in the stage
+    rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(1, 6)]
+    await asyncio.sleep(0.05)
+    stage.gate.set()
+    await asyncio.wait_for(asyncio.gather(first, *rest), 5)
+    assert stage.batches == [[0], [1, 2, 3, 4, 5]]
+    await batcher.close()
+
+
+async def test_batches_never_exceed_max_batch_size(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=3, max_queue_delay_microseconds=0)
+    stage.gate.clear()
+    tasks = [asyncio.ensure_future(batcher.submit(i)) for i in range(10)]
+    await asyncio.sleep(0.05)
+    stage.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(*tasks), 5) == [2 * i for i in range(10)]
+    assert all(len(batch) <= 3 for batch in stage.batches)
+    assert [item for batch in stage.batches for item in batch] == list(range(10))
+    await batcher.close()
+
+
+async def test_full_queue_is_rejected_at_once(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=1, max_queue_delay_microseconds=0, max_queue_size=2)
+    stage.gate.clear()
+    running = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)  # 0 is executing; the queue is empty
+    queued = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    with pytest.raises(QueueFullError, match="queue is full"):
+        await batcher.submit(3)
+    stage.gate.set()
+    assert await asyncio.wait_for(asyncio.gather(running, *queued), 5) == [0, 2, 4]
+    await batcher.close()
+
+
+async def test_request_whose_deadline_passed_in_the_queue_is_not_executed(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=1, max_queue_delay_microseconds=0)
+    stage.gate.clear()
+    blocker = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)
+    late = asyncio.ensure_future(batcher.submit(1, timeout_s=0.01))
+    await asyncio.sleep(0.1)
+    stage.gate.set()
+    with pytest.raises(DeadlineExceededError):
+        await asyncio.wait_for(late, 5)
+    await blocker
+    assert stage.batches == [[0]]
+    await batcher.close()
+
+
+async def test_cancelled_request_is_dropped_before_its_batch_runs(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=8, max_queue_delay_microseconds=0)
+    stage.gate.clear()
+    blocker = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)
+    cancelled = asyncio.ensure_future(batcher.submit(1))
+    kept = asyncio.ensure_future(batcher.submit(2))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    stage.gate.set()
+    assert await asyncio.wait_for(kept, 5) == 4
+    await blocker
+    assert stage.batches == [[0], [2]]
+    await batcher.close()
+
+
+async def test_batch_whose_callers_all_left_is_not_executed(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=8, max_queue_delay_microseconds=0)
+    stage.gate.clear()
+    blocker = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)
+    gone = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+    await asyncio.sleep(0)
+    for task in gone:
+        task.cancel()
+    stage.gate.set()
+    await blocker
+    assert await asyncio.wait_for(batcher.submit(3), 5) == 6
+    assert stage.batches == [[0], [3]]
+    await batcher.close()
+
+
+async def test_stage_error_fails_only_its_batch(executor):
+    stage = GatedStage(fail_on=1)
+    batcher = make(stage, executor, max_batch_size=2, max_queue_delay_microseconds=HUGE_DELAY_US)
+    failed = await asyncio.gather(batcher.submit(0), batcher.submit(1), return_exceptions=True)
+    assert all(isinstance(error, ModelExecutionError) for error in failed)
+    assert "boom" in str(failed[0])
+    assert await asyncio.gather(batcher.submit(2), batcher.submit(3)) == [4, 6]
+    assert batcher.statistics.failure_count == 2
+    assert batcher.statistics.success_count == 2
+    await batcher.close()
+
+
+async def test_wrong_result_count_fails_the_batch(executor):
+    batcher = DynamicBatcher(lambda items: items[:-1], BatchingSettings(max_batch_size=1), executor)
+    batcher.start()
+    with pytest.raises(ModelExecutionError, match="0 results for 1"):
+        await batcher.submit(5)
+    await batcher.close()
+
+
+async def test_statistics_count_rows_batches_and_sizes(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=4, max_queue_delay_microseconds=HUGE_DELAY_US)
+    await asyncio.gather(*(batcher.submit(i) for i in range(8)))
+    stats = batcher.statistics
+    assert (stats.inference_count, stats.execution_count, stats.success_count) == (8, 2, 8)
+    assert stats.batch_size_counts == {4: 2}
+    assert stats.mean_batch_size == 4
+    assert stats.queue_duration_ns > 0 and stats.compute_duration_ns > 0
+    await batcher.close()
+
+
+async def test_close_finishes_queued_work_then_refuses_new(executor):
+    stage = GatedStage()
+    batcher = make(stage, executor, max_batch_size=64, max_queue_delay_microseconds=HUGE_DELAY_US)
+    pending = [asyncio.ensure_future(batcher.submit(i)) for i in range(3)]
+    await asyncio.sleep(0)
+    await asyncio.wait_for(batcher.close(), 5)
+    assert [task.result() for task in pending] == [0, 2, 4]
+    with pytest.raises(UnavailableError):
+        await batcher.submit(9)
