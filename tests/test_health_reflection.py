@@ -1,0 +1,95 @@
+"""Standard health checking and server reflection, asked the way grpcurl and ghz ask."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from recserve.v1 import recommender_pb2 as pb
+from server.settings import ServerSettings
+from tests.serving import ServerThread
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def check(channel, service: str = "") -> int:
+    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+
+
+def reflect(channel, method: str, **request) -> reflection_pb2.ServerReflectionResponse:
+    call = channel.stream_stream(
+        method,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    return next(iter(call(iter([reflection_pb2.ServerReflectionRequest(**request)]), timeout=10)))
+
+
+V1ALPHA = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+V1 = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+
+
+def test_health_is_serving_for_server_and_service(channel) -> None:
+    assert check(channel) == SERVING
+    assert check(channel, "recserve.v1.Recommender") == SERVING
+
+
+def test_health_unknown_service_is_not_found(channel) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        check(channel, "no.such.Service")
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+@pytest.mark.parametrize("method", [V1ALPHA, V1])
+def test_reflection_lists_services(channel, method: str) -> None:
+    response = reflect(channel, method, list_services="")
+    names = {service.name for service in response.list_services_response.service}
+    assert {"recserve.v1.Recommender", "grpc.health.v1.Health"} <= names
+
+
+@pytest.mark.parametrize(
+    "symbol",
+    ["recserve.v1.Recommender", "recserve.v1.Recommender.Recommend", "recserve.v1.Recommender.Score",
+     "recserve.v1.RecommendRequest"],
+)
+@pytest.mark.parametrize("method", [V1ALPHA, V1])
+def test_reflection_resolves_services_methods_and_messages(channel, method: str, symbol: str) -> None:
+    response = reflect(channel, method, file_containing_symbol=symbol)
+    assert response.HasField("file_descriptor_response"), response.error_response
+    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
+             for raw in response.file_descriptor_response.file_descriptor_proto]
+    assert files[0].name == "recserve/v1/recommender.proto"
+    methods = {m.name for s in files[0].service for m in s.method}
+    assert {"Recommend", "Score", "SimilarItems", "GetModelInfo"} <= methods
+
+
+def test_reflection_unknown_symbol_is_not_found(channel) -> None:
+    response = reflect(channel, V1ALPHA, file_containing_symbol="recserve.v1.Recommender.Nope")
+    assert response.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+def test_not_serving_and_unavailable_until_the_model_is_loaded(server_settings: ServerSettings) -> None:
+    from server.app import load_and_serve_model
+
+    server = ServerThread(server_settings).start(load_model=False)
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            assert check(channel) == NOT_SERVING
+            stub_call = channel.unary_unary(
+                "/recserve.v1.Recommender/Recommend",
+                request_serializer=pb.RecommendRequest.SerializeToString,
+                response_deserializer=pb.RecommendResponse.FromString,
+            )
+            with pytest.raises(grpc.RpcError) as caught:
+                stub_call(pb.RecommendRequest(user_id="user-1"), timeout=10)
+            assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert "loading" in caught.value.details()
+            server.run(load_and_serve_model(server.running))
+            assert check(channel) == SERVING
+            assert stub_call(pb.RecommendRequest(user_id="user-1"), timeout=10).items
+    finally:
+        server.stop()

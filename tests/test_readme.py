@@ -1,0 +1,37 @@
+"""The README is the newcomer's guide: it must document every option and the two commands."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from server.cli import build_parser
+from server.settings import BatchingSettings, LimitSettings, RetrievalSettings, ServerSettings
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+
+
+def test_every_server_setting_is_documented() -> None:
+    missing = [name for name in ServerSettings.model_fields if f"`{name}`" not in README]
+    assert not missing, f"README lacks server settings {missing}"
+
+
+def test_every_model_setting_is_documented() -> None:
+    sections = {"batching": BatchingSettings, "retrieval": RetrievalSettings, "limits": LimitSettings}
+    missing = [
+        f"{section}.{name}"
+        for section, model in sections.items()
+        for name in model.model_fields
+        if f"`{section}.{name}`" not in README
+    ]
+    assert not missing, f"README lacks model settings {missing}"
+
+
+def test_every_serve_flag_is_documented() -> None:
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]
+    flags = [option for action in serve._actions for option in action.option_strings if option.startswith("--")]
+    missing = [flag for flag in flags if flag not in README and flag not in ("--help", "--config")]
+    assert not missing, f"README lacks serve flags {missing}"
+
+
+def test_readme_shows_the_two_commands() -> None:
+    assert "make serve" in README and "make test" in README
