@@ -47,14 +47,18 @@ class RunningServer:
 
     async def set_serving(self, serving: bool) -> None:
         """Report SERVING or NOT_SERVING for the server as a whole and for the Recommender service."""
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for name in ("", RECOMMENDER_SERVICE.full_name):
             await self.health.set(name, status)
 
 
 async def start_server(settings: ServerSettings) -> RunningServer:
     """Bind and start the gRPC server (model not loaded yet). Port 0 binds a free port, returned."""
-    server = grpc.aio.server(options=_channel_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs)
+    server = grpc.aio.server(
+        options=_channel_options(settings), maximum_concurrent_rpcs=settings.max_concurrent_rpcs
+    )
     health_servicer = health.aio.HealthServicer()
     running = RunningServer(server, 0, settings, health_servicer)
     server.add_generic_rpc_handlers((unary_handlers(RECOMMENDER_SERVICE, RecommenderServicer(running.slot)),))
@@ -65,8 +69,11 @@ async def start_server(settings: ServerSettings) -> RunningServer:
         raise OSError(f"cannot bind gRPC port {settings.grpc_host}:{settings.grpc_port}")
     await server.start()
     await running.set_serving(False)
-    logger.info("gRPC server listening on %s:%d (health NOT_SERVING until the model is ready)",
-                settings.grpc_host, running.port)
+    logger.info(
+        "gRPC server listening on %s:%d (health NOT_SERVING until the model is ready)",
+        settings.grpc_host,
+        running.port,
+    )
     return running
 
 
@@ -89,8 +96,9 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     model = await loop.run_in_executor(running.executor, load_model, version_dir, config.retrieval.search_k)
     batching = effective_batching(settings, config)
     service = RecommenderService(model, config, batching, running.executor)
-    await loop.run_in_executor(running.executor, warm_up, service.pipeline, batching.max_batch_size,
-                               settings.warmup_rounds)
+    await loop.run_in_executor(
+        running.executor, warm_up, service.pipeline, batching.max_batch_size, settings.warmup_rounds
+    )
     service.start()
     running.service = service
     running.slot.set(service)
@@ -98,9 +106,17 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     logger.info(
         "model %s version %s ready in %.1fs: %d users, %d items, dim %d, index %d trees (search_k %d); "
         "batching max_batch_size=%d max_queue_delay_us=%d max_queue_size=%d",
-        model.name, model.version, time.perf_counter() - started, len(model.users), len(model.items),
-        model.embedding_dim, model.index.n_trees, model.index.search_k, batching.max_batch_size,
-        batching.max_queue_delay_microseconds, batching.max_queue_size,
+        model.name,
+        model.version,
+        time.perf_counter() - started,
+        len(model.users),
+        len(model.items),
+        model.embedding_dim,
+        model.index.n_trees,
+        model.index.search_k,
+        batching.max_batch_size,
+        batching.max_queue_delay_microseconds,
+        batching.max_queue_size,
     )
     return service
 

@@ -173,7 +173,9 @@ class DynamicBatcher(Generic[Item, Result]):
                 self._executor, self._execute, [p.item for p in batch]
             )
             if len(results) != len(batch):
-                raise ModelExecutionError(f"{self.name} returned {len(results)} results for {len(batch)} requests")
+                raise ModelExecutionError(
+                    f"{self.name} returned {len(results)} results for {len(batch)} requests"
+                )
         except Exception as error:  # noqa: BLE001 - any failure fails this batch only
             self._fail(batch, error)
             return
@@ -183,7 +185,7 @@ class DynamicBatcher(Generic[Item, Result]):
             stats.inference_count += len(batch)
             stats.batch_size_counts[len(batch)] += 1
         stats.success_count += len(batch)
-        for pending, result in zip(batch, results):
+        for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
 

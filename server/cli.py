@@ -21,7 +21,9 @@ QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
 def build_parser() -> argparse.ArgumentParser:
     """The full `recserve` argument parser."""
-    parser = argparse.ArgumentParser(prog="recserve", description="Real-time recommendation inference server.")
+    parser = argparse.ArgumentParser(
+        prog="recserve", description="Real-time recommendation inference server."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_build_demo(commands)
@@ -38,13 +40,17 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--model-name", help="model to serve (default recommender)")
     serve.add_argument("--model-version", help="version to serve (default: the highest)")
     serve.add_argument("--max-batch-size", type=int, help="override the model's batching.max_batch_size")
-    serve.add_argument("--max-queue-delay-us", type=int, help="override batching.max_queue_delay_microseconds")
+    serve.add_argument(
+        "--max-queue-delay-us", type=int, help="override batching.max_queue_delay_microseconds"
+    )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=_serve)
 
 
 def _add_build_demo(commands: argparse._SubParsersAction) -> None:
-    build = commands.add_parser("build-demo", help="generate demo data, train the models, write a new version")
+    build = commands.add_parser(
+        "build-demo", help="generate demo data, train the models, write a new version"
+    )
     build.add_argument("--model-repository", type=Path, default=Path("models"))
     build.add_argument("--model-name", default="recommender")
     build.add_argument("--ratings", type=Path, help="train on a MovieLens ratings.csv / u.data instead")
@@ -96,10 +102,19 @@ def _build_demo(args: argparse.Namespace) -> int:
     from training.config import load_demo_config
 
     config = load_demo_config(args.model_repository / args.model_name / "config.yaml")
-    overrides = {"num_users": args.num_users, "num_items": args.num_items, "epochs": args.epochs, "seed": args.seed}
+    overrides = {
+        "num_users": args.num_users,
+        "num_items": args.num_items,
+        "epochs": args.epochs,
+        "seed": args.seed,
+    }
     config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
     version_dir = build_demo(
-        args.model_repository, args.model_name, config, ratings_path=args.ratings, show_progress=not args.no_progress
+        args.model_repository,
+        args.model_name,
+        config,
+        ratings_path=args.ratings,
+        show_progress=not args.no_progress,
     )
     sys.stdout.write(f"built {version_dir}\n")
     return 0

@@ -40,7 +40,9 @@ def status_for(error: exceptions.RecserveError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def guarded(behavior: Behavior, request_type: type[Message]) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+def guarded(
+    behavior: Behavior, request_type: type[Message]
+) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
     """Wrap a servicer method: decode the raw request, run it, map domain errors to statuses."""
 
     async def handle(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:

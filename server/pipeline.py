@@ -75,7 +75,8 @@ class BatchPipeline:
         counts = np.fromiter((items.size for items in item_lists), dtype=np.int64, count=len(item_lists))
         probabilities = self.rank(np.repeat(user_embeddings, counts, axis=0), np.concatenate(item_lists))
         results: list[QueryResult] = []
-        for query, items, scores in zip(queries, item_lists, np.split(probabilities, np.cumsum(counts)[:-1])):
+        per_query = np.split(probabilities, np.cumsum(counts)[:-1])
+        for query, items, scores in zip(queries, item_lists, per_query, strict=True):
             results.append(_top_k(items, scores, query.k) if isinstance(query, RecommendQuery) else scores)
         return results
 
@@ -140,7 +141,9 @@ def offline_recommender(version_dir: Path, batch_size: int = 64) -> RecommendFn:
         out = np.zeros((len(user_indices), k), dtype=np.int32)
         for start in range(0, len(user_indices), batch_size):
             queries = []
-            for user_index, context in zip(user_indices[start : start + batch_size], contexts[start : start + batch_size]):
+            for user_index, context in zip(
+                user_indices[start : start + batch_size], contexts[start : start + batch_size], strict=True
+            ):
                 known = context[context > 0].astype(np.int32)
                 queries.append(RecommendQuery(UserQuery(int(user_index), known), k, np.unique(known)))
             for row, result in enumerate(pipeline.run_batch(queries), start=start):

@@ -1,5 +1,8 @@
-"""The recommender as the servicers see it: validates requests, maps ids to indices, sends queries
-through the dynamic batcher and maps the answers back to ids. Nothing here knows gRPC."""
+"""The recommender as the servicers see it, without gRPC.
+
+It validates requests, maps ids to indices, sends queries through the dynamic batcher and maps the
+answers back to ids.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,15 @@ import numpy as np
 
 from server.batching import DynamicBatcher
 from server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
-from server.pipeline import BatchPipeline, Query, QueryResult, RankedItems, RecommendQuery, ScoreQuery, UserQuery
+from server.pipeline import (
+    BatchPipeline,
+    Query,
+    QueryResult,
+    RankedItems,
+    RecommendQuery,
+    ScoreQuery,
+    UserQuery,
+)
 from server.repository import LoadedModel
 from server.settings import BatchingSettings, ModelConfig
 
@@ -82,7 +93,11 @@ class RecommenderService:
             excluded = np.union1d(excluded, self._known_indices(recent_item_ids)).astype(np.int32)
         result = await self.batcher.submit(RecommendQuery(user, k, excluded), timeout_s)
         assert isinstance(result, RankedItems)
-        items = [(self.model.items.id_of(int(i)), float(s)) for i, s in zip(result.item_indices, result.scores)]
+        item_ids = self.model.items.ids
+        items = [
+            (item_ids[i - 1], s)
+            for i, s in zip(result.item_indices.tolist(), result.scores.tolist(), strict=True)
+        ]
         return Recommendation(items, self.model.version, user.is_cold_start, unknown)
 
     async def score(
@@ -114,7 +129,7 @@ class RecommenderService:
         )
         items = [
             (self.model.items.ids[int(annoy_id)], float(similarity))
-            for annoy_id, similarity in zip(annoy_ids, similarities)
+            for annoy_id, similarity in zip(annoy_ids, similarities, strict=True)
             if annoy_id != item_index - 1
         ]
         return Recommendation(items[:k], self.model.version)
@@ -124,28 +139,36 @@ class RecommenderService:
         if k == 0:
             return limits.default_k
         if k < 0 or k > limits.max_k:
-            raise InvalidArgumentError(f"k must be between 1 and {limits.max_k} (0 means {limits.default_k}); got {k}")
+            raise InvalidArgumentError(
+                f"k must be between 1 and {limits.max_k} (0 means {limits.default_k}); got {k}"
+            )
         return k
 
     def _user_query(self, user_id: str, recent_item_ids: Sequence[str]) -> tuple[UserQuery, list[str]]:
         """The user's index and known context (latest max_recent_items), plus the unknown context ids."""
         recent = list(recent_item_ids)[-self.config.limits.max_recent_items :]
         indices = [self.model.items.index_of(item_id) for item_id in recent]
-        unknown = [item_id for item_id, index in zip(recent, indices) if index == 0]
+        unknown = [item_id for item_id, index in zip(recent, indices, strict=True) if index == 0]
         context = np.fromiter((i for i in indices if i), dtype=np.int32)
         return UserQuery(self.model.users.index_of(user_id), context), unknown
 
     def _known_indices(self, item_ids: Sequence[str]) -> np.ndarray:
-        indices = np.fromiter((self.model.items.index_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids))
+        indices = np.fromiter(
+            (self.model.items.index_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids)
+        )
         return np.unique(indices[indices > 0])
 
     def _required_indices(self, item_ids: Sequence[str]) -> np.ndarray:
         """Indices in order. Raises NotFoundError naming the unknown ids."""
-        indices = np.fromiter((self.model.items.index_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids))
+        indices = np.fromiter(
+            (self.model.items.index_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids)
+        )
         if (indices == 0).any():
-            missing = [item_id for item_id, index in zip(item_ids, indices) if index == 0]
+            missing = [item_id for item_id, index in zip(item_ids, indices, strict=True) if index == 0]
             shown = ", ".join(repr(m) for m in missing[:MAX_IDS_IN_MESSAGE])
-            more = f" and {len(missing) - MAX_IDS_IN_MESSAGE} more" if len(missing) > MAX_IDS_IN_MESSAGE else ""
+            more = (
+                f" and {len(missing) - MAX_IDS_IN_MESSAGE} more" if len(missing) > MAX_IDS_IN_MESSAGE else ""
+            )
             raise NotFoundError(f"unknown item id {shown}{more}: the model has no such item")
         return indices
 

@@ -1,5 +1,8 @@
-"""Typed settings: server settings (CLI flags > RECSERVE_* environment > YAML file > defaults) and the
-per-model configuration read from `<model_repository>/<model_name>/config.yaml`."""
+"""Typed settings: the server's and each model's.
+
+Server settings come from CLI flags > RECSERVE_* environment > a YAML file > defaults; a model's from
+`<model_repository>/<model_name>/config.yaml`.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ class BatchingSettings(BaseModel):
 
     max_batch_size: int = Field(64, ge=1, description="Most requests in one batch; 1 turns batching off.")
     max_queue_delay_microseconds: int = Field(
-        500, ge=0, description="Longest a request waits for others to join its batch; 0 = take what is queued."
+        500,
+        ge=0,
+        description="Longest a request waits for others to join its batch; 0 = take what is queued.",
     )
     max_queue_size: int = Field(
         4096, ge=1, description="Requests allowed to wait; beyond it new ones get RESOURCE_EXHAUSTED at once."
@@ -46,7 +51,9 @@ class LimitSettings(BaseModel):
     default_k: int = Field(10, ge=1, description="Items returned when a request leaves k at 0.")
     max_k: int = Field(200, ge=1, description="Largest k a request may ask for.")
     max_score_items: int = Field(1000, ge=1, description="Most item_ids in one Score request.")
-    max_recent_items: int = Field(50, ge=1, description="Context items used; longer contexts keep the latest.")
+    max_recent_items: int = Field(
+        50, ge=1, description="Context items used; longer contexts keep the latest."
+    )
 
 
 class ModelConfig(BaseModel):
@@ -81,8 +88,12 @@ class ServerSettings(BaseSettings):
     max_concurrent_rpcs: int | None = Field(
         None, ge=1, description="RPCs handled at once; beyond it RESOURCE_EXHAUSTED. Default unlimited."
     )
-    tf_intra_op_threads: int = Field(1, ge=0, description="TensorFlow intra-op threads; 0 = TensorFlow picks.")
-    tf_inter_op_threads: int = Field(1, ge=0, description="TensorFlow inter-op threads; 0 = TensorFlow picks.")
+    tf_intra_op_threads: int = Field(
+        1, ge=0, description="TensorFlow intra-op threads; 0 = TensorFlow picks."
+    )
+    tf_inter_op_threads: int = Field(
+        1, ge=0, description="TensorFlow inter-op threads; 0 = TensorFlow picks."
+    )
     warmup_rounds: int = Field(3, ge=0, description="Warm-up passes per batch size before SERVING.")
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, description="On SIGTERM/SIGINT, time allowed for in-flight RPCs to finish."
@@ -91,8 +102,10 @@ class ServerSettings(BaseSettings):
 
 
 def load_server_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
-    """Build settings from, highest priority first: `overrides` (CLI flags; None means not given),
-    `RECSERVE_*` environment variables, the YAML `config_file` (or `$RECSERVE_CONFIG`), defaults.
+    """Build the server settings from every source.
+
+    Highest priority first: `overrides` (CLI flags; None means not given), `RECSERVE_*` environment
+    variables, the YAML `config_file` (or `$RECSERVE_CONFIG`), defaults.
 
     Raises:
         pydantic.ValidationError: a value is of the wrong type or out of range; the message names it.

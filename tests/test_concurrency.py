@@ -6,7 +6,6 @@ import asyncio
 
 import grpc
 import pytest
-
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc
 
@@ -25,7 +24,7 @@ def requests() -> list[pb.RecommendRequest]:
 
 def assert_same_up_to_near_ties(concurrent: pb.RecommendResponse, sequential: pb.RecommendResponse) -> None:
     assert len(concurrent.items) == len(sequential.items)
-    for got, want in zip(concurrent.items, sequential.items):
+    for got, want in zip(concurrent.items, sequential.items, strict=True):
         assert got.score == pytest.approx(want.score, abs=NEAR_TIE)
         if got.item_id != want.item_id:  # only allowed where two scores tie within float noise
             tied = [item.item_id for item in sequential.items if abs(item.score - got.score) <= NEAR_TIE]
@@ -45,7 +44,7 @@ async def test_concurrent_calls_match_sequential_calls_and_share_batches(server_
     assert rows == CALLS
     assert batches < CALLS / 2, f"{CALLS} concurrent requests ran in {batches} forward passes"
     assert max(stats.batch_size_counts) > 1
-    for got, want in zip(concurrent, sequential):
+    for got, want in zip(concurrent, sequential, strict=True):
         assert_same_up_to_near_ties(got, want)
 
 
@@ -54,8 +53,10 @@ async def test_concurrent_score_and_recommend_share_a_batch(server_address, serv
     async with grpc.aio.insecure_channel(server_address) as channel:
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         alone = await stub.Score(pb.ScoreRequest(user_id="user-9", item_ids=["item-1", "item-2"]), timeout=30)
-        calls = [stub.Score(pb.ScoreRequest(user_id="user-9", item_ids=["item-1", "item-2"]), timeout=30)
-                 for _ in range(50)]
+        calls = [
+            stub.Score(pb.ScoreRequest(user_id="user-9", item_ids=["item-1", "item-2"]), timeout=30)
+            for _ in range(50)
+        ]
         calls += [stub.Recommend(pb.RecommendRequest(user_id=f"user-{n}"), timeout=30) for n in range(50)]
         batches_before = stats.execution_count
         results = await asyncio.gather(*calls)

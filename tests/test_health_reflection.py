@@ -6,9 +6,9 @@ import grpc
 import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
+from grpc_reflection.v1alpha import reflection_pb2
 from recserve.v1 import recommender_pb2 as pb
+
 from server.settings import ServerSettings
 from tests.serving import ServerThread
 
@@ -17,7 +17,11 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def check(channel, service: str = "") -> int:
-    return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=10).status
+    return (
+        health_pb2_grpc.HealthStub(channel)
+        .Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+        .status
+    )
 
 
 def reflect(channel, method: str, **request) -> reflection_pb2.ServerReflectionResponse:
@@ -53,15 +57,21 @@ def test_reflection_lists_services(channel, method: str) -> None:
 
 @pytest.mark.parametrize(
     "symbol",
-    ["recserve.v1.Recommender", "recserve.v1.Recommender.Recommend", "recserve.v1.Recommender.Score",
-     "recserve.v1.RecommendRequest"],
+    [
+        "recserve.v1.Recommender",
+        "recserve.v1.Recommender.Recommend",
+        "recserve.v1.Recommender.Score",
+        "recserve.v1.RecommendRequest",
+    ],
 )
 @pytest.mark.parametrize("method", [V1ALPHA, V1])
 def test_reflection_resolves_services_methods_and_messages(channel, method: str, symbol: str) -> None:
     response = reflect(channel, method, file_containing_symbol=symbol)
     assert response.HasField("file_descriptor_response"), response.error_response
-    files = [descriptor_pb2.FileDescriptorProto.FromString(raw)
-             for raw in response.file_descriptor_response.file_descriptor_proto]
+    files = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
     assert files[0].name == "recserve/v1/recommender.proto"
     methods = {m.name for s in files[0].service for m in s.method}
     assert {"Recommend", "Score", "SimilarItems", "GetModelInfo"} <= methods
@@ -93,3 +103,26 @@ def test_not_serving_and_unavailable_until_the_model_is_loaded(server_settings: 
             assert stub_call(pb.RecommendRequest(user_id="user-1"), timeout=10).items
     finally:
         server.stop()
+
+
+def test_grpcurl_style_call_through_reflection_alone(channel) -> None:
+    """Resolve the method by reflection, build the request from JSON and decode the answer, as grpcurl does."""
+    from google.protobuf import descriptor_pool, json_format, message_factory
+
+    response = reflect(channel, V1, file_containing_symbol="recserve.v1.Recommender.Recommend")
+    pool = descriptor_pool.DescriptorPool()  # empty: nothing compiled in, only what the server sent
+    for raw in response.file_descriptor_response.file_descriptor_proto:
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(raw))
+    method = pool.FindMethodByName("recserve.v1.Recommender.Recommend")
+    request_class = message_factory.GetMessageClass(method.input_type)
+    response_class = message_factory.GetMessageClass(method.output_type)
+    request = json_format.Parse('{"user_id": "user-3", "k": 5}', request_class())
+    call = channel.unary_unary(
+        f"/{method.containing_service.full_name}/{method.name}",
+        request_serializer=request_class.SerializeToString,
+        response_deserializer=response_class.FromString,
+    )
+    answer = json_format.MessageToDict(call(request, timeout=10))
+    assert len(answer["items"]) == 5
+    assert answer["modelVersion"] == "1"
+    assert all(0 < item["score"] < 1 for item in answer["items"])

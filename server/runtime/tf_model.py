@@ -36,6 +36,7 @@ class SignatureRunner:
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Run the signature; every input is converted to the signature's dtype."""
         tensors = {
-            name: tf.convert_to_tensor(value, dtype=self.input_specs[name].dtype) for name, value in inputs.items()
+            name: tf.convert_to_tensor(value, dtype=self.input_specs[name].dtype)
+            for name, value in inputs.items()
         }
         return {name: tensor.numpy() for name, tensor in self._function(**tensors).items()}

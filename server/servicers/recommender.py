@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-
 from recserve.v1 import recommender_pb2 as pb
+
 from server.recommender import Recommendation, ServiceSlot
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
@@ -20,7 +20,9 @@ class RecommenderServicer:
     def __init__(self, slot: ServiceSlot) -> None:
         self._slot = slot
 
-    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:  # noqa: N802
+    async def Recommend(
+        self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendResponse:  # noqa: N802
         """Top-k items for a user."""
         result = await self._slot.get().recommend(
             request.user_id,
