@@ -24,7 +24,9 @@ def test_generated_code_matches_the_proto_files(tmp_path: Path) -> None:
     fresh = generated_files(tmp_path)
     committed = generated_files(PROTOS)
     assert fresh, "protoc generated nothing"
-    assert sorted(committed) == sorted(fresh), "generated files differ from the committed set: run `make proto`"
+    assert sorted(committed) == sorted(fresh), (
+        "generated files differ from the committed set: run `make proto`"
+    )
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"generated code is stale for {stale}: run `make proto` and commit the result"
 

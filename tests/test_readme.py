@@ -28,7 +28,9 @@ def test_every_model_setting_is_documented() -> None:
 
 def test_every_serve_flag_is_documented() -> None:
     serve = build_parser()._subparsers._group_actions[0].choices["serve"]
-    flags = [option for action in serve._actions for option in action.option_strings if option.startswith("--")]
+    flags = [
+        option for action in serve._actions for option in action.option_strings if option.startswith("--")
+    ]
     missing = [flag for flag in flags if flag not in README and flag not in ("--help", "--config")]
     assert not missing, f"README lacks serve flags {missing}"
 

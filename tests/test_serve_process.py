@@ -12,7 +12,6 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc
 
@@ -43,8 +42,18 @@ def wait_until_serving(channel: grpc.Channel, timeout_s: float = 120) -> None:
 
 def test_serve_answers_then_exits_zero_on_sigterm(model_repository: Path, tmp_path: Path) -> None:
     log = tmp_path / "server.log"
-    command = [sys.executable, "-m", "server", "serve", "--grpc-host", "127.0.0.1", "--grpc-port", "0",
-               "--model-repository", str(model_repository)]
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--model-repository",
+        str(model_repository),
+    ]
     env = {**os.environ, "RECSERVE_WARMUP_ROUNDS": "1"}
     with log.open("w") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
