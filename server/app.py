@@ -10,7 +10,6 @@ import asyncio
 import logging
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import grpc
@@ -24,7 +23,7 @@ from server.repository import load_model, resolve_version_dir
 from server.servicers.recommender import SERVICE as RECOMMENDER_SERVICE
 from server.servicers.recommender import RecommenderServicer
 from server.servicers.reflection import add_reflection
-from server.settings import ServerSettings, effective_batching, load_model_config
+from server.settings import BatchingSettings, ServerSettings, effective_batching, load_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -40,9 +39,6 @@ class RunningServer:
     settings: ServerSettings
     health: health.aio.HealthServicer
     slot: ServiceSlot = field(default_factory=ServiceSlot)
-    executor: ThreadPoolExecutor = field(
-        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
-    )
     service: RecommenderService | None = None
 
     async def set_serving(self, serving: bool) -> None:
@@ -93,11 +89,11 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     version_dir = resolve_version_dir(model_dir, settings.model_version)
-    model = await loop.run_in_executor(running.executor, load_model, version_dir, config.retrieval.search_k)
+    model = await loop.run_in_executor(None, load_model, version_dir, config.retrieval.search_k)
     batching = effective_batching(settings, config)
-    service = RecommenderService(model, config, batching, running.executor)
+    service = RecommenderService(model, config, batching)
     await loop.run_in_executor(
-        running.executor, warm_up, service.pipeline, batching.max_batch_size, settings.warmup_rounds
+        service.executor, warm_up, service.pipeline, batching.max_batch_size, settings.warmup_rounds
     )
     service.start()
     running.service = service
@@ -105,7 +101,7 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     await running.set_serving(True)
     logger.info(
         "model %s version %s ready in %.1fs: %d users, %d items, dim %d, index %d trees (search_k %d); "
-        "batching max_batch_size=%d max_queue_delay_us=%d max_queue_size=%d",
+        "batching %s",
         model.name,
         model.version,
         time.perf_counter() - started,
@@ -114,11 +110,21 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
         model.embedding_dim,
         model.index.n_trees,
         model.index.search_k,
-        batching.max_batch_size,
-        batching.max_queue_delay_microseconds,
-        batching.max_queue_size,
+        describe_batching(batching),
     )
     return service
+
+
+def describe_batching(batching: BatchingSettings) -> str:
+    """One log-friendly line of the batching settings in force."""
+    adaptive = batching.adaptive
+    mode = f"adaptive (latency target {adaptive.latency_target_us} us)" if adaptive.enabled else "fixed"
+    return (
+        f"{mode} max_batch_size={batching.max_batch_size} "
+        f"max_queue_delay_us={batching.max_queue_delay_microseconds} "
+        f"preferred={batching.preferred_batch_sizes} instance_count={batching.instance_count} "
+        f"max_queue_size={batching.max_queue_size} priority_levels={batching.priority_levels}"
+    )
 
 
 def warm_up(pipeline: BatchPipeline, max_batch_size: int, rounds: int) -> None:
@@ -142,7 +148,6 @@ async def stop_server(running: RunningServer, grace_s: float) -> None:
     await running.server.stop(grace_s)
     if running.service is not None:
         await running.service.close()
-    running.executor.shutdown(wait=True)
 
 
 async def serve(settings: ServerSettings) -> None:

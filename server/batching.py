@@ -1,11 +1,13 @@
-"""A dynamic batcher: concurrent requests wait in a bounded queue and run together as one batch.
+"""A dynamic batcher: concurrent requests wait in a bounded priority queue and run together as one batch.
 
 It knows nothing of TensorFlow, Annoy or gRPC: it calls a synchronous `execute(items) -> results` in an
 executor, off the event loop, and scatters the results back to the callers' futures.
 
-Batch formation: a batch goes as soon as `max_batch_size` requests are queued; otherwise it waits while
-the oldest request has waited less than `max_queue_delay_microseconds` (0: take whatever is queued). The
-next batch forms while the previous one executes, so under load batches grow by themselves.
+Batch formation, as in Triton: a batch goes at once when `max_batch_size` requests are queued, or when a
+preferred batch size can be formed; otherwise it waits while the oldest request has waited less than the
+queue delay (0: take whatever is queued). Up to `instance_count` batches execute at once, and the next
+batch forms while they run, so under load batches grow by themselves. Higher priority levels (1 is the
+highest) are always taken first, FIFO within a level.
 """
 
 from __future__ import annotations
@@ -16,11 +18,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from server.exceptions import DeadlineExceededError, ModelExecutionError, QueueFullError, UnavailableError
+from server.batching_policy import BatchPolicy, make_policy
+from server.exceptions import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ModelExecutionError,
+    QueueFullError,
+    UnavailableError,
+)
 from server.settings import BatchingSettings
+from server.statistics import BatchStatistics
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -29,29 +39,11 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class BatchStatistics:
-    """Counters for one batcher: the one source the metrics and the inference protocol read."""
-
-    inference_count: int = 0
-    execution_count: int = 0
-    success_count: int = 0
-    failure_count: int = 0
-    queue_duration_ns: int = 0
-    compute_duration_ns: int = 0
-    batch_size_counts: collections.Counter[int] = field(default_factory=collections.Counter)
-
-    @property
-    def mean_batch_size(self) -> float:
-        """Rows per executed batch (0 before the first batch)."""
-        return self.inference_count / self.execution_count if self.execution_count else 0.0
-
-
-@dataclass
 class _Pending(Generic[Item, Result]):
     item: Item
     future: asyncio.Future[Result]
     enqueued_ns: int
-    deadline: float | None  # event-loop time
+    deadline_ns: int | None
 
 
 class DynamicBatcher(Generic[Item, Result]):
@@ -73,8 +65,14 @@ class DynamicBatcher(Generic[Item, Result]):
         self._executor = executor
         self.name = name
         self.statistics = BatchStatistics()
-        self._queue: collections.deque[_Pending[Item, Result]] = collections.deque()
+        self.policy: BatchPolicy = make_policy(settings)
+        self._levels: list[collections.deque[_Pending[Item, Result]]] = [
+            collections.deque() for _ in range(settings.priority_levels)
+        ]
+        self._queued = 0
         self._arrived = asyncio.Event()
+        self._slots = asyncio.Semaphore(settings.instance_count)
+        self._executing: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -85,8 +83,13 @@ class DynamicBatcher(Generic[Item, Result]):
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting for a batch."""
-        return len(self._queue)
+        """Requests waiting for a batch (cancelled ones until they are swept)."""
+        return self._queued
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches executing now."""
+        return len(self._executing)
 
     def start(self) -> None:
         """Start forming batches (call from the event loop)."""
@@ -94,80 +97,127 @@ class DynamicBatcher(Generic[Item, Result]):
             self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-loop")
 
     async def close(self) -> None:
-        """Finish the batch in flight and everything queued, then stop. Later submits are UNAVAILABLE."""
+        """Finish everything queued and in flight, then stop. Later submits are UNAVAILABLE."""
         self._closed = True
         self._arrived.set()
         if self._loop_task is not None:
             await self._loop_task
             self._loop_task = None
 
-    async def submit(self, item: Item, timeout_s: float | None = None) -> Result:
+    async def submit(self, item: Item, timeout_s: float | None = None, priority: int = 0) -> Result:
         """Queue one request and wait for its result.
+
+        Args:
+            item: what `execute` receives.
+            timeout_s: the caller's remaining deadline; `default_timeout_microseconds` caps it.
+            priority: 1 (highest) to `priority_levels`; 0 means `default_priority_level`.
 
         Raises:
             QueueFullError: `max_queue_size` requests are already waiting.
-            DeadlineExceededError: `timeout_s` passed before the request's batch started.
+            DeadlineExceededError: the timeout passed before the request's batch started.
+            InvalidArgumentError: the priority is out of range.
             UnavailableError: the batcher is closed.
         """
         if self._closed:
             raise UnavailableError(f"{self.name} is shutting down; retry on another replica")
-        if len(self._queue) >= self._settings.max_queue_size:
+        level = self._level(priority)
+        if self._queued >= self._settings.max_queue_size:
+            self.statistics.record_dropped(rejected=1)
             raise QueueFullError(
                 f"{self.name} queue is full ({self._settings.max_queue_size} requests waiting); retry later"
             )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s if timeout_s is not None else None
-        pending = _Pending(item, loop.create_future(), time.perf_counter_ns(), deadline)
-        self._queue.append(pending)
+        now_ns = time.perf_counter_ns()
+        pending = _Pending(
+            item, asyncio.get_running_loop().create_future(), now_ns, self._deadline(now_ns, timeout_s)
+        )
+        self._levels[level].append(pending)
+        self._queued += 1
+        self.policy.on_arrival(now_ns)
         self._arrived.set()
         return await pending.future
 
+    def _level(self, priority: int) -> int:
+        levels = self._settings.priority_levels
+        if priority == 0:
+            return self._settings.default_priority_level - 1
+        if not 1 <= priority <= levels:
+            raise InvalidArgumentError(
+                f"priority must be between 1 (highest) and {levels}, or 0 for the default"
+            )
+        return priority - 1
+
+    def _deadline(self, now_ns: int, timeout_s: float | None) -> int | None:
+        timeouts_ns = [int(timeout_s * 1e9)] if timeout_s is not None else []
+        if self._settings.default_timeout_microseconds:
+            timeouts_ns.append(self._settings.default_timeout_microseconds * 1000)
+        return now_ns + min(timeouts_ns) if timeouts_ns else None
+
     async def _run(self) -> None:
-        while not (self._closed and not self._queue):
+        while not (self._closed and self._queued == 0):
+            await self._slots.acquire()
             await self._wait_for_batch()
             batch = self._take_batch()
-            if batch:
-                await self._run_batch(batch)
+            if not batch:
+                self._slots.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
+            self._executing.add(task)
+            task.add_done_callback(self._batch_done)
+        if self._executing:
+            await asyncio.gather(*self._executing)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._executing.discard(task)
+        self._slots.release()
 
     async def _wait_for_batch(self) -> None:
-        """Return once a batch should go: full, delay expired, or closing."""
-        while not self._queue:
+        """Return once a batch should go: full, preferred size reached, delay over, or closing."""
+        while self._queued == 0:
             if self._closed:
                 return
             self._arrived.clear()
             await self._arrived.wait()
-        delay_s = self._settings.max_queue_delay_microseconds / 1e6
-        while not self._closed and len(self._queue) < self._settings.max_batch_size:
-            waited_s = (time.perf_counter_ns() - self._queue[0].enqueued_ns) / 1e9
-            remaining_s = delay_s - waited_s
-            if remaining_s <= 0:
+        while not self._closed:
+            wait_s = self.policy.wait_s(self._queued, time.perf_counter_ns() - self._oldest_enqueued_ns())
+            if wait_s <= 0:
                 return
             self._arrived.clear()
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining_s)
+                await asyncio.wait_for(self._arrived.wait(), wait_s)
             except asyncio.TimeoutError:
                 return
 
+    def _oldest_enqueued_ns(self) -> int:
+        return min(level[0].enqueued_ns for level in self._levels if level)
+
     def _take_batch(self) -> list[_Pending[Item, Result]]:
-        """Pop up to max_batch_size live requests; cancelled ones are dropped, expired ones failed."""
-        now = asyncio.get_running_loop().time()
+        """Pop the next batch, highest priority first; cancelled requests are dropped, expired ones failed."""
+        size = self.policy.batch_size(self._queued)
+        now_ns = time.perf_counter_ns()
         batch: list[_Pending[Item, Result]] = []
-        while self._queue and len(batch) < self._settings.max_batch_size:
-            pending = self._queue.popleft()
-            if pending.future.done():
-                continue
-            if pending.deadline is not None and now >= pending.deadline:
-                pending.future.set_exception(
-                    DeadlineExceededError("deadline passed while queued; the request was not executed")
-                )
-                continue
-            batch.append(pending)
+        for level in self._levels:
+            while level and len(batch) < size:
+                pending = level.popleft()
+                self._queued -= 1
+                if self._is_live(pending, now_ns):
+                    batch.append(pending)
         return batch
+
+    def _is_live(self, pending: _Pending[Item, Result], now_ns: int) -> bool:
+        if pending.future.done():
+            self.statistics.record_dropped(cancelled=1)
+            return False
+        if pending.deadline_ns is not None and now_ns >= pending.deadline_ns:
+            self.statistics.record_dropped(expired=1)
+            pending.future.set_exception(
+                DeadlineExceededError("deadline passed while queued; the request was not executed")
+            )
+            return False
+        return True
 
     async def _run_batch(self, batch: list[_Pending[Item, Result]]) -> None:
         started_ns = time.perf_counter_ns()
-        stats = self.statistics
-        stats.queue_duration_ns += sum(started_ns - p.enqueued_ns for p in batch)
+        queue_ns = sum(started_ns - p.enqueued_ns for p in batch)
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._execute, [p.item for p in batch]
@@ -177,20 +227,22 @@ class DynamicBatcher(Generic[Item, Result]):
                     f"{self.name} returned {len(results)} results for {len(batch)} requests"
                 )
         except Exception as error:  # noqa: BLE001 - any failure fails this batch only
+            self._finish(batch, started_ns, queue_ns, succeeded=False)
             self._fail(batch, error)
             return
-        finally:
-            stats.compute_duration_ns += time.perf_counter_ns() - started_ns
-            stats.execution_count += 1
-            stats.inference_count += len(batch)
-            stats.batch_size_counts[len(batch)] += 1
-        stats.success_count += len(batch)
+        self._finish(batch, started_ns, queue_ns, succeeded=True)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
 
+    def _finish(
+        self, batch: list[_Pending[Item, Result]], started_ns: int, queue_ns: int, succeeded: bool
+    ) -> None:
+        compute_ns = time.perf_counter_ns() - started_ns
+        self.statistics.record_batch(len(batch), queue_ns, compute_ns, succeeded)
+        self.policy.on_batch(len(batch), compute_ns)
+
     def _fail(self, batch: list[_Pending[Item, Result]], error: Exception) -> None:
-        self.statistics.failure_count += len(batch)
         if not isinstance(error, ModelExecutionError):
             logger.exception("%s: batch of %d failed", self.name, len(batch), exc_info=error)
             error = ModelExecutionError(f"model execution failed: {type(error).__name__}: {error}")

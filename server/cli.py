@@ -43,6 +43,12 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument(
         "--max-queue-delay-us", type=int, help="override batching.max_queue_delay_microseconds"
     )
+    serve.add_argument("--instance-count", type=int, help="override batching.instance_count")
+    serve.add_argument(
+        "--adaptive-batching",
+        action=argparse.BooleanOptionalAction,
+        help="override batching.adaptive.enabled",
+    )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.set_defaults(func=_serve)
 
@@ -79,6 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
             model_version=args.model_version,
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
+            instance_count=args.instance_count,
+            adaptive_batching=args.adaptive_batching,
             log_level=args.log_level,
         )
     except (ValidationError, FileNotFoundError) as error:

@@ -6,6 +6,7 @@ only Recommend needs candidates from the index. Nothing here knows gRPC or async
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 
 from server.repository import LoadedModel
 from server.settings import RetrievalSettings
+from server.statistics import StageStatistics
 
 EMPTY_INDICES = np.zeros(0, dtype=np.int32)
 
@@ -58,6 +60,7 @@ class RankedItems:
 
 Query = RecommendQuery | ScoreQuery
 QueryResult = RankedItems | np.ndarray
+STAGES = ("user_tower", "ann", "ranker")
 
 
 class BatchPipeline:
@@ -67,13 +70,20 @@ class BatchPipeline:
         self.model = model
         self.retrieval = retrieval
         self._popular_indices = (np.argsort(-model.item_popularity, kind="stable") + 1).astype(np.int32)
+        self.stages = {stage: StageStatistics() for stage in STAGES}
 
     def run_batch(self, queries: Sequence[Query]) -> list[QueryResult]:
         """Answer every query; one result per query, in order."""
+        started_ns = time.perf_counter_ns()
         user_embeddings = self.embed_users([query.user for query in queries])
+        tower_done_ns = time.perf_counter_ns()
+        self.stages["user_tower"].record(len(queries), tower_done_ns - started_ns)
         item_lists = [self._items_to_rank(query, user_embeddings[row]) for row, query in enumerate(queries)]
+        ann_done_ns = time.perf_counter_ns()
+        self.stages["ann"].record(len(queries), ann_done_ns - tower_done_ns)
         counts = np.fromiter((items.size for items in item_lists), dtype=np.int64, count=len(item_lists))
         probabilities = self.rank(np.repeat(user_embeddings, counts, axis=0), np.concatenate(item_lists))
+        self.stages["ranker"].record(int(counts.sum()), time.perf_counter_ns() - ann_done_ns)
         results: list[QueryResult] = []
         per_query = np.split(probabilities, np.cumsum(counts)[:-1])
         for query, items, scores in zip(queries, item_lists, per_query, strict=True):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import Executor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -53,20 +53,15 @@ class Scores:
 class RecommenderService:
     """Serves one loaded model version through one dynamic batcher."""
 
-    def __init__(
-        self,
-        model: LoadedModel,
-        config: ModelConfig,
-        batching: BatchingSettings,
-        executor: Executor | None = None,
-    ) -> None:
+    def __init__(self, model: LoadedModel, config: ModelConfig, batching: BatchingSettings) -> None:
         self.model = model
         self.config = config
         self.pipeline = BatchPipeline(model, config.retrieval)
+        # One thread per batch in flight: TensorFlow and Annoy release the GIL, so batches overlap.
+        self.executor = ThreadPoolExecutor(max_workers=batching.instance_count, thread_name_prefix="batch")
         self.batcher: DynamicBatcher[Query, QueryResult] = DynamicBatcher(
-            self.pipeline.run_batch, batching, executor, name=f"{model.name}:{model.version}"
+            self.pipeline.run_batch, batching, self.executor, name=f"{model.name}:{model.version}"
         )
-        self._executor = executor
 
     def start(self) -> None:
         """Start batching (call from the event loop)."""
@@ -75,6 +70,7 @@ class RecommenderService:
     async def close(self) -> None:
         """Finish queued work and stop."""
         await self.batcher.close()
+        self.executor.shutdown(wait=True)
 
     async def recommend(
         self,
@@ -84,6 +80,7 @@ class RecommenderService:
         exclude_item_ids: Sequence[str] = (),
         include_recent_items: bool = False,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> Recommendation:
         """Top-k items for the user, scored by P(like); see RecommendRequest in the API."""
         k = self._checked_k(k)
@@ -91,7 +88,7 @@ class RecommenderService:
         excluded = self._known_indices(exclude_item_ids)
         if not include_recent_items:
             excluded = np.union1d(excluded, self._known_indices(recent_item_ids)).astype(np.int32)
-        result = await self.batcher.submit(RecommendQuery(user, k, excluded), timeout_s)
+        result = await self.batcher.submit(RecommendQuery(user, k, excluded), timeout_s, priority)
         assert isinstance(result, RankedItems)
         item_ids = self.model.items.ids
         items = [
@@ -106,6 +103,7 @@ class RecommenderService:
         recent_item_ids: Sequence[str],
         item_ids: Sequence[str],
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> Scores:
         """P(like) for each item in order; see ScoreRequest in the API."""
         limit = self.config.limits.max_score_items
@@ -115,7 +113,7 @@ class RecommenderService:
         user, unknown = self._user_query(user_id, recent_item_ids)
         if item_indices.size == 0:
             return Scores(np.zeros(0, dtype=np.float32), self.model.version, user.is_cold_start, unknown)
-        scores = await self.batcher.submit(ScoreQuery(user, item_indices), timeout_s)
+        scores = await self.batcher.submit(ScoreQuery(user, item_indices), timeout_s, priority)
         assert isinstance(scores, np.ndarray)
         return Scores(scores, self.model.version, user.is_cold_start, unknown)
 
@@ -125,7 +123,7 @@ class RecommenderService:
         item_index = self._required_indices([item_id])[0]
         loop = asyncio.get_running_loop()
         annoy_ids, similarities = await loop.run_in_executor(
-            self._executor, self.model.index.nearest_to_item, int(item_index) - 1, k + 1
+            None, self.model.index.nearest_to_item, int(item_index) - 1, k + 1
         )
         items = [
             (self.model.items.ids[int(annoy_id)], float(similarity))

@@ -11,10 +11,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "RECSERVE_"
+
+
+class AdaptiveBatchingSettings(BaseModel):
+    """Batching that tunes itself from measured batch costs and arrival rate."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(False, description="Pick queue delay and batch size automatically.")
+    latency_target_us: int = Field(
+        10_000, ge=100, description="Queue wait plus compute a request should stay under, in microseconds."
+    )
 
 
 class BatchingSettings(BaseModel):
@@ -28,9 +39,27 @@ class BatchingSettings(BaseModel):
         ge=0,
         description="Longest a request waits for others to join its batch; 0 = take what is queued.",
     )
+    preferred_batch_sizes: list[int] = Field(
+        default_factory=list, description="Batch sizes that go at once, without waiting for the queue delay."
+    )
     max_queue_size: int = Field(
         4096, ge=1, description="Requests allowed to wait; beyond it new ones get RESOURCE_EXHAUSTED at once."
     )
+    instance_count: int = Field(1, ge=1, description="Batches that may execute at the same time.")
+    default_timeout_microseconds: int = Field(
+        0, ge=0, description="Longest a request may wait in the queue; 0 = only the caller's deadline."
+    )
+    priority_levels: int = Field(1, ge=1, description="Priority levels; 1 is the highest.")
+    default_priority_level: int = Field(1, ge=1, description="Level of requests that give priority 0.")
+    adaptive: AdaptiveBatchingSettings = AdaptiveBatchingSettings()
+
+    @model_validator(mode="after")
+    def _check_levels(self) -> BatchingSettings:
+        if self.default_priority_level > self.priority_levels:
+            raise ValueError("default_priority_level must not exceed priority_levels")
+        if any(size < 1 for size in self.preferred_batch_sizes):
+            raise ValueError("preferred_batch_sizes must be positive")
+        return self
 
 
 class RetrievalSettings(BaseModel):
@@ -81,6 +110,8 @@ class ServerSettings(BaseSettings):
     max_queue_delay_us: int | None = Field(
         None, ge=0, description="Overrides batching.max_queue_delay_microseconds."
     )
+    instance_count: int | None = Field(None, ge=1, description="Overrides batching.instance_count.")
+    adaptive_batching: bool | None = Field(None, description="Overrides batching.adaptive.enabled.")
     max_receive_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Larger requests are RESOURCE_EXHAUSTED."
     )
@@ -141,9 +172,15 @@ def load_model_config(model_dir: Path) -> ModelConfig:
 
 def effective_batching(settings: ServerSettings, model: ModelConfig) -> BatchingSettings:
     """The model's batching settings with the server's command-line overrides applied."""
-    overrides: dict[str, int] = {}
+    overrides: dict[str, Any] = {}
     if settings.max_batch_size is not None:
         overrides["max_batch_size"] = settings.max_batch_size
     if settings.max_queue_delay_us is not None:
         overrides["max_queue_delay_microseconds"] = settings.max_queue_delay_us
-    return model.batching.model_copy(update=overrides)
+    if settings.instance_count is not None:
+        overrides["instance_count"] = settings.instance_count
+    if settings.adaptive_batching is not None:
+        overrides["adaptive"] = model.batching.adaptive.model_copy(
+            update={"enabled": settings.adaptive_batching}
+        )
+    return BatchingSettings(**{**model.batching.model_dump(), **overrides})

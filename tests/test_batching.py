@@ -9,7 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from server.batching import DynamicBatcher
-from server.exceptions import DeadlineExceededError, ModelExecutionError, QueueFullError, UnavailableError
+from server.exceptions import (
+    DeadlineExceededError,
+    InvalidArgumentError,
+    ModelExecutionError,
+    QueueFullError,
+    UnavailableError,
+)
 from server.settings import BatchingSettings
 
 HUGE_DELAY_US = 60_000_000  # so that only the size trigger can release a batch
@@ -195,3 +201,133 @@ async def test_close_finishes_queued_work_then_refuses_new(executor):
     assert [task.result() for task in pending] == [0, 2, 4]
     with pytest.raises(UnavailableError):
         await batcher.submit(9)
+
+
+async def test_preferred_batch_size_goes_at_once():
+    stage = GatedStage()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        batcher = make(
+            stage,
+            pool,
+            max_batch_size=16,
+            preferred_batch_sizes=[4, 8],
+            max_queue_delay_microseconds=HUGE_DELAY_US,
+        )
+        stage.gate.clear()
+        blocker = asyncio.ensure_future(batcher.submit(100))  # waits: below every preferred size
+        await asyncio.sleep(0.05)
+        assert stage.batches == [] and batcher.queue_depth == 1
+        rest = [asyncio.ensure_future(batcher.submit(i)) for i in range(10)]
+        stage.gate.set()
+        await asyncio.wait_for(asyncio.gather(blocker, *rest[:7]), 5)
+        assert [len(batch) for batch in stage.batches] == [
+            8
+        ]  # 11 queued: the largest preferred size that fits
+        for task in rest[7:]:
+            task.cancel()
+        await batcher.close()
+
+
+async def test_delay_still_releases_a_batch_below_every_preferred_size(executor):
+    stage = GatedStage()
+    batcher = make(
+        stage, executor, max_batch_size=16, preferred_batch_sizes=[8], max_queue_delay_microseconds=20_000
+    )
+    assert await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(3))), 5) == [0, 2, 4]
+    assert stage.batches == [[0, 1, 2]]
+    await batcher.close()
+
+
+async def test_higher_priority_is_batched_first_fifo_within_a_level(executor):
+    stage = GatedStage()
+    batcher = make(
+        stage,
+        executor,
+        max_batch_size=3,
+        max_queue_delay_microseconds=0,
+        priority_levels=3,
+        default_priority_level=2,
+    )
+    stage.gate.clear()
+    blocker = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)
+    order = [(10, 3), (11, 0), (12, 1), (13, 3), (14, 1), (15, 2)]  # (item, priority); 0 = default (2)
+    tasks = [asyncio.ensure_future(batcher.submit(item, priority=p)) for item, p in order]
+    await asyncio.sleep(0.01)
+    stage.gate.set()
+    await asyncio.wait_for(asyncio.gather(blocker, *tasks), 5)
+    assert stage.batches == [[0], [12, 14, 11], [15, 10, 13]]
+    await batcher.close()
+
+
+async def test_priority_out_of_range_is_invalid(executor):
+    batcher = make(GatedStage(), executor, priority_levels=2)
+    with pytest.raises(InvalidArgumentError, match="priority must be between 1"):
+        await batcher.submit(1, priority=3)
+    await batcher.close()
+
+
+async def test_several_batches_execute_at_once_with_instance_count():
+    stage = GatedStage()
+    started = threading.Barrier(2, timeout=5)
+
+    def execute(items):
+        started.wait()  # both batches must be inside execute at the same time to pass
+        return stage(items)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        batcher = DynamicBatcher(
+            execute,
+            BatchingSettings(max_batch_size=2, max_queue_delay_microseconds=0, instance_count=2),
+            pool,
+        )
+        batcher.start()
+        results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(4))), 5)
+        assert results == [0, 2, 4, 6]
+        assert len(stage.batches) >= 2
+        await batcher.close()
+
+
+async def test_default_timeout_caps_the_queue_wait(executor):
+    stage = GatedStage()
+    batcher = make(
+        stage, executor, max_batch_size=1, max_queue_delay_microseconds=0, default_timeout_microseconds=10_000
+    )
+    stage.gate.clear()
+    blocker = asyncio.ensure_future(batcher.submit(0))
+    await asyncio.sleep(0.05)
+    late = asyncio.ensure_future(batcher.submit(1, timeout_s=60))
+    await asyncio.sleep(0.05)
+    stage.gate.set()
+    with pytest.raises(DeadlineExceededError):
+        await asyncio.wait_for(late, 5)
+    await blocker
+    assert batcher.statistics.expired_count == 1
+    await batcher.close()
+
+
+async def test_adaptive_mode_dispatches_at_once_when_idle(executor):
+    stage = GatedStage()
+    batcher = make(
+        stage,
+        executor,
+        max_batch_size=64,
+        max_queue_delay_microseconds=HUGE_DELAY_US,
+        adaptive={"enabled": True, "latency_target_us": 50_000},
+    )
+    for i in range(3):  # one at a time, spaced out: each goes alone, with no delay
+        assert await asyncio.wait_for(batcher.submit(i), 1) == 2 * i
+        await asyncio.sleep(0.02)
+    assert stage.batches == [[0], [1], [2]]
+    await batcher.close()
+
+
+async def test_adaptive_mode_grows_batches_under_load(executor):
+    stage = GatedStage()
+    batcher = make(
+        stage, executor, max_batch_size=64, adaptive={"enabled": True, "latency_target_us": 50_000}
+    )
+    results = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(40))), 5)
+    assert results == [2 * i for i in range(40)]
+    assert batcher.statistics.execution_count < 40
+    await batcher.close()

@@ -31,6 +31,7 @@ class RecommenderServicer:
             request.exclude_item_ids,
             request.include_recent_items,
             context.time_remaining(),
+            request.priority,
         )
         return pb.RecommendResponse(
             items=_scored_items(result),
@@ -42,7 +43,11 @@ class RecommenderServicer:
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:  # noqa: N802
         """P(like) per item."""
         result = await self._slot.get().score(
-            request.user_id, request.recent_item_ids, request.item_ids, context.time_remaining()
+            request.user_id,
+            request.recent_item_ids,
+            request.item_ids,
+            context.time_remaining(),
+            request.priority,
         )
         return pb.ScoreResponse(
             scores=result.scores.tolist(),

@@ -1,0 +1,81 @@
+"""The batch policies' arithmetic: Triton's fixed rules and the adaptive cost model."""
+
+from __future__ import annotations
+
+import pytest
+
+from server.batching_policy import AdaptivePolicy, ArrivalRate, FixedPolicy, LinearCostModel
+from server.settings import BatchingSettings
+
+
+def test_fixed_policy_waits_only_below_every_trigger() -> None:
+    policy = FixedPolicy(
+        BatchingSettings(max_batch_size=32, preferred_batch_sizes=[8, 16], max_queue_delay_microseconds=1000)
+    )
+    assert policy.wait_s(3, oldest_age_ns=200_000) == pytest.approx(0.0008)
+    assert policy.wait_s(3, oldest_age_ns=2_000_000) < 0
+    assert policy.wait_s(8, oldest_age_ns=0) == 0
+    assert (policy.batch_size(3), policy.batch_size(9), policy.batch_size(20), policy.batch_size(40)) == (
+        3,
+        8,
+        16,
+        32,
+    )
+
+
+def test_preferred_sizes_above_the_maximum_are_ignored() -> None:
+    policy = FixedPolicy(BatchingSettings(max_batch_size=4, preferred_batch_sizes=[8]))
+    assert policy.batch_size(6) == 4
+
+
+def test_cost_model_recovers_fixed_and_per_row_cost() -> None:
+    model = LinearCostModel()
+    for size in [1, 2, 4, 8, 16, 32] * 5:
+        model.observe(size, 0.002 + 0.0001 * size)
+    fixed, per_row = model.coefficients()
+    assert fixed == pytest.approx(0.002, rel=1e-6)
+    assert per_row == pytest.approx(0.0001, rel=1e-6)
+    assert model.predict(10) == pytest.approx(0.003)
+
+
+def test_cost_model_with_one_size_treats_all_cost_as_fixed() -> None:
+    model = LinearCostModel()
+    model.observe(1, 0.001)
+    assert model.coefficients() == (pytest.approx(0.001), 0.0)
+
+
+def test_arrival_rate_tracks_the_gap() -> None:
+    rate = ArrivalRate(weight=0.5)
+    assert rate.mean_gap_s == float("inf")
+    for n in range(10):
+        rate.observe(n * 1_000_000)
+    assert rate.mean_gap_s == pytest.approx(0.001)
+
+
+def adaptive(target_us: int = 10_000) -> AdaptivePolicy:
+    policy = AdaptivePolicy(
+        BatchingSettings(max_batch_size=256, adaptive={"enabled": True, "latency_target_us": target_us})
+    )
+    for size in (1, 64, 1, 64):
+        policy.on_batch(size, int((0.001 + 0.00005 * size) * 1e9))
+    return policy
+
+
+def test_adaptive_caps_batches_to_half_the_latency_target() -> None:
+    assert adaptive(10_000).size_cap() == 80  # (5 ms - 1 ms fixed) / 50 us per row
+    assert adaptive(1_000).size_cap() == 1
+
+
+def test_adaptive_goes_at_once_when_arrivals_are_sparse() -> None:
+    policy = adaptive()
+    for n in range(5):
+        policy.on_arrival(n * 10_000_000)  # one every 10 ms, slower than the 1 ms fixed cost
+    assert policy.wait_s(1, oldest_age_ns=0) == 0
+
+
+def test_adaptive_waits_for_the_next_arrival_within_budget_when_busy() -> None:
+    policy = adaptive()
+    for n in range(20):
+        policy.on_arrival(n * 100_000)  # one every 0.1 ms
+    assert policy.wait_s(4, oldest_age_ns=0) == pytest.approx(0.0002)
+    assert policy.wait_s(4, oldest_age_ns=9_500_000) <= 0  # the oldest would miss the target
