@@ -1,0 +1,279 @@
+"""The offline side: demo data, MovieLens reading, the split, and a real (tiny) build checked against the
+model-repository contract. TensorFlow and Annoy are real; the model is built once per module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from training.config import DemoConfig, load_demo_config
+from training.data import generate_demo, read_movielens, split_by_time
+from training.evaluate import ann_recall_at_k, ndcg_at_k, popularity_recommender, recall_at_k
+
+DATA = Path(__file__).parent / "data"
+TINY_DEMO = {
+    "seed": 7,
+    "num_users": 1500,
+    "num_items": 2500,
+    "embedding_dim": 32,
+    "context_length": 20,
+    "n_trees": 32,
+    "epochs": 3,
+}
+RETRIEVAL = {"candidate_count": 100, "search_k": 4000}
+VERSION_FILES = (
+    "metadata.json", "evaluation.json", "items.ann", "item_embeddings.npy", "item_popularity.npy",
+    "item_ids.txt", "user_ids.txt", "user_tower/saved_model.pb", "item_tower/saved_model.pb",
+    "ranker/saved_model.pb",
+)  # fmt: skip
+EVALUATION_KEYS = {
+    "recall@10", "ndcg@10", "popular_recall@10", "popular_ndcg@10", "ann_recall@100", "users_evaluated"
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("repository")
+    model_dir = root / "recommender"
+    model_dir.mkdir()
+    document = {"name": "recommender", "retrieval": RETRIEVAL, "limits": {"max_k": 200}, "demo": TINY_DEMO}
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(document))
+    return root
+
+
+@pytest.fixture(scope="module")
+def built(tiny_repository: Path) -> Path:
+    """Version 1 of a tiny model, configured by the `demo:` section of its config.yaml."""
+    from training.build import build_demo
+
+    return build_demo(tiny_repository, "recommender", show_progress=False)
+
+
+@pytest.fixture(scope="module")
+def metadata(built: Path) -> dict:
+    return json.loads((built / "metadata.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def evaluation(built: Path) -> dict:
+    return json.loads((built / "evaluation.json").read_text())
+
+
+def _signature(path: Path):  # noqa: ANN202
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(path)).signatures["serving_default"]
+
+
+# Data ------------------------------------------------------------------------------------------------
+
+
+def test_generate_demo_is_deterministic_by_seed() -> None:
+    first, again, other = (generate_demo(300, 800, seed=s) for s in (3, 3, 4))
+    assert np.array_equal(first.item_rows, again.item_rows)
+    assert np.array_equal(first.timestamps, again.timestamps)
+    assert not np.array_equal(first.item_rows[:100], other.item_rows[:100])
+    assert first.user_ids[:2] == ("user-1", "user-2") and first.item_ids[-1] == "item-800"
+    assert np.all(np.diff(first.timestamps) >= 0)
+    pairs = first.user_rows.astype(np.int64) * first.num_items + first.item_rows
+    assert np.unique(pairs).size == pairs.size  # nobody interacts with the same item twice
+    assert 15 <= len(first) / first.num_users <= 35
+
+
+def test_generate_demo_popularity_is_zipf_like() -> None:
+    counts = np.sort(generate_demo(2000, 5000, seed=7).item_popularity())[::-1]
+    top_share = counts[: len(counts) // 100].sum() / counts.sum()
+    assert top_share > 0.08  # the top 1% of items get far more than 1% of interactions
+    assert counts[0] > 20 * max(1, np.median(counts))
+
+
+@pytest.mark.parametrize(
+    ("path", "rows", "users"),
+    [
+        (DATA / "movielens-csv", 38, ("1", "2", "3", "5", "8", "13")),
+        (DATA / "movielens-csv" / "ratings.csv", 38, ("1", "2", "3", "5", "8", "13")),
+        (DATA / "movielens-100k", 31, ("1", "2", "4", "7", "11")),
+        (DATA / "movielens-100k" / "u.data", 31, ("1", "2", "4", "7", "11")),
+    ],
+)
+def test_read_movielens(path: Path, rows: int, users: tuple[str, ...]) -> None:
+    interactions = read_movielens(path)
+    assert len(interactions) == rows
+    assert interactions.user_ids == users  # strings as in the file, numeric ones in numeric order
+    assert np.all(np.diff(interactions.timestamps) >= 0)
+    assert interactions.item_rows.max() < interactions.num_items
+    liked = read_movielens(path, min_rating=4)
+    assert 0 < len(liked) < rows
+
+
+def test_read_movielens_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        read_movielens(tmp_path)
+
+
+def test_split_keeps_each_users_last_item_out_of_training() -> None:
+    interactions = generate_demo(400, 1000, seed=1)
+    split = split_by_time(interactions, context_length=5)
+    assert len(split.test) == len(split.ranker) == interactions.num_users
+    assert len(split.train) + len(split.ranker) + len(split.test) == len(interactions)
+    test_by_user = dict(zip(split.test.user_indices.tolist(), split.test.targets.tolist(), strict=True))
+    for examples in (split.train, split.ranker):
+        assert not np.any(examples.targets == np.vectorize(test_by_user.get)(examples.user_indices))
+        assert not np.any(examples.contexts == np.vectorize(test_by_user.get)(examples.user_indices)[:, None])
+    ranker_by_user = dict(zip(split.ranker.user_indices.tolist(), split.ranker.targets.tolist(), strict=True))
+    # Most recent last: the item just before each test item is the ranker's held-out positive.
+    assert [ranker_by_user[u] for u in split.test.user_indices.tolist()] == split.test.contexts[
+        :, -1
+    ].tolist()
+    first = split.train.contexts[np.argmax(split.train.user_indices == 1)]
+    assert np.all(first == 0)  # a user's first interaction has an all-padding context
+    assert split.item_popularity.sum() == len(interactions) - len(split.test)
+
+
+def test_load_demo_config_reads_demo_and_retrieval(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {"batching": {"max_batch_size": 8}, "retrieval": {"search_k": 123}, "demo": {"epochs": 9}}
+        )
+    )
+    config = load_demo_config(path)
+    assert (config.epochs, config.search_k, config.num_users, config.candidate_count) == (9, 123, 10_000, 100)
+    assert load_demo_config(tmp_path / "missing.yaml") == DemoConfig()
+    path.write_text(yaml.safe_dump({"demo": {"epochz": 1}}))
+    with pytest.raises(ValueError, match="epochz"):
+        load_demo_config(path)
+
+
+def test_defaults_match_committed_config() -> None:
+    committed = load_demo_config(Path(__file__).parents[1] / "models" / "recommender" / "config.yaml")
+    assert committed == DemoConfig()
+
+
+# Metrics ---------------------------------------------------------------------------------------------
+
+
+def test_recall_and_ndcg() -> None:
+    recommended = np.array([[5, 7, 9], [1, 2, 3], [4, 8, 6]])
+    targets = np.array([5, 3, 10])
+    assert recall_at_k(recommended, targets, 3) == pytest.approx(2 / 3)
+    assert recall_at_k(recommended, targets, 1) == pytest.approx(1 / 3)
+    assert ndcg_at_k(recommended, targets, 3) == pytest.approx((1.0 + 1 / np.log2(4)) / 3)
+
+
+def test_popularity_baseline_skips_context_items() -> None:
+    recommend = popularity_recommender(np.array([50, 40, 30, 20, 10]))
+    contexts = np.array([[0, 0, 1], [2, 3, 4]], dtype=np.int32)
+    assert recommend(np.array([1, 2]), contexts, 2).tolist() == [[2, 3], [1, 5]]
+
+
+# A real build ----------------------------------------------------------------------------------------
+
+
+def test_version_directory_matches_contract(built: Path, metadata: dict, evaluation: dict) -> None:
+    assert built.name == "1"
+    for name in VERSION_FILES:
+        assert (built / name).is_file(), name
+    assert not list(built.parent.glob(".staging-*"))
+    assert metadata["version"] == "1" and metadata["name"] == "recommender"
+    assert (metadata["num_users"], metadata["num_items"], metadata["embedding_dim"]) == (1500, 2500, 32)
+    assert metadata["index"] == {"library": "annoy", "metric": "angular", "n_trees": 32}
+    assert metadata["dataset"]["source"] == "demo" and metadata["dataset"]["seed"] == 7
+    assert {"epochs", "batch_size", "wall_seconds"} <= set(metadata["training"])
+    assert set(evaluation) == EVALUATION_KEYS
+    assert len((built / "item_ids.txt").read_text().splitlines()) == 2500
+    assert (built / "user_ids.txt").read_text().splitlines()[16] == "user-17"
+    embeddings = np.load(built / "item_embeddings.npy")
+    assert embeddings.shape == (2500, 32) and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    popularity = np.load(built / "item_popularity.npy")
+    assert popularity.shape == (2500,) and popularity.dtype == np.int64
+
+
+@pytest.mark.parametrize(("batch", "length"), [(1, 1), (7, 5), (7, 33)])
+def test_user_tower_signature(built: Path, batch: int, length: int) -> None:
+    user_tower = _signature(built / "user_tower")
+    rng = np.random.default_rng(batch)
+    outputs = user_tower(
+        user_index=np.arange(batch, dtype=np.int32),
+        recent_item_indices=rng.integers(0, 2501, size=(batch, length)).astype(np.int32),
+    )
+    assert set(outputs) == {"embedding"}
+    embedding = outputs["embedding"].numpy()
+    assert embedding.shape == (batch, 32) and embedding.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
+
+
+def test_unknown_user_without_context_gets_a_unit_embedding(built: Path) -> None:
+    user_tower = _signature(built / "user_tower")
+    embedding = user_tower(user_index=np.zeros(2, np.int32), recent_item_indices=np.zeros((2, 4), np.int32))
+    embedding = embedding["embedding"].numpy()
+    assert np.all(np.isfinite(embedding))
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
+
+
+def test_item_tower_and_ranker_signatures(built: Path) -> None:
+    item_tower, ranker = _signature(built / "item_tower"), _signature(built / "ranker")
+    for batch in (1, 7):
+        items = np.arange(1, batch + 1, dtype=np.int32)
+        embedding = item_tower(item_index=items)["embedding"].numpy()
+        np.testing.assert_allclose(embedding, np.load(built / "item_embeddings.npy")[:batch], atol=1e-5)
+        outputs = ranker(user_embedding=embedding, item_index=items[::-1].copy())
+        assert set(outputs) == {"probability"}
+        probability = outputs["probability"].numpy()
+        assert probability.shape == (batch, 1) and probability.dtype == np.float32
+        assert np.all((probability > 0) & (probability < 1))
+
+
+def test_annoy_index_holds_every_item(built: Path) -> None:
+    from annoy import AnnoyIndex
+
+    index = AnnoyIndex(32, "angular")
+    index.load(str(built / "items.ann"))
+    assert index.get_n_items() == 2500 and index.get_n_trees() == 32
+    assert index.get_nns_by_item(41, 1) == [41]  # Annoy id r is item row r
+    embeddings = np.load(built / "item_embeddings.npy")
+    assert ann_recall_at_k(index, embeddings, k=100, search_k=4000, n_queries=100).recall >= 0.9
+
+
+def test_model_clearly_beats_popularity(evaluation: dict) -> None:
+    assert evaluation["users_evaluated"] >= 1000
+    assert evaluation["recall@10"] >= 1.5 * evaluation["popular_recall@10"]
+    assert evaluation["recall@10"] - evaluation["popular_recall@10"] >= 0.1
+    assert evaluation["ndcg@10"] >= 1.5 * evaluation["popular_ndcg@10"]
+
+
+def test_ann_recall_at_default_index_settings(evaluation: dict) -> None:
+    assert evaluation["ann_recall@100"] >= 0.9
+
+
+def test_recent_items_change_recommendations(built: Path) -> None:
+    from training.build import pipeline_recommender
+
+    split = split_by_time(generate_demo(1500, 2500, seed=7), context_length=20)
+    recommend = pipeline_recommender(built)
+    users, contexts = split.test.user_indices[:30], split.test.contexts[:30]
+    own = recommend(users, contexts, 10)
+    # The same users with other users' recent items.
+    swapped = recommend(users, np.roll(contexts, 1, axis=0), 10)
+    without = recommend(users, np.zeros_like(contexts[:, :1]), 10)
+    overlap = [len(np.intersect1d(a, b)) for a, b in zip(own, swapped, strict=True)]
+    assert np.mean(overlap) <= 3
+    assert np.mean([len(np.intersect1d(a, b)) for a, b in zip(own, without, strict=True)]) <= 6
+
+
+def test_next_build_is_version_two(tiny_repository: Path, built: Path) -> None:
+    from training.build import build_demo
+
+    small = DemoConfig(
+        num_users=300, num_items=400, epochs=1, batch_size=128, ranker_epochs=1, eval_users=50, ann_queries=20
+    )
+    second = build_demo(tiny_repository, "recommender", config=small, show_progress=False)
+    assert second == tiny_repository / "recommender" / "2"
+    assert json.loads((second / "metadata.json").read_text())["version"] == "2"
+    assert (built / "metadata.json").is_file()  # version 1 untouched
+    assert sorted(p.name for p in (tiny_repository / "recommender").iterdir()) == ["1", "2", "config.yaml"]
