@@ -193,3 +193,21 @@ def pb_stub_for(channel):
     from recserve.v1 import recommender_pb2_grpc
 
     return recommender_pb2_grpc.RecommenderStub(channel)
+
+
+def test_model_statistics_count_requests_batches_and_stages(stub) -> None:
+    before = stub.GetModelStatistics(pb.GetModelStatisticsRequest())
+    recommend(stub, user_id=USER)
+    stub.Score(pb.ScoreRequest(user_id=USER, item_ids=["item-1", "item-2", "item-3"]))
+    after = stub.GetModelStatistics(pb.GetModelStatisticsRequest())
+    assert (after.model_name, after.model_version) == ("recommender", "1")
+    assert after.inference_count - before.inference_count == 2
+    assert after.success_count - before.success_count == 2
+    assert after.execution_count - before.execution_count == 2
+    assert sum(after.batch_size_counts.values()) == after.execution_count
+    assert after.compute_duration_us > before.compute_duration_us
+    stages = {stage.name: stage for stage in after.stages}
+    assert set(stages) == {"user_tower", "ann", "ranker"}
+    old = {stage.name: stage for stage in before.stages}
+    assert stages["user_tower"].inference_count - old["user_tower"].inference_count == 2
+    assert stages["ranker"].inference_count - old["ranker"].inference_count >= 3 + 10

@@ -88,3 +88,35 @@ class RecommenderServicer:
             max_recent_items=config.limits.max_recent_items,
             evaluation=model.evaluation,
         )
+
+    async def GetModelStatistics(  # noqa: N802
+        self, request: pb.GetModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetModelStatisticsResponse:
+        """Batching and stage counters."""
+        service = self._slot.get()
+        stats = service.batcher.statistics
+        return pb.GetModelStatisticsResponse(
+            model_name=service.model.name,
+            model_version=service.model.version,
+            inference_count=stats.inference_count,
+            execution_count=stats.execution_count,
+            success_count=stats.success_count,
+            failure_count=stats.failure_count,
+            rejected_count=stats.rejected_count,
+            expired_count=stats.expired_count,
+            cancelled_count=stats.cancelled_count,
+            queue_duration_us=stats.queue_duration_ns // 1000,
+            compute_duration_us=stats.compute_duration_ns // 1000,
+            batch_size_counts=dict(stats.batch_size_counts),
+            stages=[
+                pb.StageStatistics(
+                    name=name,
+                    execution_count=stage.execution_count,
+                    inference_count=stage.inference_count,
+                    compute_duration_us=stage.compute_duration_ns // 1000,
+                )
+                for name, stage in service.pipeline.stages.items()
+            ],
+            queue_depth=service.batcher.queue_depth,
+            batches_in_flight=service.batcher.batches_in_flight,
+        )

@@ -132,3 +132,60 @@ class GetModelInfoResponse(_message.Message):
     max_recent_items: int
     evaluation: _containers.ScalarMap[str, float]
     def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., embedding_dim: _Optional[int] = ..., num_users: _Optional[int] = ..., num_items: _Optional[int] = ..., index: _Optional[_Union[IndexInfo, _Mapping]] = ..., default_k: _Optional[int] = ..., max_k: _Optional[int] = ..., max_score_items: _Optional[int] = ..., max_recent_items: _Optional[int] = ..., evaluation: _Optional[_Mapping[str, float]] = ...) -> None: ...
+
+class GetModelStatisticsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class StageStatistics(_message.Message):
+    __slots__ = ("name", "execution_count", "inference_count", "compute_duration_us")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    execution_count: int
+    inference_count: int
+    compute_duration_us: int
+    def __init__(self, name: _Optional[str] = ..., execution_count: _Optional[int] = ..., inference_count: _Optional[int] = ..., compute_duration_us: _Optional[int] = ...) -> None: ...
+
+class GetModelStatisticsResponse(_message.Message):
+    __slots__ = ("model_name", "model_version", "inference_count", "execution_count", "success_count", "failure_count", "rejected_count", "expired_count", "cancelled_count", "queue_duration_us", "compute_duration_us", "batch_size_counts", "stages", "queue_depth", "batches_in_flight")
+    class BatchSizeCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: int
+        value: int
+        def __init__(self, key: _Optional[int] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SUCCESS_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CANCELLED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    BATCHES_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    model_version: str
+    inference_count: int
+    execution_count: int
+    success_count: int
+    failure_count: int
+    rejected_count: int
+    expired_count: int
+    cancelled_count: int
+    queue_duration_us: int
+    compute_duration_us: int
+    batch_size_counts: _containers.ScalarMap[int, int]
+    stages: _containers.RepeatedCompositeFieldContainer[StageStatistics]
+    queue_depth: int
+    batches_in_flight: int
+    def __init__(self, model_name: _Optional[str] = ..., model_version: _Optional[str] = ..., inference_count: _Optional[int] = ..., execution_count: _Optional[int] = ..., success_count: _Optional[int] = ..., failure_count: _Optional[int] = ..., rejected_count: _Optional[int] = ..., expired_count: _Optional[int] = ..., cancelled_count: _Optional[int] = ..., queue_duration_us: _Optional[int] = ..., compute_duration_us: _Optional[int] = ..., batch_size_counts: _Optional[_Mapping[int, int]] = ..., stages: _Optional[_Iterable[_Union[StageStatistics, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., batches_in_flight: _Optional[int] = ...) -> None: ...

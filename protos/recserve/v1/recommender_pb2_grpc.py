@@ -56,6 +56,11 @@ class RecommenderStub:
                 request_serializer=recserve_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=recserve_dot_v1_dot_recommender__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.GetModelStatistics = channel.unary_unary(
+                '/recserve.v1.Recommender/GetModelStatistics',
+                request_serializer=recserve_dot_v1_dot_recommender__pb2.GetModelStatisticsRequest.SerializeToString,
+                response_deserializer=recserve_dot_v1_dot_recommender__pb2.GetModelStatisticsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -91,6 +96,13 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetModelStatistics(self, request, context):
+        """How batching is going: requests, batches, outcomes, time queued and computing, per pipeline stage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +125,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=recserve_dot_v1_dot_recommender__pb2.GetModelInfoRequest.FromString,
                     response_serializer=recserve_dot_v1_dot_recommender__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'GetModelStatistics': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetModelStatistics,
+                    request_deserializer=recserve_dot_v1_dot_recommender__pb2.GetModelStatisticsRequest.FromString,
+                    response_serializer=recserve_dot_v1_dot_recommender__pb2.GetModelStatisticsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -225,6 +242,33 @@ class Recommender:
             '/recserve.v1.Recommender/GetModelInfo',
             recserve_dot_v1_dot_recommender__pb2.GetModelInfoRequest.SerializeToString,
             recserve_dot_v1_dot_recommender__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetModelStatistics(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recserve.v1.Recommender/GetModelStatistics',
+            recserve_dot_v1_dot_recommender__pb2.GetModelStatisticsRequest.SerializeToString,
+            recserve_dot_v1_dot_recommender__pb2.GetModelStatisticsResponse.FromString,
             options,
             channel_credentials,
             insecure,
