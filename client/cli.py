@@ -18,6 +18,7 @@ from rich.console import Console
 
 from client import formatting
 from client.client import DEFAULT_TARGET, SERVING, RecommenderClient
+from client.loadtest import add_loadtest_command
 
 TARGET_ENV = "RECSERVE_TARGET"
 DEFAULT_TIMEOUT_S = 10.0
@@ -58,6 +59,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "health", _health, "Standard gRPC health check; exit code 0 only when SERVING."
     )
     health.add_argument("--service", default="", metavar="NAME", help="service to check; default the server")
+    add_loadtest_command(subparsers)
 
 
 def _add_command(

@@ -106,7 +106,7 @@ def test_not_serving_and_unavailable_until_the_model_is_loaded(server_settings: 
 
 
 def test_grpcurl_style_call_through_reflection_alone(channel) -> None:
-    """Resolve the method by reflection, build the request from JSON and decode the answer, as grpcurl does."""
+    """Resolve the method by reflection, build the request from JSON, decode the answer: as grpcurl does."""
     from google.protobuf import descriptor_pool, json_format, message_factory
 
     response = reflect(channel, V1, file_containing_symbol="recserve.v1.Recommender.Recommend")

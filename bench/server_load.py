@@ -1,0 +1,251 @@
+"""The server under closed-loop load: batching off vs fixed delays vs adaptive, at several concurrencies.
+
+Each configuration runs in its own server process (`recserve serve` with the flags below); load comes
+from a separate process (`recserve loadtest`, ghz-compatible; `--ghz` uses a real ghz binary instead).
+Per cell: requests/s, p50/p90/p99, mean batch size (from the server's own statistics) and server CPU per
+request. Each cell is the median of `--runs` runs.
+
+    .venv/bin/python bench/server_load.py [--seconds 5] [--runs 3] [--concurrency 1 8 32 128 256]
+"""
+
+from __future__ import annotations
+
+# isort: off
+from common import (
+    DEFAULT_REPOSITORY,
+    machine_note,
+    median,
+    write_result,
+)  # first: sets thread limits before numpy loads
+
+# isort: on
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from recserve.v1 import recommender_pb2 as pb
+from recserve.v1 import recommender_pb2_grpc
+
+CONFIGS: dict[str, list[str]] = {
+    "batching off": ["--max-batch-size", "1", "--max-queue-delay-us", "0"],
+    "delay 0": ["--max-queue-delay-us", "0"],
+    "delay 500us": ["--max-queue-delay-us", "500"],
+    "delay 2ms": ["--max-queue-delay-us", "2000"],
+    "adaptive": ["--adaptive-batching"],
+}
+LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
+CALL = "recserve.v1.Recommender.Recommend"
+
+
+@dataclass
+class ServerProcess:
+    """A `recserve serve` child process."""
+
+    process: subprocess.Popen
+    address: str
+    log: Path
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server process has used."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def statistics(self) -> pb.GetModelStatisticsResponse:
+        """The server's batching counters."""
+        with grpc.insecure_channel(self.address) as channel:
+            stub = recommender_pb2_grpc.RecommenderStub(channel)
+            return stub.GetModelStatistics(pb.GetModelStatisticsRequest(), timeout=10)
+
+    def stop(self) -> None:
+        """SIGTERM and wait."""
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def start_server(repository: Path, flags: list[str], workdir: Path) -> ServerProcess:
+    """Start a server on a free port and wait until it reports SERVING."""
+    log = workdir / f"server-{time.monotonic_ns()}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--model-repository",
+        str(repository),
+        *flags,
+    ]
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        match = LISTENING.search(log.read_text())
+        if match:
+            server = ServerProcess(process, f"127.0.0.1:{match.group(1)}", log)
+            if _serving(server.address):
+                return server
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited:\n{log.read_text()}")
+        time.sleep(0.2)
+    raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
+
+
+def _serving(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            status = (
+                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
+            )
+        except grpc.RpcError:
+            return False
+    return status == health_pb2.HealthCheckResponse.SERVING
+
+
+def request_data(repository: Path, count: int = 2000, seed: int = 1) -> list[dict]:
+    """Realistic Recommend requests: known users, 0-5 recent items, k=10."""
+    version = max(
+        (p for p in (repository / "recommender").iterdir() if p.name.isdigit()), key=lambda p: int(p.name)
+    )
+    users = (version / "user_ids.txt").read_text().split()
+    items = (version / "item_ids.txt").read_text().split()
+    rng = random.Random(seed)
+    return [
+        {"user_id": rng.choice(users), "recent_item_ids": rng.sample(items, rng.randint(0, 5)), "k": 10}
+        for _ in range(count)
+    ]
+
+
+def run_load(address: str, data_file: Path, concurrency: int, seconds: float, use_ghz: bool) -> dict:
+    """One closed-loop run from a separate process; returns the ghz-format JSON report."""
+    tool = [shutil.which("ghz")] if use_ghz else [sys.executable, "-m", "server", "loadtest"]
+    command = [
+        *tool,
+        "--insecure",
+        "--call",
+        CALL,
+        "-D",
+        str(data_file),
+        "-c",
+        str(concurrency),
+        "--connections",
+        str(min(concurrency, 4)),
+        "-z",
+        f"{seconds}s",
+        "-O",
+        "json",
+        address,
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=seconds + 120).stdout
+    return json.loads(output)
+
+
+def measure_cell(
+    server: ServerProcess, data_file: Path, concurrency: int, seconds: float, use_ghz: bool
+) -> dict:
+    """Load once and read throughput, latency, batch size and CPU per request."""
+    before_stats, before_cpu = server.statistics(), server.cpu_seconds()
+    report = run_load(server.address, data_file, concurrency, seconds, use_ghz)
+    after_stats, after_cpu = server.statistics(), server.cpu_seconds()
+    percentiles = {
+        entry["percentage"]: entry["latency"] / 1e6 for entry in report.get("latencyDistribution") or []
+    }
+    requests = after_stats.inference_count - before_stats.inference_count
+    batches = after_stats.execution_count - before_stats.execution_count
+    ok = report["statusCodeDistribution"].get("OK", 0)
+    return {
+        "rps": ok / (report["total"] / 1e9),
+        "p50_ms": percentiles.get(50, float("nan")),
+        "p90_ms": percentiles.get(90, float("nan")),
+        "p99_ms": percentiles.get(99, float("nan")),
+        "mean_batch": requests / batches if batches else 0.0,
+        "cpu_us_per_request": (after_cpu - before_cpu) / max(requests, 1) * 1e6,
+        "errors": report["count"] - ok,
+    }
+
+
+def main() -> None:
+    """Run every configuration at every concurrency and print a markdown table."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128, 256])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument(
+        "--ghz", action="store_true", help="drive the load with ghz instead of recserve loadtest"
+    )
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="recserve-bench-"))
+    data_file = workdir / "requests.json"
+    data_file.write_text(json.dumps(request_data(args.model_repository)))
+    rows = []
+    for name in args.configs:
+        server = start_server(args.model_repository, CONFIGS[name], workdir)
+        try:
+            run_load(server.address, data_file, 8, 1, args.ghz)  # warm connections and code paths
+            for concurrency in args.concurrency:
+                runs = [
+                    measure_cell(server, data_file, concurrency, args.seconds, args.ghz)
+                    for _ in range(args.runs)
+                ]
+                row = {
+                    "config": name,
+                    "concurrency": concurrency,
+                    **{key: median([run[key] for run in runs]) for key in runs[0]},
+                }
+                rows.append(row)
+                print(json.dumps(row), file=sys.stderr)
+        finally:
+            server.stop()
+    print_table(rows, args)
+    write_result(
+        "server_load",
+        {
+            "machine": machine_note(),
+            "seconds": args.seconds,
+            "runs": args.runs,
+            "load_generator": "ghz" if args.ghz else "recserve loadtest",
+            "rows": rows,
+        },
+    )
+
+
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    """Markdown table of the medians."""
+    print(
+        f"Server under closed-loop load, {machine_note()}; {args.seconds:g} s per run, median of {args.runs}"
+    )
+    print(
+        "| config | concurrency | req/s | p50 ms | p90 ms | p99 ms | mean batch | server CPU µs/req | errors |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for row in rows:
+        print(
+            f"| {row['config']} | {row['concurrency']} | {row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p90_ms']:.2f} "
+            f"| {row['p99_ms']:.2f} | {row['mean_batch']:.1f} | {row['cpu_us_per_request']:.0f} | {row['errors']:.0f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

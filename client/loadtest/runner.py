@@ -1,0 +1,267 @@
+"""The load loop: `concurrency` worker coroutines over `connections` grpc.aio channels, one call each.
+
+The hot path is kept to what a call needs: claim a request number, look up (or render) pre-serialized bytes,
+await a raw unary_unary multicallable (no serializers: bytes go out and come back untouched), and append one
+tuple. Clocks are `perf_counter_ns`; wall-clock timestamps are derived from one offset taken at the start.
+Requests are numbered from 0 in the order they are claimed, so `--rps` is a schedule (request N goes out no
+earlier than start + N/rps) and the total is exact however the work is spread over the workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+import grpc.aio
+
+from client.loadtest.options import NS_PER_S, LoadtestOptions, SetupError
+from client.loadtest.templates import RequestPlan
+
+try:  # optional: a faster event loop when installed
+    import uvloop  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - depends on the environment
+    uvloop = None
+
+T = TypeVar("T")
+
+# gRPC status codes as Go spells them (codes.Code.String()), which is what ghz reports.
+GO_STATUS_NAMES = {
+    grpc.StatusCode.OK: "OK",
+    grpc.StatusCode.CANCELLED: "Canceled",
+    grpc.StatusCode.UNKNOWN: "Unknown",
+    grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded",
+    grpc.StatusCode.NOT_FOUND: "NotFound",
+    grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+    grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied",
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "ResourceExhausted",
+    grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition",
+    grpc.StatusCode.ABORTED: "Aborted",
+    grpc.StatusCode.OUT_OF_RANGE: "OutOfRange",
+    grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+    grpc.StatusCode.INTERNAL: "Internal",
+    grpc.StatusCode.UNAVAILABLE: "Unavailable",
+    grpc.StatusCode.DATA_LOSS: "DataLoss",
+    grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+}
+# What Go's gRPC says for calls cut off by closing the connection (ghz's default --duration-stop=close).
+CLOSING_ERROR = "rpc error: code = Canceled desc = grpc: the client connection is closing"
+# Python says "Deadline Exceeded" where Go (and so ghz) says "context deadline exceeded".
+_GO_DETAILS = {(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"): "context deadline exceeded"}
+
+END_NORMAL, END_TIMEOUT, END_CANCEL = "normal", "timeout", "cancel"
+
+CallResult = tuple[int, int, str, str]
+"""(end time in perf_counter ns, latency ns, Go status name, error text or "")."""
+
+
+def status_name(code: grpc.StatusCode) -> str:
+    """The Go spelling of a status code, e.g. NOT_FOUND -> "NotFound"."""
+    return GO_STATUS_NAMES.get(code, "Unknown")
+
+
+def error_text(error: grpc.aio.AioRpcError) -> str:
+    """The error as Go's status.Error prints it: `rpc error: code = NotFound desc = ...`."""
+    code, details = error.code(), error.details() or ""
+    details = _GO_DETAILS.get((code, details), details)
+    return f"rpc error: code = {status_name(code)} desc = {details}"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Every finished call, in completion order, and how the run went."""
+
+    results: list[CallResult]
+    total_ns: int
+    """Wall time of the run: from the first call to the last result."""
+    end_reason: str
+    """normal (all requests done), timeout (--duration reached) or cancel (interrupted)."""
+    clock_offset_ns: int
+    """Add to a perf_counter_ns value to get Unix time in ns."""
+
+
+class LoadRunner:
+    """Runs one load test. Create it and await `run()` inside an event loop; `stop()` may end it early.
+
+    Args:
+        options: the run's options (host, concurrency, connections, rate, duration, timeouts).
+        method_path: "/pkg.Service/Method".
+        plan: what each request sends.
+    """
+
+    def __init__(self, options: LoadtestOptions, method_path: str, plan: RequestPlan) -> None:
+        self._options = options
+        self._method_path = method_path
+        self._plan = plan
+        self._total = options.effective_total
+        self._timeout_s = options.timeout_ns / NS_PER_S if options.timeout_ns else None
+        self._interval_ns = NS_PER_S / options.rps if options.rps else 0.0
+        self._results: list[CallResult] = []
+        self._issued = 0
+        self._start_ns = 0
+        self._stopping = False
+        self._count_cancelled = False
+        self._end_reason = END_NORMAL
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop_event = asyncio.Event()  # binds to the running loop when first awaited
+
+    def stop(self, reason: str) -> None:
+        """End the run: no new calls; calls in flight are cancelled (and counted) or awaited per mode."""
+        if self._stopping:
+            return
+        self._stopping, self._end_reason = True, reason
+        self._stop_event.set()
+        if self._options.duration_stop != "wait":
+            self._count_cancelled = self._options.duration_stop == "close"
+            for task in self._tasks:
+                task.cancel()
+
+    async def run(self) -> RunResult:
+        """Connect, run the workers until done or stopped, and return every result.
+
+        Raises:
+            SetupError: the connections are not ready within --connect-timeout, or a request could not
+                be built from the data (the run is stopped then).
+        """
+        channels = await self._connect()
+        loop = asyncio.get_running_loop()
+        try:
+            with _interrupt_stops(loop, self):
+                return await self._run_workers(loop, channels)
+        finally:
+            await asyncio.gather(*(channel.close() for channel in channels))
+
+    async def _connect(self) -> list[grpc.aio.Channel]:
+        options = self._options
+        channels = [_open_channel(options) for _ in range(options.connections)]
+        try:
+            await asyncio.wait_for(
+                asyncio.gather(*(channel.channel_ready() for channel in channels)),
+                options.connect_timeout_ns / NS_PER_S,
+            )
+        except asyncio.TimeoutError as error:
+            await asyncio.gather(*(channel.close() for channel in channels))
+            seconds = options.connect_timeout_ns / NS_PER_S
+            raise SetupError(f"cannot connect to {options.host} within {seconds:g}s") from error
+        return channels
+
+    async def _run_workers(
+        self, loop: asyncio.AbstractEventLoop, channels: list[grpc.aio.Channel]
+    ) -> RunResult:
+        options = self._options
+        calls = [
+            channel.unary_unary(self._method_path, request_serializer=None, response_deserializer=None)
+            for channel in channels
+        ]
+        prefix = f"{options.name}:" if options.name else ""
+        clock_offset_ns = time.time_ns() - time.perf_counter_ns()
+        self._start_ns = time.perf_counter_ns()
+        self._tasks = [
+            loop.create_task(self._work(calls[i % len(calls)], f"{prefix}g{i}c{i % len(calls)}"))
+            for i in range(options.concurrency)
+        ]
+        for task in self._tasks:
+            task.add_done_callback(self._stop_on_failure)
+        timer = (
+            loop.call_later(options.duration_ns / NS_PER_S, self.stop, END_TIMEOUT)
+            if options.duration_ns
+            else None
+        )
+        outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
+        total_ns = time.perf_counter_ns() - self._start_ns
+        if timer is not None:
+            timer.cancel()
+        failures = [
+            o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError)
+        ]
+        if failures:
+            raise SetupError(f"could not build a request: {failures[0]}") from failures[0]
+        return RunResult(self._results, total_ns, self._end_reason, clock_offset_ns)
+
+    def _stop_on_failure(self, task: asyncio.Task[None]) -> None:
+        """A worker that failed outside a call (rendering or encoding its request) ends the run."""
+        if not task.cancelled() and task.exception() is not None:
+            self.stop(END_CANCEL)
+
+    def _claim(self) -> int:
+        """The next request number, or -1 when the run is over."""
+        if self._stopping or self._issued >= self._total:
+            return -1
+        self._issued += 1
+        return self._issued - 1
+
+    async def _work(self, call: grpc.aio.UnaryUnaryMultiCallable, worker_id: str) -> None:
+        build, record, timeout_s = self._plan.build, self._results.append, self._timeout_s
+        paced = self._interval_ns > 0
+        while (number := self._claim()) >= 0:
+            if paced and not await self._pace(number):
+                return
+            payload, metadata = build(number, worker_id)
+            start = time.perf_counter_ns()
+            try:
+                await call(payload, timeout=timeout_s, metadata=metadata)
+            except grpc.aio.AioRpcError as error:
+                end = time.perf_counter_ns()
+                record((end, end - start, status_name(error.code()), error_text(error)))
+                continue
+            except asyncio.CancelledError:
+                if self._count_cancelled:
+                    end = time.perf_counter_ns()
+                    record((end, end - start, "Canceled", CLOSING_ERROR))
+                raise
+            end = time.perf_counter_ns()
+            record((end, end - start, "OK", ""))
+
+    async def _pace(self, number: int) -> bool:
+        """Wait for request `number`'s slot in the --rps schedule; False when the run stopped meanwhile."""
+        delay_ns = self._start_ns + number * self._interval_ns - time.perf_counter_ns()
+        if delay_ns > 0:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop_event.wait(), delay_ns / NS_PER_S)
+        return not self._stopping
+
+
+def _open_channel(options: LoadtestOptions) -> grpc.aio.Channel:
+    if options.insecure:
+        return grpc.aio.insecure_channel(options.host, options.channel_options())
+    return grpc.aio.secure_channel(options.host, options.channel_credentials(), options.channel_options())
+
+
+@contextlib.contextmanager
+def _interrupt_stops(loop: asyncio.AbstractEventLoop, runner: LoadRunner) -> Iterator[None]:
+    """Ctrl-C ends the run with endReason "cancel" and still reports, as in ghz (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    try:
+        loop.add_signal_handler(signal.SIGINT, runner.stop, END_CANCEL)
+    except (NotImplementedError, RuntimeError):  # pragma: no cover - platforms without signal handlers
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+def run_in_new_loop(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine on a fresh event loop (uvloop's when installed)."""
+    if uvloop is not None:
+        return uvloop.run(coroutine)
+    return asyncio.run(coroutine)
+
+
+def run_load(options: LoadtestOptions, method_path: str, plan: RequestPlan) -> RunResult:
+    """Run the load test to the end and return its results (blocking).
+
+    Raises:
+        SetupError: the server cannot be reached, or a request could not be built.
+    """
+    return run_in_new_loop(LoadRunner(options, method_path, plan).run())
