@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
+from server.settings import load_model_config
 from training.config import DemoConfig, load_demo_config
 from training.data import generate_demo, read_movielens, split_by_time
 from training.evaluate import ann_recall_at_k, ndcg_at_k, popularity_recommender, recall_at_k
@@ -24,7 +25,7 @@ TINY_DEMO = {
     "n_trees": 32,
     "epochs": 3,
 }
-RETRIEVAL = {"candidate_count": 100, "search_k": 4000}
+RETRIEVAL = {"candidate_count": 100, "search_k": 2000}
 VERSION_FILES = (
     "metadata.json", "evaluation.json", "items.ann", "item_embeddings.npy", "item_popularity.npy",
     "item_ids.txt", "user_ids.txt", "user_tower/saved_model.pb", "item_tower/saved_model.pb",
@@ -237,7 +238,10 @@ def test_annoy_index_holds_every_item(built: Path) -> None:
     assert index.get_n_items() == 2500 and index.get_n_trees() == 32
     assert index.get_nns_by_item(41, 1) == [41]  # Annoy id r is item row r
     embeddings = np.load(built / "item_embeddings.npy")
-    assert ann_recall_at_k(index, embeddings, k=100, search_k=4000, n_queries=100).recall >= 0.9
+    default_search_k = load_model_config(
+        Path(__file__).parents[1] / "models" / "recommender"
+    ).retrieval.search_k
+    assert ann_recall_at_k(index, embeddings, k=100, search_k=default_search_k, n_queries=100).recall >= 0.9
 
 
 def test_model_clearly_beats_popularity(evaluation: dict) -> None:

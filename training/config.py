@@ -60,7 +60,7 @@ class DemoConfig(BaseModel):
     ranker_learning_rate: float = Field(0.002, gt=0, description="Adam learning rate for the ranker.")
     # Index and evaluation.
     n_trees: int = Field(32, ge=1, description="Annoy trees; more trees, better recall and a bigger file.")
-    search_k: int = Field(4000, ge=-1, description="Annoy nodes inspected per query; -1 = Annoy's default.")
+    search_k: int = Field(2000, ge=-1, description="Annoy nodes inspected per query; -1 = Annoy's default.")
     candidate_count: int = Field(100, ge=1, description="ANN candidates ranked per recommendation.")
     eval_users: int = Field(2000, ge=1, description="Users sampled for the offline evaluation.")
     ann_queries: int = Field(500, ge=1, description="Queries measuring ANN recall against exact search.")
