@@ -44,8 +44,11 @@ CONFIGS: dict[str, list[str]] = {
     "delay 0": ["--max-queue-delay-us", "0"],
     "delay 500us": ["--max-queue-delay-us", "500"],
     "delay 2ms": ["--max-queue-delay-us", "2000"],
+    "delay 0, 2 instances": ["--max-queue-delay-us", "0", "--instance-count", "2"],
     "adaptive": ["--adaptive-batching"],
+    "adaptive, 2 instances": ["--adaptive-batching", "--instance-count", "2"],
 }
+THREAD_GROUPS = ("event_loop", "batch_threads", "tensorflow", "grpc_core")
 LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
 CALL = "recserve.v1.Recommender.Recommend"
 
@@ -60,8 +63,22 @@ class ServerProcess:
 
     def cpu_seconds(self) -> float:
         """User + system CPU the server process has used."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(self.cpu_by_thread_group().values())
+
+    def cpu_by_thread_group(self) -> dict[str, float]:
+        """CPU seconds per thread group: the event loop, other Python threads (batches), TensorFlow, gRPC."""
+        groups: dict[str, float] = {}
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().strip()
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # the thread ended
+            group = _thread_group(int(task.name) == self.process.pid, name)
+            groups[group] = groups.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf(
+                "SC_CLK_TCK"
+            )
+        return groups
 
     def statistics(self) -> pb.GetModelStatisticsResponse:
         """The server's batching counters."""
@@ -76,6 +93,16 @@ class ServerProcess:
             self.process.wait(30)
         except subprocess.TimeoutExpired:
             self.process.kill()
+
+
+def _thread_group(is_main: bool, name: str) -> str:
+    if is_main:
+        return "event_loop"
+    if name.startswith("tf_"):
+        return "tensorflow"
+    if name.startswith(("grpc", "event_engine", "lifeguard")):
+        return "grpc_core"
+    return "batch_threads"
 
 
 def start_server(repository: Path, flags: list[str], workdir: Path) -> ServerProcess:
@@ -162,9 +189,9 @@ def measure_cell(
     server: ServerProcess, data_file: Path, concurrency: int, seconds: float, use_ghz: bool
 ) -> dict:
     """Load once and read throughput, latency, batch size and CPU per request."""
-    before_stats, before_cpu = server.statistics(), server.cpu_seconds()
+    before_stats, before_cpu = server.statistics(), server.cpu_by_thread_group()
     report = run_load(server.address, data_file, concurrency, seconds, use_ghz)
-    after_stats, after_cpu = server.statistics(), server.cpu_seconds()
+    after_stats, after_cpu = server.statistics(), server.cpu_by_thread_group()
     percentiles = {
         entry["percentage"]: entry["latency"] / 1e6 for entry in report.get("latencyDistribution") or []
     }
@@ -177,20 +204,43 @@ def measure_cell(
         "p90_ms": percentiles.get(90, float("nan")),
         "p99_ms": percentiles.get(99, float("nan")),
         "mean_batch": requests / batches if batches else 0.0,
-        "cpu_us_per_request": (after_cpu - before_cpu) / max(requests, 1) * 1e6,
+        "cpu_us_per_request": (sum(after_cpu.values()) - sum(before_cpu.values())) / max(requests, 1) * 1e6,
         "errors": report["count"] - ok,
+        **{
+            f"cpu_us_{group}": (after_cpu.get(group, 0.0) - before_cpu.get(group, 0.0))
+            / max(requests, 1)
+            * 1e6
+            for group in THREAD_GROUPS
+        },
+        **{
+            f"stage_us_{stage.name}": _stage_us(before_stats, after_stats, stage.name) / max(requests, 1)
+            for stage in after_stats.stages
+        },
     }
 
 
+def _stage_us(
+    before: pb.GetModelStatisticsResponse, after: pb.GetModelStatisticsResponse, name: str
+) -> float:
+    def total(stats: pb.GetModelStatisticsResponse) -> int:
+        return next((stage.compute_duration_us for stage in stats.stages if stage.name == name), 0)
+
+    return float(total(after) - total(before))
+
+
 def main() -> None:
-    """Run every configuration at every concurrency and print a markdown table."""
+    """Run every configuration at every concurrency and print a markdown table.
+
+    All servers start first and the runs interleave (run 1 of every config, then run 2, ...), so a slow
+    drift of this noisy machine hits every configuration alike.
+    """
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 128, 256])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32, 64, 128, 256])
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument(
         "--ghz", action="store_true", help="drive the load with ghz instead of recserve loadtest"
@@ -199,26 +249,17 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="recserve-bench-"))
     data_file = workdir / "requests.json"
     data_file.write_text(json.dumps(request_data(args.model_repository)))
-    rows = []
-    for name in args.configs:
-        server = start_server(args.model_repository, CONFIGS[name], workdir)
-        try:
-            run_load(server.address, data_file, 8, 1, args.ghz)  # warm connections and code paths
-            for concurrency in args.concurrency:
-                runs = [
-                    measure_cell(server, data_file, concurrency, args.seconds, args.ghz)
-                    for _ in range(args.runs)
-                ]
-                row = {
-                    "config": name,
-                    "concurrency": concurrency,
-                    **{key: median([run[key] for run in runs]) for key in runs[0]},
-                }
-                rows.append(row)
-                print(json.dumps(row), file=sys.stderr)
-        finally:
+    servers: dict[str, ServerProcess] = {}
+    try:
+        for name in args.configs:
+            servers[name] = start_server(args.model_repository, CONFIGS[name], workdir)
+            run_load(servers[name].address, data_file, 8, 1, args.ghz)  # warm connections and code paths
+        rows = [measure_row(servers, data_file, concurrency, args) for concurrency in args.concurrency]
+    finally:
+        for server in servers.values():
             server.stop()
-    print_table(rows, args)
+    flat = [row for group in rows for row in group]
+    print_table(flat, args)
     write_result(
         "server_load",
         {
@@ -226,9 +267,30 @@ def main() -> None:
             "seconds": args.seconds,
             "runs": args.runs,
             "load_generator": "ghz" if args.ghz else "recserve loadtest",
-            "rows": rows,
+            "configs": {name: CONFIGS[name] for name in args.configs},
+            "rows": flat,
         },
     )
+
+
+def measure_row(
+    servers: dict[str, ServerProcess], data_file: Path, concurrency: int, args: argparse.Namespace
+) -> list[dict]:
+    """Every configuration at one concurrency, runs interleaved; medians per configuration."""
+    runs: dict[str, list[dict]] = {name: [] for name in servers}
+    for _ in range(args.runs):
+        for name, server in servers.items():
+            runs[name].append(measure_cell(server, data_file, concurrency, args.seconds, args.ghz))
+    rows = []
+    for name, cells in runs.items():
+        row = {
+            "config": name,
+            "concurrency": concurrency,
+            **{key: median([c[key] for c in cells]) for key in cells[0]},
+        }
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    return rows
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:

@@ -167,3 +167,18 @@ async def serve(settings: ServerSettings) -> None:
     logger.info("shutting down: finishing in-flight requests (grace %.1fs)", settings.shutdown_grace_seconds)
     await stop_server(running, settings.shutdown_grace_seconds)
     logger.info("stopped")
+
+
+def run(settings: ServerSettings) -> None:
+    """Serve on the configured event loop until stopped."""
+    if settings.event_loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if settings.event_loop == "uvloop":
+                raise
+        else:
+            logger.debug("using uvloop")
+            uvloop.run(serve(settings))
+            return
+    asyncio.run(serve(settings))

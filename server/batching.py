@@ -178,7 +178,8 @@ class DynamicBatcher(Generic[Item, Result]):
             self._arrived.clear()
             await self._arrived.wait()
         while not self._closed:
-            wait_s = self.policy.wait_s(self._queued, time.perf_counter_ns() - self._oldest_enqueued_ns())
+            age_ns = time.perf_counter_ns() - self._oldest_enqueued_ns()
+            wait_s = self.policy.wait_s(self._queued, age_ns, len(self._executing))
             if wait_s <= 0:
                 return
             self._arrived.clear()

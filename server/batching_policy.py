@@ -17,7 +17,7 @@ from server.settings import BatchingSettings
 class BatchPolicy(Protocol):
     """Decides batch formation; see the module docstring."""
 
-    def wait_s(self, queued: int, oldest_age_ns: int) -> float:
+    def wait_s(self, queued: int, oldest_age_ns: int, in_flight: int) -> float:
         """Seconds still to wait for more requests; <= 0 means dispatch now."""
 
     def batch_size(self, queued: int) -> int:
@@ -40,7 +40,7 @@ class FixedPolicy:
         )
         self.max_delay_ns = settings.max_queue_delay_microseconds * 1000
 
-    def wait_s(self, queued: int, oldest_age_ns: int) -> float:
+    def wait_s(self, queued: int, oldest_age_ns: int, in_flight: int) -> float:
         """Wait only while neither a full nor a preferred batch can form, up to the queue delay."""
         if queued >= self.max_batch_size or (self.preferred and queued >= self.preferred[0]):
             return 0.0
@@ -122,13 +122,14 @@ class ArrivalRate:
 
 
 class AdaptivePolicy:
-    """Picks queue delay and batch size from the measured cost model and arrival rate.
+    """Picks the queue delay from the measured cost model and arrival rate; no knob but a latency target.
 
-    - Batch size cap: the largest batch whose predicted compute fits half the latency target.
-    - Idle (the next request is not expected before a batch's fixed cost would be paid again): go at once,
-      so light load pays no delay.
-    - Busy: wait for the next expected arrival, but never past the latency target for the oldest request.
-    Batches also grow without any waiting while all execution slots are busy.
+    - Idle (no batch executing): go at once, so light load pays no delay.
+    - Busy (another batch executing, a slot free): wait for the requests expected to arrive during one
+      batch's compute (`predicted compute / mean arrival gap`), re-deciding at every arrival, but never
+      past the latency target for the oldest request.
+    - Everything queued goes, up to max_batch_size: under load a larger batch is cheaper per request, so
+      the batch size is never capped below what is waiting.
     """
 
     def __init__(self, settings: BatchingSettings) -> None:
@@ -137,27 +138,23 @@ class AdaptivePolicy:
         self.cost = LinearCostModel()
         self.arrivals = ArrivalRate()
 
-    def size_cap(self) -> int:
-        """The largest batch predicted to compute within half the latency target."""
-        fixed, per_row = self.cost.coefficients()
-        if per_row <= 0:
-            return self.max_batch_size
-        return int(max(1, min(self.max_batch_size, (self.target_s / 2 - fixed) / per_row)))
-
-    def wait_s(self, queued: int, oldest_age_ns: int) -> float:
-        """Dispatch at once when idle or full; otherwise wait for the next arrival within the budget."""
-        if not self.cost.fitted or queued >= self.size_cap():
-            return 0.0
-        fixed, _ = self.cost.coefficients()
+    def expected_batch(self, queued: int) -> float:
+        """Requests expected to arrive while a batch of `queued` computes."""
         gap = self.arrivals.mean_gap_s
-        if gap >= fixed:
+        return self.cost.predict(queued) / gap if gap > 0 else math.inf
+
+    def wait_s(self, queued: int, oldest_age_ns: int, in_flight: int) -> float:
+        """Dispatch at once when idle, full or already at the expected batch; else wait within budget."""
+        if in_flight == 0 or queued >= self.max_batch_size or not self.cost.fitted:
+            return 0.0
+        if queued >= min(self.expected_batch(queued), self.max_batch_size):
             return 0.0
         budget = self.target_s - oldest_age_ns / 1e9 - self.cost.predict(queued + 1)
-        return min(budget, 2 * gap)
+        return min(budget, self.arrivals.mean_gap_s)
 
     def batch_size(self, queued: int) -> int:
-        """Everything queued, up to the cap."""
-        return min(queued, self.size_cap())
+        """Everything queued, up to max_batch_size."""
+        return min(queued, self.max_batch_size)
 
     def on_arrival(self, now_ns: int) -> None:
         """Track the arrival rate."""

@@ -93,13 +93,11 @@ def _serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: invalid settings: {error}\n")
         return 2
     _configure_logging(settings.log_level)
-    import asyncio
-
-    from server.app import serve
+    from server.app import run
     from server.runtime.tf_model import configure_threads
 
     configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
-    asyncio.run(serve(settings))
+    run(settings)
     return 0
 
 

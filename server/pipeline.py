@@ -115,8 +115,8 @@ class BatchPipeline:
             pool = self._popular_indices[: wanted + query.excluded.size]
         else:
             wanted = max(self.retrieval.candidate_count, query.k)
-            annoy_ids, _ = self.model.index.nearest_to_vector(user_embedding, wanted + query.excluded.size)
-            pool = (annoy_ids + 1).astype(np.int32)
+            annoy_ids = self.model.index.nearest_ids_to_vector(user_embedding, wanted + query.excluded.size)
+            pool = np.array(annoy_ids, dtype=np.int32) + 1
         if query.excluded.size:
             pool = pool[~np.isin(pool, query.excluded)]
         return pool[:wanted]

@@ -7,7 +7,7 @@ answers back to ids.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -85,9 +85,8 @@ class RecommenderService:
         """Top-k items for the user, scored by P(like); see RecommendRequest in the API."""
         k = self._checked_k(k)
         user, unknown = self._user_query(user_id, recent_item_ids)
-        excluded = self._known_indices(exclude_item_ids)
-        if not include_recent_items:
-            excluded = np.union1d(excluded, self._known_indices(recent_item_ids)).astype(np.int32)
+        never = set(exclude_item_ids) if include_recent_items else {*exclude_item_ids, *recent_item_ids}
+        excluded = self._known_indices(never)
         result = await self.batcher.submit(RecommendQuery(user, k, excluded), timeout_s, priority)
         assert isinstance(result, RankedItems)
         item_ids = self.model.items.ids
@@ -145,16 +144,19 @@ class RecommenderService:
     def _user_query(self, user_id: str, recent_item_ids: Sequence[str]) -> tuple[UserQuery, list[str]]:
         """The user's index and known context (latest max_recent_items), plus the unknown context ids."""
         recent = list(recent_item_ids)[-self.config.limits.max_recent_items :]
-        indices = [self.model.items.index_of(item_id) for item_id in recent]
-        unknown = [item_id for item_id, index in zip(recent, indices, strict=True) if index == 0]
-        context = np.fromiter((i for i in indices if i), dtype=np.int32)
+        index_by_id = self.model.items.index_by_id
+        context = np.array([index_by_id[i] for i in recent if i in index_by_id], dtype=np.int32)
+        unknown = (
+            [item_id for item_id in recent if item_id not in index_by_id]
+            if context.size < len(recent)
+            else []
+        )
         return UserQuery(self.model.users.index_of(user_id), context), unknown
 
-    def _known_indices(self, item_ids: Sequence[str]) -> np.ndarray:
-        indices = np.fromiter(
-            (self.model.items.index_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids)
-        )
-        return np.unique(indices[indices > 0])
+    def _known_indices(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Indices of the known ids among `item_ids` (unknown ones ignored), in no particular order."""
+        index_by_id = self.model.items.index_by_id
+        return np.array([index_by_id[i] for i in item_ids if i in index_by_id], dtype=np.int32)
 
     def _required_indices(self, item_ids: Sequence[str]) -> np.ndarray:
         """Indices in order. Raises NotFoundError naming the unknown ids."""

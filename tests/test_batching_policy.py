@@ -12,9 +12,9 @@ def test_fixed_policy_waits_only_below_every_trigger() -> None:
     policy = FixedPolicy(
         BatchingSettings(max_batch_size=32, preferred_batch_sizes=[8, 16], max_queue_delay_microseconds=1000)
     )
-    assert policy.wait_s(3, oldest_age_ns=200_000) == pytest.approx(0.0008)
-    assert policy.wait_s(3, oldest_age_ns=2_000_000) < 0
-    assert policy.wait_s(8, oldest_age_ns=0) == 0
+    assert policy.wait_s(3, oldest_age_ns=200_000, in_flight=0) == pytest.approx(0.0008)
+    assert policy.wait_s(3, oldest_age_ns=2_000_000, in_flight=0) < 0
+    assert policy.wait_s(8, oldest_age_ns=0, in_flight=0) == 0
     assert (policy.batch_size(3), policy.batch_size(9), policy.batch_size(20), policy.batch_size(40)) == (
         3,
         8,
@@ -53,29 +53,40 @@ def test_arrival_rate_tracks_the_gap() -> None:
 
 
 def adaptive(target_us: int = 10_000) -> AdaptivePolicy:
-    policy = AdaptivePolicy(
-        BatchingSettings(max_batch_size=256, adaptive={"enabled": True, "latency_target_us": target_us})
+    settings = BatchingSettings(
+        max_batch_size=256, adaptive={"enabled": True, "latency_target_us": target_us}
     )
+    policy = AdaptivePolicy(settings)
     for size in (1, 64, 1, 64):
-        policy.on_batch(size, int((0.001 + 0.00005 * size) * 1e9))
+        policy.on_batch(size, int((0.001 + 0.00005 * size) * 1e9))  # 1 ms fixed + 50 us per row
     return policy
 
 
-def test_adaptive_caps_batches_to_half_the_latency_target() -> None:
-    assert adaptive(10_000).size_cap() == 80  # (5 ms - 1 ms fixed) / 50 us per row
-    assert adaptive(1_000).size_cap() == 1
+def arrive_every(policy: AdaptivePolicy, gap_ns: int, count: int = 20) -> None:
+    for n in range(count):
+        policy.on_arrival(n * gap_ns)
 
 
-def test_adaptive_goes_at_once_when_arrivals_are_sparse() -> None:
+def test_adaptive_goes_at_once_when_nothing_is_executing() -> None:
     policy = adaptive()
-    for n in range(5):
-        policy.on_arrival(n * 10_000_000)  # one every 10 ms, slower than the 1 ms fixed cost
-    assert policy.wait_s(1, oldest_age_ns=0) == 0
+    arrive_every(policy, 100_000)
+    assert policy.wait_s(1, oldest_age_ns=0, in_flight=0) == 0
 
 
-def test_adaptive_waits_for_the_next_arrival_within_budget_when_busy() -> None:
+def test_adaptive_waits_for_the_batch_that_forms_during_one_compute_when_busy() -> None:
     policy = adaptive()
-    for n in range(20):
-        policy.on_arrival(n * 100_000)  # one every 0.1 ms
-    assert policy.wait_s(4, oldest_age_ns=0) == pytest.approx(0.0002)
-    assert policy.wait_s(4, oldest_age_ns=9_500_000) <= 0  # the oldest would miss the target
+    arrive_every(policy, 100_000)  # one every 0.1 ms: ~10 arrive during a 1 ms batch
+    assert policy.expected_batch(4) == pytest.approx(12.0)
+    assert policy.wait_s(4, oldest_age_ns=0, in_flight=1) == pytest.approx(0.0001)
+    assert policy.wait_s(20, oldest_age_ns=0, in_flight=1) == 0  # 20 arrive during a batch of 20
+
+
+def test_adaptive_never_waits_past_the_latency_target() -> None:
+    policy = adaptive(target_us=10_000)
+    arrive_every(policy, 100_000)
+    assert policy.wait_s(4, oldest_age_ns=9_500_000, in_flight=1) <= 0
+
+
+def test_adaptive_takes_everything_queued_up_to_the_maximum() -> None:
+    policy = adaptive()
+    assert (policy.batch_size(3), policy.batch_size(100), policy.batch_size(1000)) == (3, 100, 256)

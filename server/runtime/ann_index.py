@@ -32,10 +32,9 @@ class AnnIndex:
         """Trees in the index (fixed when it was built)."""
         return self._index.get_n_trees()
 
-    def nearest_to_vector(self, vector: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `count` items closest to `vector`: (annoy ids, cosine similarities), closest first."""
-        ids, distances = self._index.get_nns_by_vector(vector, count, self.search_k, include_distances=True)
-        return np.asarray(ids, dtype=np.int64), cosine_from_angular(np.asarray(distances, dtype=np.float32))
+    def nearest_ids_to_vector(self, vector: np.ndarray, count: int) -> list[int]:
+        """The annoy ids of the `count` items closest to `vector`, closest first (no distances: cheaper)."""
+        return self._index.get_nns_by_vector(vector, count, self.search_k)
 
     def nearest_to_item(self, annoy_id: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` items closest to item `annoy_id` (itself included): (ids, cosine similarities)."""
