@@ -8,7 +8,7 @@ MODEL_NAME ?= recommender
 GRPC_PORT ?= 8001
 STAMP := $(VENV)/.installed
 
-.PHONY: help install proto model serve test lint bench clean
+.PHONY: help install proto model serve test lint bench bench-report clean
 
 help:
 	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
@@ -16,6 +16,7 @@ help:
 	@echo "make proto   regenerate the protobuf code from protos/"
 	@echo "make model   build the demo model into $(MODEL_REPOSITORY)/$(MODEL_NAME)/ if none is there"
 	@echo "make lint    ruff"
+	@echo "make bench   run every benchmark (~20 min on 2 cores) and write docs/benchmarks.md"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,6 +41,18 @@ serve: proto model
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: model
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	mkdir -p bench/results
+	$(BIN)/python bench/pipeline_ceiling.py
+	$(BIN)/python bench/annoy_sweep.py
+	$(BIN)/python bench/server_load.py
+	$(BIN)/python bench/loadtest_ceiling.py | tee bench/results/loadtest_ceiling.md
+	$(BIN)/python bench/report.py
+
+bench-report:
+	$(BIN)/python bench/report.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

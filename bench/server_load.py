@@ -41,12 +41,13 @@ from recserve.v1 import recommender_pb2_grpc
 
 CONFIGS: dict[str, list[str]] = {
     "batching off": ["--max-batch-size", "1", "--max-queue-delay-us", "0"],
-    "delay 0": ["--max-queue-delay-us", "0"],
+    "default": [],  # the committed config: delay 0, one instance, 2 ANN threads
+    "default, 1 ANN thread": ["--ann-threads", "1"],
     "delay 500us": ["--max-queue-delay-us", "500"],
     "delay 2ms": ["--max-queue-delay-us", "2000"],
-    "delay 0, 2 instances": ["--max-queue-delay-us", "0", "--instance-count", "2"],
+    "2 instances, 1 ANN thread": ["--instance-count", "2", "--ann-threads", "1"],
     "adaptive": ["--adaptive-batching"],
-    "adaptive, 2 instances": ["--adaptive-batching", "--instance-count", "2"],
+    "adaptive, 2 instances": ["--adaptive-batching", "--instance-count", "2", "--ann-threads", "1"],
 }
 THREAD_GROUPS = ("event_loop", "batch_threads", "tensorflow", "grpc_core")
 LISTENING = re.compile(r"listening on [\d.]+:(\d+)")

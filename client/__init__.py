@@ -5,16 +5,27 @@ Results are plain frozen dataclasses; gRPC failures surface as `grpc.RpcError`. 
 """
 
 from client.client import DEFAULT_TARGET, AsyncRecommenderClient, RecommenderClient
-from client.results import IndexInfo, ModelInfo, Recommendation, ScoredItem, ScoreResult, SimilarItems
+from client.results import (
+    IndexInfo,
+    ModelInfo,
+    ModelStatistics,
+    Recommendation,
+    ScoredItem,
+    ScoreResult,
+    SimilarItems,
+    StageStatistics,
+)
 
 __all__ = [
     "DEFAULT_TARGET",
     "AsyncRecommenderClient",
     "IndexInfo",
     "ModelInfo",
+    "ModelStatistics",
     "Recommendation",
     "RecommenderClient",
     "ScoreResult",
     "ScoredItem",
     "SimilarItems",
+    "StageStatistics",
 ]

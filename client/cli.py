@@ -43,17 +43,20 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     recommend.add_argument(
         "--include-recent", action="store_true", help="allow the --recent items in the results"
     )
+    _add_priority(recommend)
 
     score = _add_command(subparsers, "score", _score, "P(like) for given items, in the order given.")
     score.add_argument("--user", required=True, help="user id, e.g. user-3")
     score.add_argument("--items", nargs="+", required=True, metavar="ITEM", help="items to score")
     _add_recent(score)
+    _add_priority(score)
 
     similar = _add_command(subparsers, "similar", _similar, "Items closest (cosine) to an item.")
     similar.add_argument("--item", required=True, help="item id, e.g. item-7")
     _add_k(similar)
 
     _add_command(subparsers, "model-info", _model_info, "What model the server has loaded.")
+    _add_command(subparsers, "stats", _stats, "Batching and pipeline-stage counters since the model loaded.")
 
     health = _add_command(
         subparsers, "health", _health, "Standard gRPC health check; exit code 0 only when SERVING."
@@ -94,6 +97,12 @@ def _add_recent(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_priority(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--priority", type=int, default=0, help="batching priority: 1 is the highest; 0 the server default"
+    )
+
+
 def _positive_seconds(value: str) -> float:
     seconds = float(value)
     if seconds <= 0:
@@ -127,6 +136,7 @@ def _recommend(args: argparse.Namespace, client: RecommenderClient, console: Con
         recent_item_ids=args.recent,
         exclude_item_ids=args.exclude,
         include_recent_items=args.include_recent,
+        priority=args.priority,
     )
     if args.json:
         formatting.write_json(formatting.recommendation_json(result))
@@ -136,7 +146,7 @@ def _recommend(args: argparse.Namespace, client: RecommenderClient, console: Con
 
 
 def _score(args: argparse.Namespace, client: RecommenderClient, console: Console) -> int:
-    result = client.score(args.user, args.items, recent_item_ids=args.recent)
+    result = client.score(args.user, args.items, recent_item_ids=args.recent, priority=args.priority)
     if args.json:
         formatting.write_json(formatting.score_json(args.items, result))
     else:
@@ -159,6 +169,15 @@ def _model_info(args: argparse.Namespace, client: RecommenderClient, console: Co
         formatting.write_json(formatting.model_info_json(info))
     else:
         formatting.show_model_info(console, info)
+    return 0
+
+
+def _stats(args: argparse.Namespace, client: RecommenderClient, console: Console) -> int:
+    stats = client.model_statistics()
+    if args.json:
+        formatting.write_json(formatting.statistics_json(stats))
+    else:
+        formatting.show_statistics(console, stats)
     return 0
 
 

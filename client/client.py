@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pb_grpc
 
-from client.results import ModelInfo, Recommendation, ScoreResult, SimilarItems
+from client.results import ModelInfo, ModelStatistics, Recommendation, ScoreResult, SimilarItems
 
 DEFAULT_TARGET = "localhost:8001"
 SERVING = "SERVING"
@@ -52,6 +52,7 @@ def _recommend_request(
     recent_item_ids: Iterable[str],
     exclude_item_ids: Iterable[str],
     include_recent_items: bool,
+    priority: int,
 ) -> pb.RecommendRequest:
     return pb.RecommendRequest(
         user_id=user_id,
@@ -59,14 +60,18 @@ def _recommend_request(
         recent_item_ids=_ids("recent_item_ids", recent_item_ids),
         exclude_item_ids=_ids("exclude_item_ids", exclude_item_ids),
         include_recent_items=include_recent_items,
+        priority=priority,
     )
 
 
-def _score_request(user_id: str, item_ids: Iterable[str], recent_item_ids: Iterable[str]) -> pb.ScoreRequest:
+def _score_request(
+    user_id: str, item_ids: Iterable[str], recent_item_ids: Iterable[str], priority: int
+) -> pb.ScoreRequest:
     return pb.ScoreRequest(
         user_id=user_id,
         item_ids=_ids("item_ids", item_ids),
         recent_item_ids=_ids("recent_item_ids", recent_item_ids),
+        priority=priority,
     )
 
 
@@ -121,9 +126,12 @@ class RecommenderClient(_ClientBase):
         exclude_item_ids: Iterable[str] = (),
         include_recent_items: bool = False,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> Recommendation:
         """Top-k items for the user (k=0: the server default); see RecommendRequest in the API."""
-        request = _recommend_request(user_id, k, recent_item_ids, exclude_item_ids, include_recent_items)
+        request = _recommend_request(
+            user_id, k, recent_item_ids, exclude_item_ids, include_recent_items, priority
+        )
         return Recommendation.from_proto(self._stub.Recommend(request, **self._call_options(timeout_s)))
 
     def score(
@@ -132,9 +140,10 @@ class RecommenderClient(_ClientBase):
         item_ids: Iterable[str],
         recent_item_ids: Iterable[str] = (),
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> ScoreResult:
         """P(like) for each item, in order. An unknown item id is NOT_FOUND."""
-        request = _score_request(user_id, item_ids, recent_item_ids)
+        request = _score_request(user_id, item_ids, recent_item_ids, priority)
         return ScoreResult.from_proto(self._stub.Score(request, **self._call_options(timeout_s)))
 
     def similar_items(self, item_id: str, k: int = 0, timeout_s: float | None = None) -> SimilarItems:
@@ -146,6 +155,13 @@ class RecommenderClient(_ClientBase):
         """What model the server has loaded."""
         response = self._stub.GetModelInfo(pb.GetModelInfoRequest(), **self._call_options(timeout_s))
         return ModelInfo.from_proto(response)
+
+    def model_statistics(self, timeout_s: float | None = None) -> ModelStatistics:
+        """Batching and pipeline-stage counters since the model was loaded."""
+        request = pb.GetModelStatisticsRequest()
+        return ModelStatistics.from_proto(
+            self._stub.GetModelStatistics(request, **self._call_options(timeout_s))
+        )
 
     def health(self, service: str = "", timeout_s: float | None = None) -> str:
         """The standard health status of `service` ("" = the whole server), e.g. "SERVING"."""
@@ -211,9 +227,12 @@ class AsyncRecommenderClient(_ClientBase):
         exclude_item_ids: Iterable[str] = (),
         include_recent_items: bool = False,
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> Recommendation:
         """Top-k items for the user (k=0: the server default); see RecommendRequest in the API."""
-        request = _recommend_request(user_id, k, recent_item_ids, exclude_item_ids, include_recent_items)
+        request = _recommend_request(
+            user_id, k, recent_item_ids, exclude_item_ids, include_recent_items, priority
+        )
         return Recommendation.from_proto(await self._stub.Recommend(request, **self._call_options(timeout_s)))
 
     async def score(
@@ -222,9 +241,10 @@ class AsyncRecommenderClient(_ClientBase):
         item_ids: Iterable[str],
         recent_item_ids: Iterable[str] = (),
         timeout_s: float | None = None,
+        priority: int = 0,
     ) -> ScoreResult:
         """P(like) for each item, in order. An unknown item id is NOT_FOUND."""
-        request = _score_request(user_id, item_ids, recent_item_ids)
+        request = _score_request(user_id, item_ids, recent_item_ids, priority)
         return ScoreResult.from_proto(await self._stub.Score(request, **self._call_options(timeout_s)))
 
     async def similar_items(self, item_id: str, k: int = 0, timeout_s: float | None = None) -> SimilarItems:
@@ -238,6 +258,12 @@ class AsyncRecommenderClient(_ClientBase):
         """What model the server has loaded."""
         response = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), **self._call_options(timeout_s))
         return ModelInfo.from_proto(response)
+
+    async def model_statistics(self, timeout_s: float | None = None) -> ModelStatistics:
+        """Batching and pipeline-stage counters since the model was loaded."""
+        request = pb.GetModelStatisticsRequest()
+        response = await self._stub.GetModelStatistics(request, **self._call_options(timeout_s))
+        return ModelStatistics.from_proto(response)
 
     async def health(self, service: str = "", timeout_s: float | None = None) -> str:
         """The standard health status of `service` ("" = the whole server), e.g. "SERVING"."""

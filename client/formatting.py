@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from client.results import ModelInfo, Recommendation, ScoredItem, ScoreResult, SimilarItems
+from client.results import ModelInfo, ModelStatistics, Recommendation, ScoredItem, ScoreResult, SimilarItems
 
 JsonObject = dict[str, Any]
 
@@ -50,6 +50,11 @@ def similar_json(item_id: str, result: SimilarItems) -> JsonObject:
 def model_info_json(info: ModelInfo) -> JsonObject:
     """Every GetModelInfoResponse field, the index as a nested object."""
     return asdict(info)
+
+
+def statistics_json(stats: ModelStatistics) -> JsonObject:
+    """Every GetModelStatisticsResponse field plus `mean_batch_size`."""
+    return {**asdict(stats), "mean_batch_size": stats.mean_batch_size}
 
 
 def health_json(service: str, status: str) -> JsonObject:
@@ -96,6 +101,39 @@ def show_model_info(console: Console, info: ModelInfo) -> None:
         *((f"eval {name}", _metric(value)) for name, value in info.evaluation.items()),
     ]
     table = Table(show_header=False, title="model info")
+    table.add_column("field")
+    table.add_column("value")
+    for name, value in rows:
+        table.add_row(escape(name), escape(value))
+    console.print(table)
+
+
+def show_statistics(console: Console, stats: ModelStatistics) -> None:
+    """Counters, mean batch size and mean times, then one row per pipeline stage."""
+    executed = max(stats.inference_count, 1)
+    batches = max(stats.execution_count, 1)
+    rows = [
+        ("model", f"{stats.model_name} version {stats.model_version}"),
+        ("requests executed / batches", f"{stats.inference_count:,} / {stats.execution_count:,}"),
+        ("mean batch size", f"{stats.mean_batch_size:.1f}"),
+        ("succeeded / failed", f"{stats.success_count:,} / {stats.failure_count:,}"),
+        (
+            "rejected / expired / cancelled",
+            f"{stats.rejected_count:,} / {stats.expired_count:,} / {stats.cancelled_count:,}",
+        ),
+        ("mean queue wait", f"{stats.queue_duration_us / executed:.0f} us"),
+        ("mean batch compute", f"{stats.compute_duration_us / batches:.0f} us"),
+        ("queued now / batches in flight", f"{stats.queue_depth} / {stats.batches_in_flight}"),
+        *(
+            (
+                f"stage {stage.name}",
+                f"{stage.execution_count:,} calls, {stage.inference_count:,} rows, "
+                f"{stage.compute_duration_us / max(stage.execution_count, 1):.0f} us per call",
+            )
+            for stage in stats.stages
+        ),
+    ]
+    table = Table(show_header=False, title="model statistics")
     table.add_column("field")
     table.add_column("value")
     for name, value in rows:

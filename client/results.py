@@ -121,5 +121,58 @@ class ModelInfo:
         )
 
 
+@dataclass(frozen=True)
+class StageStatistics:
+    """One pipeline stage's calls, rows and time."""
+
+    name: str
+    execution_count: int
+    inference_count: int
+    compute_duration_us: int
+
+
+@dataclass(frozen=True)
+class ModelStatistics:
+    """Batching counters since the model was loaded (see GetModelStatisticsResponse)."""
+
+    model_name: str
+    model_version: str
+    inference_count: int
+    execution_count: int
+    success_count: int
+    failure_count: int
+    rejected_count: int
+    expired_count: int
+    cancelled_count: int
+    queue_duration_us: int
+    compute_duration_us: int
+    batch_size_counts: dict[int, int]
+    stages: list[StageStatistics]
+    queue_depth: int
+    batches_in_flight: int
+
+    @property
+    def mean_batch_size(self) -> float:
+        """Requests per executed batch."""
+        return self.inference_count / self.execution_count if self.execution_count else 0.0
+
+    @classmethod
+    def from_proto(cls, response: pb.GetModelStatisticsResponse) -> ModelStatistics:
+        """Convert a GetModelStatisticsResponse; batch sizes come out sorted."""
+        scalars = {
+            name: getattr(response, name)
+            for name in cls.__dataclass_fields__
+            if name not in ("batch_size_counts", "stages")
+        }
+        return cls(
+            **scalars,
+            batch_size_counts=dict(sorted(response.batch_size_counts.items())),
+            stages=[
+                StageStatistics(s.name, s.execution_count, s.inference_count, s.compute_duration_us)
+                for s in response.stages
+            ],
+        )
+
+
 def _scored_items(items: Iterable[pb.ScoredItem]) -> list[ScoredItem]:
     return [ScoredItem(item.item_id, item.score) for item in items]

@@ -23,7 +23,7 @@ from server.repository import load_model, resolve_version_dir
 from server.servicers.recommender import SERVICE as RECOMMENDER_SERVICE
 from server.servicers.recommender import RecommenderServicer
 from server.servicers.reflection import add_reflection
-from server.settings import BatchingSettings, ServerSettings, effective_batching, load_model_config
+from server.settings import BatchingSettings, ServerSettings, effective_model_config, load_model_config
 
 logger = logging.getLogger(__name__)
 
@@ -85,12 +85,12 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     """Load the newest (or configured) model version, warm it up, then report SERVING."""
     settings = running.settings
     model_dir = settings.model_repository / settings.model_name
-    config = load_model_config(model_dir)
+    config = effective_model_config(settings, load_model_config(model_dir))
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     version_dir = resolve_version_dir(model_dir, settings.model_version)
     model = await loop.run_in_executor(None, load_model, version_dir, config.retrieval.search_k)
-    batching = effective_batching(settings, config)
+    batching = config.batching
     service = RecommenderService(model, config, batching)
     await loop.run_in_executor(
         service.executor, warm_up, service.pipeline, batching.max_batch_size, settings.warmup_rounds

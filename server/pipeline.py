@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,6 +72,17 @@ class BatchPipeline:
         self.retrieval = retrieval
         self._popular_indices = (np.argsort(-model.item_popularity, kind="stable") + 1).astype(np.int32)
         self.stages = {stage: StageStatistics() for stage in STAGES}
+        # Annoy releases the GIL, so a batch's lookups can run on several cores at once.
+        self._ann_pool = (
+            ThreadPoolExecutor(retrieval.ann_threads, thread_name_prefix="ann")
+            if retrieval.ann_threads > 1
+            else None
+        )
+
+    def close(self) -> None:
+        """Stop the lookup threads."""
+        if self._ann_pool is not None:
+            self._ann_pool.shutdown(wait=True)
 
     def run_batch(self, queries: Sequence[Query]) -> list[QueryResult]:
         """Answer every query; one result per query, in order."""
@@ -78,7 +90,7 @@ class BatchPipeline:
         user_embeddings = self.embed_users([query.user for query in queries])
         tower_done_ns = time.perf_counter_ns()
         self.stages["user_tower"].record(len(queries), tower_done_ns - started_ns)
-        item_lists = [self._items_to_rank(query, user_embeddings[row]) for row, query in enumerate(queries)]
+        item_lists = self._all_items_to_rank(queries, user_embeddings)
         ann_done_ns = time.perf_counter_ns()
         self.stages["ann"].record(len(queries), ann_done_ns - tower_done_ns)
         counts = np.fromiter((items.size for items in item_lists), dtype=np.int64, count=len(item_lists))
@@ -120,6 +132,21 @@ class BatchPipeline:
         if query.excluded.size:
             pool = pool[~np.isin(pool, query.excluded)]
         return pool[:wanted]
+
+    def _all_items_to_rank(self, queries: Sequence[Query], user_embeddings: np.ndarray) -> list[np.ndarray]:
+        """Per query, the items the ranker scores; the lookups are spread over `ann_threads` threads."""
+        rows = range(len(queries))
+        if self._ann_pool is None or len(queries) < 2:
+            return [self._items_to_rank(queries[row], user_embeddings[row]) for row in rows]
+        chunks = [rows[start :: self.retrieval.ann_threads] for start in range(self.retrieval.ann_threads)]
+        found: list[np.ndarray | None] = [None] * len(queries)
+
+        def look_up(chunk: range) -> None:
+            for row in chunk:
+                found[row] = self._items_to_rank(queries[row], user_embeddings[row])
+
+        list(self._ann_pool.map(look_up, chunks))
+        return found  # type: ignore[return-value]  # every row was filled
 
     def _items_to_rank(self, query: Query, user_embedding: np.ndarray) -> np.ndarray:
         if isinstance(query, RecommendQuery):

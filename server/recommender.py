@@ -71,6 +71,7 @@ class RecommenderService:
         """Finish queued work and stop."""
         await self.batcher.close()
         self.executor.shutdown(wait=True)
+        self.pipeline.close()
 
     async def recommend(
         self,

@@ -35,7 +35,7 @@ class BatchingSettings(BaseModel):
 
     max_batch_size: int = Field(64, ge=1, description="Most requests in one batch; 1 turns batching off.")
     max_queue_delay_microseconds: int = Field(
-        500,
+        0,
         ge=0,
         description="Longest a request waits for others to join its batch; 0 = take what is queued.",
     )
@@ -70,6 +70,9 @@ class RetrievalSettings(BaseModel):
     candidate_count: int = Field(100, ge=1, description="Candidates ranked per Recommend.")
     search_k: int = Field(-1, ge=-1, description="Annoy nodes inspected per query; -1 = Annoy's default.")
     cold_start_candidates: int = Field(200, ge=1, description="Popular items ranked for cold-start users.")
+    ann_threads: int = Field(
+        2, ge=1, description="Threads sharing one batch's ANN lookups (Annoy releases the GIL)."
+    )
 
 
 class LimitSettings(BaseModel):
@@ -111,6 +114,7 @@ class ServerSettings(BaseSettings):
         None, ge=0, description="Overrides batching.max_queue_delay_microseconds."
     )
     instance_count: int | None = Field(None, ge=1, description="Overrides batching.instance_count.")
+    ann_threads: int | None = Field(None, ge=1, description="Overrides retrieval.ann_threads.")
     adaptive_batching: bool | None = Field(None, description="Overrides batching.adaptive.enabled.")
     max_receive_message_bytes: int = Field(
         4 * 1024 * 1024, ge=1024, description="Larger requests are RESOURCE_EXHAUSTED."
@@ -187,3 +191,11 @@ def effective_batching(settings: ServerSettings, model: ModelConfig) -> Batching
             update={"enabled": settings.adaptive_batching}
         )
     return BatchingSettings(**{**model.batching.model_dump(), **overrides})
+
+
+def effective_model_config(settings: ServerSettings, model: ModelConfig) -> ModelConfig:
+    """The model's configuration with every server-level override applied."""
+    retrieval = model.retrieval
+    if settings.ann_threads is not None:
+        retrieval = retrieval.model_copy(update={"ann_threads": settings.ann_threads})
+    return model.model_copy(update={"batching": effective_batching(settings, model), "retrieval": retrieval})

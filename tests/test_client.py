@@ -396,3 +396,31 @@ def test_console_script_recommend_json(server_address: str) -> None:
     answer = json.loads(finished.stdout)
     assert answer["model_version"]
     assert answer["items"]
+
+
+def test_model_statistics_count_this_clients_requests(client: RecommenderClient) -> None:
+    before = client.model_statistics()
+    client.recommend("user-3", priority=1)
+    client.score("user-3", ["item-1"], priority=0)
+    after = client.model_statistics()
+    assert after.inference_count - before.inference_count == 2
+    assert after.mean_batch_size >= 1
+    assert [stage.name for stage in after.stages] == ["user_tower", "ann", "ranker"]
+    assert sum(after.batch_size_counts.values()) == after.execution_count
+
+
+def test_priority_out_of_range_is_invalid_argument(client: RecommenderClient) -> None:
+    with pytest.raises(grpc.RpcError) as caught:
+        client.recommend("user-3", priority=2)  # the committed config has one priority level
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "priority" in caught.value.details()
+
+
+def test_cli_stats_json_and_table(server_address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(["stats", "--json", "--target", server_address], capsys)
+    assert code == 0
+    stats = json.loads(out)
+    assert stats["model_name"] == "recommender" and stats["inference_count"] > 0
+    assert stats["mean_batch_size"] >= 1
+    code, out, _ = run_cli(["stats", "--target", server_address], capsys)
+    assert code == 0 and "mean batch size" in out and "stage ann" in out

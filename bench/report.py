@@ -1,0 +1,228 @@
+"""Render docs/benchmarks.md and its plot from the JSON results the benchmarks wrote to bench/results/.
+
+.venv/bin/python bench/report.py        (after `make bench`, which runs every benchmark first)
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from common import REPO_ROOT, RESULTS  # noqa: E402
+
+DOCS = REPO_ROOT / "docs"
+PLOT = DOCS / "benchmarks.png"
+TARGET_CONCURRENCY = 64
+
+
+def load(name: str) -> dict[str, Any] | None:
+    """One benchmark's results, or None if it has not run."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def cell(rows: list[dict], config: str, concurrency: int) -> dict | None:
+    """The row for one configuration and concurrency."""
+    return next((r for r in rows if r["config"] == config and r["concurrency"] == concurrency), None)
+
+
+def plot(load_results: dict, ceiling: dict | None) -> None:
+    """Throughput and p99 against concurrency, one line per configuration."""
+    rows = load_results["rows"]
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for config in configs:
+        points = sorted((r["concurrency"], r["rps"], r["p99_ms"]) for r in rows if r["config"] == config)
+        xs = [p[0] for p in points]
+        left.plot(xs, [p[1] for p in points], marker="o", label=config)
+        right.plot(xs, [p[2] for p in points], marker="o", label=config)
+    if ceiling:
+        best = max(r["rows_per_s"] for r in ceiling["rows"])
+        left.axhline(best, color="gray", linestyle="--", label="in-process pipeline ceiling")
+    for axis, title, unit in ((left, "Recommend throughput", "requests/s"), (right, "p99 latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrency (closed loop)")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(PLOT, dpi=110)
+
+
+def ceiling_table(ceiling: dict) -> list[str]:
+    """Markdown rows of the pipeline ceiling."""
+    lines = [
+        "| batch | rows/s | ms/batch | user tower ms | ANN ms | ranker ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in ceiling["rows"]:
+        lines.append(
+            f"| {r['batch_size']} | {r['rows_per_s']:.0f} | {r['ms_per_batch']:.2f} | {r['user_tower_ms']:.2f} "
+            f"| {r['ann_ms']:.2f} | {r['ranker_ms']:.2f} |"
+        )
+    return lines
+
+
+def load_table(rows: list[dict]) -> list[str]:
+    """Markdown rows of the server under load."""
+    lines = [
+        "| config | concurrency | req/s | p50 ms | p90 ms | p99 ms | mean batch | server CPU µs/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(rows, key=lambda r: (r["concurrency"], r["config"])):
+        lines.append(
+            f"| {r['config']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {r['mean_batch']:.1f} | {r['cpu_us_per_request']:.0f} |"
+        )
+    return lines
+
+
+def cpu_table(rows: list[dict], concurrency: int) -> list[str]:
+    """Where each request's server CPU goes, by thread group and pipeline stage."""
+    lines = [
+        "| config | event loop (gRPC handlers, batcher) | batch threads | TensorFlow pool | gRPC core "
+        "| user tower (wall) | ANN (wall) | ranker (wall) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r["concurrency"] != concurrency:
+            continue
+        lines.append(
+            f"| {r['config']} | {r.get('cpu_us_event_loop', 0):.0f} | {r.get('cpu_us_batch_threads', 0):.0f} "
+            f"| {r.get('cpu_us_tensorflow', 0):.0f} | {r.get('cpu_us_grpc_core', 0):.0f} "
+            f"| {r.get('stage_us_user_tower', 0):.0f} | {r.get('stage_us_ann', 0):.0f} "
+            f"| {r.get('stage_us_ranker', 0):.0f} |"
+        )
+    return lines
+
+
+def targets(rows: list[dict], ceiling: dict | None, default_config: str) -> list[str]:
+    """The issue's targets, as ratios from this run."""
+    lines = []
+    off, on = cell(rows, "batching off", TARGET_CONCURRENCY), cell(rows, default_config, TARGET_CONCURRENCY)
+    if off and on:
+        lines.append(
+            f"- Concurrency {TARGET_CONCURRENCY}: default batching ({default_config}) serves "
+            f"**{on['rps'] / off['rps']:.2f}×** the throughput of batching off ({on['rps']:.0f} vs "
+            f"{off['rps']:.0f} req/s); p99 {on['p99_ms']:.1f} ms vs {off['p99_ms']:.1f} ms "
+            f"(**{on['p99_ms'] / off['p99_ms']:.2f}×**)."
+        )
+    off1, on1 = cell(rows, "batching off", 1), cell(rows, default_config, 1)
+    if off1 and on1:
+        lines.append(
+            f"- Concurrency 1: p50 {on1['p50_ms']:.2f} ms with default batching vs {off1['p50_ms']:.2f} ms "
+            f"with batching off (**{on1['p50_ms'] / off1['p50_ms']:.2f}×**)."
+        )
+    busy = cell(rows, default_config, 128)
+    if busy and ceiling:
+        best = max(r["rows_per_s"] for r in ceiling["rows"])
+        lines.append(
+            f"- Concurrency 128: the server reaches {busy['rps']:.0f} req/s, **{busy['rps'] / best:.0%}** of the "
+            f"in-process pipeline ceiling ({best:.0f} rows/s, one thread, best batch size)."
+        )
+    return lines
+
+
+def annoy_table(sweep: dict) -> list[str]:
+    """Markdown rows of the Annoy sweep."""
+    lines = [
+        "| n_trees | search_k | recall@100 | ms/query | build s |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sweep["rows"]:
+        chosen = " **(default)**" if r == sweep.get("choice") else ""
+        lines.append(
+            f"| {r['n_trees']} | {r['search_k']} | {r['recall_at_100']:.3f}{chosen} | {r['ms_per_query']:.3f} "
+            f"| {r['build_s']:.1f} |"
+        )
+    return lines
+
+
+def main() -> None:
+    """Write docs/benchmarks.md (and the plot) from whatever results exist."""
+    ceiling, load_results, sweep = (load(n) for n in ("pipeline_ceiling", "server_load", "annoy_sweep"))
+    generator_path = RESULTS / "loadtest_ceiling.md"
+    generator = generator_path.read_text().strip() if generator_path.exists() else None
+    default_config = "default"
+    out = [
+        "# Benchmarks",
+        "",
+        "Every figure here comes from one `make bench` run on one machine: ratios are measured side by side, "
+        "cells are medians, and the server-load runs interleave configurations so that the machine's drift "
+        "hits them alike. Regenerate with `make bench` (about 20 minutes on 2 cores).",
+        "",
+    ]
+    if load_results:
+        rows = load_results["rows"]
+        plot(load_results, ceiling)
+        out += [
+            "## Targets",
+            "",
+            *targets(rows, ceiling, default_config),
+            "",
+            "## Server under closed-loop load",
+            "",
+            f"`.venv/bin/python bench/server_load.py` — {load_results['machine']}; {load_results['seconds']:g} s per run, "
+            f"median of {load_results['runs']} runs; load from a separate process ({load_results['load_generator']}) "
+            "on the same cores; Recommend with k=10 for known users with 0–5 recent items.",
+            "",
+            "![throughput and p99 by concurrency](benchmarks.png)",
+            "",
+            "Configurations (`recserve serve` flags):",
+            "",
+        ]
+        out += [f"- **{name}**: `{' '.join(flags)}`" for name, flags in load_results["configs"].items()]
+        out += [
+            "",
+            *load_table(rows),
+            "",
+            f"### Where a request's server CPU goes (µs per request, concurrency {TARGET_CONCURRENCY})",
+            "",
+            "Thread groups are measured from /proc; pipeline stages are the wall time each stage spent per request "
+            "(from `GetModelStatistics`).",
+            "",
+            *cpu_table(rows, TARGET_CONCURRENCY),
+            "",
+        ]
+    if ceiling:
+        out += [
+            "## The ceiling: the in-process pipeline",
+            "",
+            f"`.venv/bin/python bench/pipeline_ceiling.py` — {ceiling['machine']}; no RPC, no batcher, one thread; "
+            "medians per batch.",
+            "",
+            *ceiling_table(ceiling),
+            "",
+        ]
+    if sweep:
+        out += [
+            "## Annoy settings",
+            "",
+            f"`.venv/bin/python bench/annoy_sweep.py` — {sweep['machine']}; {sweep['queries']} real user-tower "
+            "queries against the demo model's 20,000 item embeddings; recall@100 against exact cosine search. "
+            "The default is the cheapest setting with recall@100 ≥ 0.94.",
+            "",
+            *annoy_table(sweep),
+            "",
+        ]
+    if generator:
+        out += [
+            "## The load generator's own ceiling",
+            "",
+            "`.venv/bin/python bench/loadtest_ceiling.py` — `recserve loadtest` against a trivial gRPC server "
+            "(health Check) in another process, to show the generator is not what limits the figures above.",
+            "",
+            generator,
+            "",
+        ]
+    (DOCS / "benchmarks.md").write_text("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
