@@ -194,7 +194,8 @@ def main() -> None:
         out += [
             "## The ceiling: the in-process pipeline",
             "",
-            f"`.venv/bin/python bench/pipeline_ceiling.py` — {ceiling['machine']}; no RPC, no batcher, one thread; "
+            f"`.venv/bin/python bench/pipeline_ceiling.py` — {ceiling['machine']}; no RPC, no batcher; one batch "
+                f"thread and {ceiling.get('ann_threads', 1)} ANN threads (the server's settings); "
             "medians per batch.",
             "",
             *ceiling_table(ceiling),

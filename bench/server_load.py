@@ -34,10 +34,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from recserve.v1 import recommender_pb2 as pb
-from recserve.v1 import recommender_pb2_grpc
+from client import ModelStatistics, RecommenderClient
 
 CONFIGS: dict[str, list[str]] = {
     "batching off": ["--max-batch-size", "1", "--max-queue-delay-us", "0"],
@@ -81,11 +78,10 @@ class ServerProcess:
             )
         return groups
 
-    def statistics(self) -> pb.GetModelStatisticsResponse:
+    def statistics(self) -> ModelStatistics:
         """The server's batching counters."""
-        with grpc.insecure_channel(self.address) as channel:
-            stub = recommender_pb2_grpc.RecommenderStub(channel)
-            return stub.GetModelStatistics(pb.GetModelStatisticsRequest(), timeout=10)
+        with RecommenderClient(self.address) as client:
+            return client.model_statistics()
 
     def stop(self) -> None:
         """SIGTERM and wait."""
@@ -129,23 +125,13 @@ def start_server(repository: Path, flags: list[str], workdir: Path) -> ServerPro
         match = LISTENING.search(log.read_text())
         if match:
             server = ServerProcess(process, f"127.0.0.1:{match.group(1)}", log)
-            if _serving(server.address):
-                return server
+            with RecommenderClient(server.address) as client:
+                client.wait_until_serving(max(deadline - time.monotonic(), 1))
+            return server
         if process.poll() is not None:
             raise RuntimeError(f"server exited:\n{log.read_text()}")
         time.sleep(0.2)
     raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
-
-
-def _serving(address: str) -> bool:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            status = (
-                health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=2).status
-            )
-        except grpc.RpcError:
-            return False
-    return status == health_pb2.HealthCheckResponse.SERVING
 
 
 def request_data(repository: Path, count: int = 2000, seed: int = 1) -> list[dict]:
@@ -220,10 +206,8 @@ def measure_cell(
     }
 
 
-def _stage_us(
-    before: pb.GetModelStatisticsResponse, after: pb.GetModelStatisticsResponse, name: str
-) -> float:
-    def total(stats: pb.GetModelStatisticsResponse) -> int:
+def _stage_us(before: ModelStatistics, after: ModelStatistics, name: str) -> float:
+    def total(stats: ModelStatistics) -> int:
         return next((stage.compute_duration_us for stage in stats.stages if stage.name == name), 0)
 
     return float(total(after) - total(before))

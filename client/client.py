@@ -14,10 +14,10 @@ from collections.abc import Iterable, Sequence
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from recserve.v1 import recommender_pb2 as pb
-from recserve.v1 import recommender_pb2_grpc as pb_grpc
 
 from client.results import ModelInfo, ModelStatistics, Recommendation, ScoreResult, SimilarItems
+from recserve.v1 import recommender_pb2 as pb
+from recserve.v1 import recommender_pb2_grpc as pb_grpc
 
 DEFAULT_TARGET = "localhost:8001"
 SERVING = "SERVING"

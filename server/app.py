@@ -142,30 +142,53 @@ def warm_up(pipeline: BatchPipeline, max_batch_size: int, rounds: int) -> None:
         size = min(size * 2, max_batch_size)
 
 
-async def stop_server(running: RunningServer, grace_s: float) -> None:
-    """Report NOT_SERVING, let in-flight RPCs finish within `grace_s`, then stop batching."""
+async def stop_server(running: RunningServer, grace_s: float, drain_s: float = 0.0) -> None:
+    """Shut down without failing an accepted request.
+
+    Health turns NOT_SERVING at once; new RPCs are still accepted for `drain_s` (time for load balancers to
+    notice); then the server refuses new RPCs, in-flight ones get up to `grace_s` to finish, and the batcher
+    executes everything still queued before it stops.
+    """
     await running.set_serving(False)
+    if drain_s > 0:
+        await asyncio.sleep(drain_s)
     await running.server.stop(grace_s)
     if running.service is not None:
         await running.service.close()
 
 
 async def serve(settings: ServerSettings) -> None:
-    """Run until SIGINT or SIGTERM, then shut down gracefully."""
+    """Run until SIGINT or SIGTERM, then shut down gracefully (a second signal skips the drain)."""
     running = await start_server(settings)
-    stop_requested = asyncio.Event()
+    signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop_requested.set)
-    try:
-        await load_and_serve_model(running)
-    except Exception:
-        logger.exception("could not load model %s from %s", settings.model_name, settings.model_repository)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+    loading = asyncio.ensure_future(load_and_serve_model(running))
+    first_signal = asyncio.ensure_future(signals.get())
+    await asyncio.wait({loading, first_signal}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done() and loading.exception() is not None:
+        logger.error("could not load model %s from %s", settings.model_name, settings.model_repository)
+        first_signal.cancel()
         await stop_server(running, 0)
-        raise
-    await stop_requested.wait()
-    logger.info("shutting down: finishing in-flight requests (grace %.1fs)", settings.shutdown_grace_seconds)
-    await stop_server(running, settings.shutdown_grace_seconds)
+        raise loading.exception()  # type: ignore[misc]  # checked just above
+    received = await first_signal
+    logger.info(
+        "%s: NOT_SERVING; accepting new requests for %.1fs more, then finishing in-flight ones (grace %.1fs)",
+        signal.Signals(received).name,
+        settings.shutdown_drain_seconds,
+        settings.shutdown_grace_seconds,
+    )
+    drain = asyncio.ensure_future(
+        stop_server(running, settings.shutdown_grace_seconds, settings.shutdown_drain_seconds)
+    )
+    second_signal = asyncio.ensure_future(signals.get())
+    await asyncio.wait({drain, second_signal}, return_when=asyncio.FIRST_COMPLETED)
+    if not drain.done():
+        logger.warning("second signal: stopping now")
+        await running.server.stop(0)
+        await drain
+    second_signal.cancel()
     logger.info("stopped")
 
 

@@ -130,8 +130,13 @@ class ServerSettings(BaseSettings):
         1, ge=0, description="TensorFlow inter-op threads; 0 = TensorFlow picks."
     )
     warmup_rounds: int = Field(3, ge=0, description="Warm-up passes per batch size before SERVING.")
+    shutdown_drain_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="After SIGTERM, seconds health says NOT_SERVING while new RPCs are still accepted.",
+    )
     shutdown_grace_seconds: float = Field(
-        5.0, ge=0, description="On SIGTERM/SIGINT, time allowed for in-flight RPCs to finish."
+        5.0, ge=0, description="Then, seconds in-flight RPCs get to finish once new ones are refused."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(

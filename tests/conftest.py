@@ -14,7 +14,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from recserve.v1 import recommender_pb2_grpc  # noqa: E402
-
 from server.settings import ServerSettings  # noqa: E402
 from tests.serving import ServerThread  # noqa: E402
 

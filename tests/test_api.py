@@ -5,8 +5,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 import pytest
-from recserve.v1 import recommender_pb2 as pb
 
+from recserve.v1 import recommender_pb2 as pb
 from server.settings import load_model_config
 
 USER = "user-3"

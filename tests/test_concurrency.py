@@ -6,6 +6,7 @@ import asyncio
 
 import grpc
 import pytest
+
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc
 

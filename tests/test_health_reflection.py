@@ -7,8 +7,8 @@ import pytest
 from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
-from recserve.v1 import recommender_pb2 as pb
 
+from recserve.v1 import recommender_pb2 as pb
 from server.settings import ServerSettings
 from tests.serving import ServerThread
 

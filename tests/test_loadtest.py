@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 from google.protobuf import descriptor_pb2, json_format
 from grpc_health.v1 import health_pb2
-from recserve.v1 import recommender_pb2 as pb
 
 from bench.trivial_server import build_server
 from client.cli import build_client_parser
@@ -39,6 +38,7 @@ from client.loadtest.report import (
 )
 from client.loadtest.runner import RunResult, run_load
 from client.loadtest.templates import CallContext, TemplateError, build_plan, compile_string
+from recserve.v1 import recommender_pb2 as pb
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PROTO = "protos/recserve/v1/recommender.proto"

@@ -10,10 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from recserve.v1 import recommender_pb2 as pb
-from recserve.v1 import recommender_pb2_grpc
+from client import RecommenderClient
 
 LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
 
@@ -27,17 +24,6 @@ def wait_for_port(process: subprocess.Popen, log: Path, timeout_s: float = 60) -
         assert process.poll() is None, f"server exited early:\n{log.read_text()}"
         time.sleep(0.1)
     raise AssertionError(f"server did not report its port:\n{log.read_text()}")
-
-
-def wait_until_serving(channel: grpc.Channel, timeout_s: float = 120) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
-        if status == health_pb2.HealthCheckResponse.SERVING:
-            return
-        time.sleep(0.2)
-    raise AssertionError("server never became SERVING")
 
 
 def test_serve_answers_then_exits_zero_on_sigterm(model_repository: Path, tmp_path: Path) -> None:
@@ -59,10 +45,9 @@ def test_serve_answers_then_exits_zero_on_sigterm(model_repository: Path, tmp_pa
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         port = wait_for_port(process, log)
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            wait_until_serving(channel)
-            stub = recommender_pb2_grpc.RecommenderStub(channel)
-            assert len(stub.Recommend(pb.RecommendRequest(user_id="user-3"), timeout=10).items) == 10
+        with RecommenderClient(f"127.0.0.1:{port}") as client:
+            client.wait_until_serving(120)
+            assert len(client.recommend("user-3").items) == 10
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0, log.read_text()
     finally:

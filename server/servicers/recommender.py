@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import grpc
-from recserve.v1 import recommender_pb2 as pb
 
+from recserve.v1 import recommender_pb2 as pb
 from server.recommender import Recommendation, ServiceSlot
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]

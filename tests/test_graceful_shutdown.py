@@ -1,0 +1,135 @@
+"""SIGTERM under load: health flips at once, accepted requests all succeed, the process exits 0.
+
+The clients behave like callers behind a load balancer: they keep sending during the drain period (the
+balancer has not yet seen NOT_SERVING) and stop sending new calls when it ends (the endpoint is gone);
+calls already sent must all succeed. Calls sent after the drain are refused without being accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from client import RecommenderClient
+from recserve.v1 import recommender_pb2 as pb
+from recserve.v1 import recommender_pb2_grpc
+from tests.test_serve_process import wait_for_port
+
+WORKERS = 48
+DRAIN_S = 3.0
+
+
+async def hammer(address: str, stop: asyncio.Event, outcomes: list[tuple[float, str]]) -> None:
+    """Call Recommend in a loop until `stop` or the server goes away; record (time, status name)."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        n = 0
+        while not stop.is_set():  # checked before each new call: in-flight calls always complete
+            n += 1
+            try:
+                await stub.Recommend(pb.RecommendRequest(user_id=f"user-{n % 1500}"), timeout=20)
+                outcomes.append((time.monotonic(), "OK"))
+            except grpc.aio.AioRpcError as error:
+                outcomes.append((time.monotonic(), error.code().name))
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    return  # refused: the server no longer accepts; nothing was accepted and lost
+
+
+async def health_status(address: str) -> int:
+    async with grpc.aio.insecure_channel(address) as channel:
+        response = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        return response.status
+
+
+async def run_scenario(process: subprocess.Popen, address: str) -> tuple[list[tuple[float, str]], float, int]:
+    stop = asyncio.Event()
+    outcomes: list[tuple[float, str]] = []
+    workers = [asyncio.ensure_future(hammer(address, stop, outcomes)) for _ in range(WORKERS)]
+    await asyncio.sleep(2.0)  # steady load, batches forming
+    signalled_at = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    status_during_drain = await health_status(address)
+    await asyncio.sleep(DRAIN_S - 1.5)
+    stop.set()  # the load balancer has taken the endpoint out: no new calls
+    await asyncio.gather(*workers)
+    return outcomes, signalled_at, status_during_drain
+
+
+def test_sigterm_under_load_fails_no_accepted_request(model_repository: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--model-repository",
+        str(model_repository),
+    ]
+    env = {
+        **os.environ,
+        "RECSERVE_WARMUP_ROUNDS": "1",
+        "RECSERVE_SHUTDOWN_DRAIN_SECONDS": str(DRAIN_S),
+        "RECSERVE_SHUTDOWN_GRACE_SECONDS": "20",
+    }
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        address = f"127.0.0.1:{wait_for_port(process, log)}"
+        with RecommenderClient(address) as client:
+            client.wait_until_serving(120)
+        outcomes, signalled_at, status_during_drain = asyncio.run(run_scenario(process, address))
+        assert process.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert status_during_drain == health_pb2.HealthCheckResponse.NOT_SERVING
+    failed = [status for _, status in outcomes if status != "OK"]
+    assert not failed, f"requests failed: {failed[:5]} ({len(failed)} in all)\n{log.read_text()}"
+    served_after_signal = sum(1 for at, status in outcomes if status == "OK" and at > signalled_at)
+    assert served_after_signal > WORKERS, "requests sent during the drain should be served"
+    assert "stopped" in log.read_text()
+
+
+def test_calls_after_shutdown_are_refused_with_unavailable(model_repository: Path, tmp_path: Path) -> None:
+    log = tmp_path / "server.log"
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        "--grpc-host",
+        "127.0.0.1",
+        "--grpc-port",
+        "0",
+        "--model-repository",
+        str(model_repository),
+    ]
+    env = {**os.environ, "RECSERVE_WARMUP_ROUNDS": "1"}
+    with log.open("w") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        address = f"127.0.0.1:{wait_for_port(process, log)}"
+        with RecommenderClient(address) as client:
+            client.wait_until_serving(120)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0, log.read_text()
+            with pytest.raises(grpc.RpcError) as caught:
+                client.recommend("user-3", timeout_s=5)
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        if process.poll() is None:
+            process.kill()

