@@ -86,7 +86,9 @@ def main() -> None:
     )
     rng = np.random.default_rng(0)
     rows = [measure(pipeline, size, args.seconds, rng) for size in args.batch_sizes]
-    print(f"Pipeline ceiling, one batch thread + {config.retrieval.ann_threads} ANN threads, {machine_note()}; medians per batch")
+    print(
+        f"Pipeline ceiling, one batch thread + {config.retrieval.ann_threads} ANN threads, {machine_note()}; medians per batch"
+    )
     print("| batch | rows/s | ms/batch | user tower ms | ANN ms | ranker ms |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
@@ -94,7 +96,10 @@ def main() -> None:
             f"| {row['batch_size']} | {row['rows_per_s']:.0f} | {row['ms_per_batch']:.2f} | {row['user_tower_ms']:.2f} "
             f"| {row['ann_ms']:.2f} | {row['ranker_ms']:.2f} |"
         )
-    write_result("pipeline_ceiling", {"machine": machine_note(), "ann_threads": config.retrieval.ann_threads, "rows": rows})
+    write_result(
+        "pipeline_ceiling",
+        {"machine": machine_note(), "ann_threads": config.retrieval.ann_threads, "rows": rows},
+    )
 
 
 if __name__ == "__main__":
