@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any, TypeVar
 
+from client import RecommenderClient
 from server.app import RunningServer, load_and_serve_model, start_server, stop_server
 from server.settings import ServerSettings
 
@@ -52,3 +60,58 @@ class ServerThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
+
+
+class ServerProcess:
+    """`recserve serve` as a child process on a free loopback port, SERVING once entered; killed on exit."""
+
+    def __init__(self, model_repository: Path, log: Path, **environment: str) -> None:
+        self.log = log
+        self.command = [
+            sys.executable,
+            "-m",
+            "server",
+            "serve",
+            "--grpc-host",
+            "127.0.0.1",
+            "--grpc-port",
+            "0",
+            "--model-repository",
+            str(model_repository),
+        ]
+        self.env = {**os.environ, "RECSERVE_WARMUP_ROUNDS": "1", **environment}
+        self.process: subprocess.Popen | None = None
+        self.address = ""
+
+    def __enter__(self) -> ServerProcess:
+        with self.log.open("w") as sink:
+            self.process = subprocess.Popen(self.command, stdout=sink, stderr=subprocess.STDOUT, env=self.env)
+        self.address = f"127.0.0.1:{self._wait_for_port()}"
+        with RecommenderClient(self.address) as client:
+            client.wait_until_serving(120)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+    def terminate_and_wait(self, timeout_s: float = 30) -> int:
+        """SIGTERM, then the exit code."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout_s)
+
+    def _wait_for_port(self, timeout_s: float = 60) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            match = LISTENING.search(self.log.read_text())
+            if match:
+                return int(match.group(1))
+            assert self.process.poll() is None, f"server exited early:\n{self.log.read_text()}"
+            time.sleep(0.1)
+        raise AssertionError(f"server did not report its port:\n{self.log.read_text()}")

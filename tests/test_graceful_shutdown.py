@@ -8,10 +8,8 @@ calls already sent must all succeed. Calls sent after the drain are refused with
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from client import RecommenderClient
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc
-from tests.test_serve_process import wait_for_port
+from tests.serving import ServerProcess
 
 WORKERS = 48
 DRAIN_S = 3.0
@@ -66,70 +64,24 @@ async def run_scenario(process: subprocess.Popen, address: str) -> tuple[list[tu
 
 
 def test_sigterm_under_load_fails_no_accepted_request(model_repository: Path, tmp_path: Path) -> None:
-    log = tmp_path / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "server",
-        "serve",
-        "--grpc-host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--model-repository",
-        str(model_repository),
-    ]
-    env = {
-        **os.environ,
-        "RECSERVE_WARMUP_ROUNDS": "1",
-        "RECSERVE_SHUTDOWN_DRAIN_SECONDS": str(DRAIN_S),
-        "RECSERVE_SHUTDOWN_GRACE_SECONDS": "20",
-    }
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    try:
-        address = f"127.0.0.1:{wait_for_port(process, log)}"
-        with RecommenderClient(address) as client:
-            client.wait_until_serving(120)
-        outcomes, signalled_at, status_during_drain = asyncio.run(run_scenario(process, address))
-        assert process.wait(timeout=30) == 0, log.read_text()
-    finally:
-        if process.poll() is None:
-            process.kill()
+    drain = {"RECSERVE_SHUTDOWN_DRAIN_SECONDS": str(DRAIN_S), "RECSERVE_SHUTDOWN_GRACE_SECONDS": "20"}
+    with ServerProcess(model_repository, tmp_path / "server.log", **drain) as server:
+        outcomes, signalled_at, status_during_drain = asyncio.run(
+            run_scenario(server.process, server.address)
+        )
+        assert server.process.wait(timeout=30) == 0, server.log.read_text()
     assert status_during_drain == health_pb2.HealthCheckResponse.NOT_SERVING
     failed = [status for _, status in outcomes if status != "OK"]
-    assert not failed, f"requests failed: {failed[:5]} ({len(failed)} in all)\n{log.read_text()}"
+    assert not failed, f"requests failed: {failed[:5]} ({len(failed)} in all)\n{server.log.read_text()}"
     served_after_signal = sum(1 for at, status in outcomes if status == "OK" and at > signalled_at)
     assert served_after_signal > WORKERS, "requests sent during the drain should be served"
-    assert "stopped" in log.read_text()
+    assert "stopped" in server.log.read_text()
 
 
 def test_calls_after_shutdown_are_refused_with_unavailable(model_repository: Path, tmp_path: Path) -> None:
-    log = tmp_path / "server.log"
-    command = [
-        sys.executable,
-        "-m",
-        "server",
-        "serve",
-        "--grpc-host",
-        "127.0.0.1",
-        "--grpc-port",
-        "0",
-        "--model-repository",
-        str(model_repository),
-    ]
-    env = {**os.environ, "RECSERVE_WARMUP_ROUNDS": "1"}
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
-    try:
-        address = f"127.0.0.1:{wait_for_port(process, log)}"
-        with RecommenderClient(address) as client:
-            client.wait_until_serving(120)
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0, log.read_text()
+    with ServerProcess(model_repository, tmp_path / "server.log") as server:
+        with RecommenderClient(server.address) as client:
+            assert server.terminate_and_wait() == 0, server.log.read_text()
             with pytest.raises(grpc.RpcError) as caught:
                 client.recommend("user-3", timeout_s=5)
-        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
-    finally:
-        if process.poll() is None:
-            process.kill()
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
