@@ -38,10 +38,6 @@ class Vocabulary:
         """The index of `external_id`, 0 when unknown."""
         return self.index_by_id.get(external_id, 0)
 
-    def id_of(self, index: int) -> str:
-        """The external id of a 1-based index."""
-        return self.ids[index - 1]
-
 
 @dataclass
 class LoadedModel:
