@@ -7,8 +7,10 @@ MODEL_REPOSITORY ?= models
 MODEL_NAME ?= recommender
 GRPC_PORT ?= 8001
 STAMP := $(VENV)/.installed
+# perf_analyzer (bench/perf_analyzer.py) lives in a venv of its own: bench/requirements-perf-analyzer.txt.
+PERF_VENV := .venv-perf
 
-.PHONY: help install proto model serve test lint bench bench-report clean
+.PHONY: help install proto model serve test lint bench bench-perf-analyzer bench-report clean
 
 help:
 	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
@@ -17,6 +19,7 @@ help:
 	@echo "make model   build the demo model into $(MODEL_REPOSITORY)/$(MODEL_NAME)/ if none is there"
 	@echo "make lint    ruff"
 	@echo "make bench   run every benchmark (~20 min on 2 cores) and write docs/benchmarks.md"
+	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min; needs libb64-0d)"
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,6 +54,17 @@ bench: model
 	$(BIN)/python bench/loadtest_ceiling.py | tee bench/results/loadtest_ceiling.md
 	$(BIN)/python bench/report.py
 
+$(PERF_VENV)/bin/perf_analyzer: bench/requirements-perf-analyzer.txt
+	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip install --quiet -r bench/requirements-perf-analyzer.txt
+	touch $@
+
+bench-perf-analyzer: model $(PERF_VENV)/bin/perf_analyzer
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	mkdir -p bench/results
+	$(BIN)/python bench/perf_analyzer.py
+	$(BIN)/python bench/report.py
+
 bench-report:
 	$(BIN)/python bench/report.py
 
@@ -58,4 +72,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(PERF_VENV) .pytest_cache .ruff_cache *.egg-info

@@ -16,6 +16,7 @@ from common import REPO_ROOT, RESULTS  # noqa: E402
 
 DOCS = REPO_ROOT / "docs"
 PLOT = DOCS / "benchmarks.png"
+PERF_ANALYZER_PLOT = DOCS / "benchmarks-perf-analyzer.png"
 TARGET_CONCURRENCY = 64
 
 
@@ -146,6 +147,51 @@ def annoy_table(sweep: dict) -> list[str]:
     return lines
 
 
+def plot_perf_analyzer(results: dict) -> None:
+    """Throughput and p99 against concurrency: perf_analyzer on ModelInfer vs recserve loadtest on Recommend."""
+    rows = results["rows"]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for tool in dict.fromkeys(r["tool"] for r in rows):
+        points = sorted((r["concurrency"], r["rps"], r["p99_ms"]) for r in rows if r["tool"] == tool)
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=tool)
+        right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=tool)
+    for axis, title, unit in ((left, "throughput", "requests/s"), (right, "p99 latency", "ms")):
+        axis.set_xscale("log", base=2)
+        axis.set_xlabel("concurrency (closed loop)")
+        axis.set_ylabel(unit)
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+    right.set_yscale("log")
+    left.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(PERF_ANALYZER_PLOT, dpi=110)
+
+
+def perf_analyzer_section(results: dict) -> list[str]:
+    """The KServe v2 protocol under perf_analyzer, beside our own API under recserve loadtest."""
+    plot_perf_analyzer(results)
+    lines = [
+        "## The KServe v2 protocol under Triton's perf_analyzer",
+        "",
+        f"`.venv/bin/python bench/perf_analyzer.py` — {results['machine']}; one server (the committed config), "
+        f"closed loop from a separate process on the same cores; median of {results['runs']} interleaved runs "
+        f"of {results['seconds']:g} s. perf_analyzer 2.51 sends ModelInfer to `recommender` (`user_id` and "
+        f"`k` = {results['k']} from an `--input-data` JSON of known users); `recserve loadtest` sends the same "
+        "requests as Recommend. Both go through the same batcher; mean batch is from the server's statistics.",
+        "",
+        f"![perf_analyzer vs recserve loadtest]({PERF_ANALYZER_PLOT.name})",
+        "",
+        "| tool | concurrency | req/s | p50 ms | p90 ms | p99 ms | mean batch |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in sorted(results["rows"], key=lambda r: (r["concurrency"], r["tool"])):
+        lines.append(
+            f"| {r['tool']} | {r['concurrency']:.0f} | {r['rps']:.0f} | {r['p50_ms']:.2f} | {r['p90_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {r['mean_batch']:.1f} |"
+        )
+    return [*lines, ""]
+
+
 def main() -> None:
     """Write docs/benchmarks.md (and the plot) from whatever results exist."""
     ceiling, load_results, sweep = (load(n) for n in ("pipeline_ceiling", "server_load", "annoy_sweep"))
@@ -224,6 +270,9 @@ def main() -> None:
             generator,
             "",
         ]
+    perf_analyzer = load("perf_analyzer")
+    if perf_analyzer:
+        out += perf_analyzer_section(perf_analyzer)
     (DOCS / "benchmarks.md").write_text("\n".join(out))
 
 

@@ -114,6 +114,8 @@ def start_server(repository: Path, flags: list[str], workdir: Path) -> ServerPro
         "127.0.0.1",
         "--grpc-port",
         "0",
+        "--metrics-port",
+        "0",
         "--model-repository",
         str(repository),
         *flags,

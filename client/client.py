@@ -2,7 +2,9 @@
 
 Callers never handle protobuf messages; conversion happens once, in the dataclasses' `from_proto`.
 gRPC failures are not wrapped: they surface as `grpc.RpcError` with the server's status code and details.
-Only grpc, protobuf and the standard library are imported, so the CLI starts fast.
+Every call carries the caller's OpenTelemetry context (W3C `traceparent`, or what `OTEL_PROPAGATORS`
+selects) in its metadata, so the server's spans join the caller's trace. Only grpc, protobuf, the
+OpenTelemetry API and the standard library are imported, so the CLI starts fast.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable, Sequence
 import grpc
 import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from opentelemetry import propagate
 
 from client.results import ModelInfo, ModelStatistics, Recommendation, ScoreResult, SimilarItems
 from recserve.v1 import recommender_pb2 as pb
@@ -85,7 +88,16 @@ class _ClientBase:
 
     def _call_options(self, timeout_s: float | None) -> dict[str, object]:
         """Keyword arguments for a stub call; a per-call `timeout_s` of None means the client default."""
-        return {"timeout": self.timeout_s if timeout_s is None else timeout_s, "metadata": self._metadata}
+        return {
+            "timeout": self.timeout_s if timeout_s is None else timeout_s,
+            "metadata": self._call_metadata(),
+        }
+
+    def _call_metadata(self) -> Metadata:
+        """The client's metadata plus the current trace context (nothing extra outside a span)."""
+        carrier: dict[str, str] = {}
+        propagate.inject(carrier)
+        return (*self._metadata, *carrier.items()) if carrier else self._metadata
 
     def _timeout_error(self, timeout_s: float, last_status: str) -> TimeoutError:
         return TimeoutError(

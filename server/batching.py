@@ -8,6 +8,9 @@ preferred batch size can be formed; otherwise it waits while the oldest request 
 queue delay (0: take whatever is queued). Up to `instance_count` batches execute at once, and the next
 batch forms while they run, so under load batches grow by themselves. Higher priority levels (1 is the
 highest) are always taken first, FIFO within a level.
+
+With a `BatchTracer`, sampled requests get a `queue` span and each batch a span linked to them, which is
+the current span while `execute` runs (so the stages' spans become its children).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from opentelemetry import trace
+
 from server.batching_policy import BatchPolicy, make_policy
 from server.exceptions import (
     DeadlineExceededError,
@@ -31,6 +36,7 @@ from server.exceptions import (
 )
 from server.settings import BatchingSettings
 from server.statistics import BatchStatistics
+from server.telemetry.tracing import BatchTracer, RequestTrace
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -44,6 +50,7 @@ class _Pending(Generic[Item, Result]):
     future: asyncio.Future[Result]
     enqueued_ns: int
     deadline_ns: int | None
+    trace: RequestTrace | None = None
 
 
 class DynamicBatcher(Generic[Item, Result]):
@@ -59,11 +66,13 @@ class DynamicBatcher(Generic[Item, Result]):
         settings: BatchingSettings,
         executor: Executor | None = None,
         name: str = "batcher",
+        tracer: BatchTracer | None = None,
     ) -> None:
         self._execute = execute
         self._settings = settings
         self._executor = executor
         self.name = name
+        self._tracer = tracer
         self.statistics = BatchStatistics()
         self.policy: BatchPolicy = make_policy(settings)
         self._levels: list[collections.deque[_Pending[Item, Result]]] = [
@@ -130,6 +139,8 @@ class DynamicBatcher(Generic[Item, Result]):
         pending = _Pending(
             item, asyncio.get_running_loop().create_future(), now_ns, self._deadline(now_ns, timeout_s)
         )
+        if self._tracer is not None:
+            pending.trace = self._tracer.request_waits()
         self._levels[level].append(pending)
         self._queued += 1
         self.policy.on_arrival(now_ns)
@@ -207,9 +218,13 @@ class DynamicBatcher(Generic[Item, Result]):
     def _is_live(self, pending: _Pending[Item, Result], now_ns: int) -> bool:
         if pending.future.done():
             self.statistics.record_dropped(cancelled=1)
+            if pending.trace is not None:
+                BatchTracer.request_dropped(pending.trace, "cancelled")
             return False
         if pending.deadline_ns is not None and now_ns >= pending.deadline_ns:
             self.statistics.record_dropped(expired=1)
+            if pending.trace is not None:
+                BatchTracer.request_dropped(pending.trace, "deadline exceeded")
             pending.future.set_exception(
                 DeadlineExceededError("deadline passed while queued; the request was not executed")
             )
@@ -218,30 +233,57 @@ class DynamicBatcher(Generic[Item, Result]):
 
     async def _run_batch(self, batch: list[_Pending[Item, Result]]) -> None:
         started_ns = time.perf_counter_ns()
-        queue_ns = sum(started_ns - p.enqueued_ns for p in batch)
+        queue_us = [(started_ns - p.enqueued_ns) / 1000 for p in batch]
+        span = self._start_batch_span(batch, queue_us)
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._execute, [p.item for p in batch]
+                self._executor, self._execute_in_span, span, [p.item for p in batch]
             )
             if len(results) != len(batch):
                 raise ModelExecutionError(
                     f"{self.name} returned {len(results)} results for {len(batch)} requests"
                 )
         except Exception as error:  # noqa: BLE001 - any failure fails this batch only
-            self._finish(batch, started_ns, queue_ns, succeeded=False)
+            self._finish(batch, started_ns, queue_us, span, error)
             self._fail(batch, error)
             return
-        self._finish(batch, started_ns, queue_ns, succeeded=True)
+        self._finish(batch, started_ns, queue_us, span, None)
         for pending, result in zip(batch, results, strict=True):
             if not pending.future.done():
                 pending.future.set_result(result)
 
+    def _start_batch_span(
+        self, batch: list[_Pending[Item, Result]], queue_us: list[float]
+    ) -> trace.Span | None:
+        if self._tracer is None:
+            return None
+        traces = [p.trace for p in batch if p.trace is not None]
+        return self._tracer.start_batch(traces, len(batch), queue_us)
+
+    def _execute_in_span(self, span: trace.Span | None, items: list[Item]) -> Sequence[Result]:
+        """Runs on the executor; the batch span is current there so stage spans become its children."""
+        if span is None:
+            return self._execute(items)
+        with trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False):
+            return self._execute(items)
+
     def _finish(
-        self, batch: list[_Pending[Item, Result]], started_ns: int, queue_ns: int, succeeded: bool
+        self,
+        batch: list[_Pending[Item, Result]],
+        started_ns: int,
+        queue_us: list[float],
+        span: trace.Span | None,
+        error: Exception | None,
     ) -> None:
-        compute_ns = time.perf_counter_ns() - started_ns
-        self.statistics.record_batch(len(batch), queue_ns, compute_ns, succeeded)
+        done_ns = time.perf_counter_ns()
+        compute_ns = done_ns - started_ns
+        self.statistics.record_batch(len(batch), int(sum(queue_us) * 1000), compute_ns, error is None)
+        self.statistics.record_requests(
+            queue_us, [(done_ns - p.enqueued_ns) / 1000 for p in batch], time.time_ns()
+        )
         self.policy.on_batch(len(batch), compute_ns)
+        if span is not None:
+            BatchTracer.end_batch(span, error)
 
     def _fail(self, batch: list[_Pending[Item, Result]], error: Exception) -> None:
         if not isinstance(error, ModelExecutionError):

@@ -50,7 +50,18 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         action=argparse.BooleanOptionalAction,
         help="override batching.adaptive.enabled",
     )
+    serve.add_argument("--metrics-port", type=int, help="Prometheus /metrics HTTP port (default 8002)")
+    serve.add_argument(
+        "--tracing-exporter",
+        choices=["none", "console", "otlp_grpc", "otlp_http"],
+        help="where spans go (default from OTEL_TRACES_EXPORTER, else none)",
+    )
+    serve.add_argument("--tracing-endpoint", help="OTLP collector endpoint, e.g. http://otel-collector:4317")
+    serve.add_argument(
+        "--tracing-sampling-ratio", type=float, help="share of new traces sampled (default 0.01)"
+    )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    serve.add_argument("--log-format", choices=["text", "json"], help="log as text (default) or JSON lines")
     serve.set_defaults(func=_serve)
 
 
@@ -89,12 +100,21 @@ def _serve(args: argparse.Namespace) -> int:
             instance_count=args.instance_count,
             ann_threads=args.ann_threads,
             adaptive_batching=args.adaptive_batching,
+            metrics_port=args.metrics_port,
+            tracing={
+                "exporter": args.tracing_exporter,
+                "endpoint": args.tracing_endpoint,
+                "sampling_ratio": args.tracing_sampling_ratio,
+            },
             log_level=args.log_level,
+            log_format=args.log_format,
         )
     except (ValidationError, FileNotFoundError) as error:
         sys.stderr.write(f"error: invalid settings: {error}\n")
         return 2
-    _configure_logging(settings.log_level)
+    from server.telemetry.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     from server.app import run
     from server.runtime.tf_model import configure_threads
 

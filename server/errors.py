@@ -7,7 +7,9 @@ errors into statuses in one place.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -17,6 +19,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from server import exceptions
+from server.statistics import RpcStatistics
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +30,7 @@ STATUS_BY_ERROR: dict[type[exceptions.RecserveError], grpc.StatusCode] = {
     exceptions.DeadlineExceededError: grpc.StatusCode.DEADLINE_EXCEEDED,
     exceptions.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     exceptions.ModelExecutionError: grpc.StatusCode.INTERNAL,
+    exceptions.UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
 }
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
@@ -41,10 +45,46 @@ def status_for(error: exceptions.RecserveError) -> grpc.StatusCode:
 
 
 def guarded(
+    behavior: Behavior,
+    request_type: type[Message],
+    method: str = "",
+    statistics: RpcStatistics | None = None,
+) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+    """Wrap a servicer method: decode the raw request, run it, map domain errors to statuses.
+
+    With `statistics`, every call of `method` is counted by its final status code and timed.
+    """
+    if statistics is None:
+        return _decoded(behavior, request_type)
+    handle = _decoded(behavior, request_type)
+
+    async def counted(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:
+        started_ns = time.perf_counter_ns()
+        code = None
+        try:
+            return await handle(raw_request, context)
+        except asyncio.CancelledError:
+            code = "CANCELLED"
+            raise
+        finally:
+            code = code or _code_name(context.code())
+            statistics.record(method, code, (time.perf_counter_ns() - started_ns) / 1000)
+
+    return counted
+
+
+def _code_name(code: object) -> str:
+    """The name of the status an aio context holds: a StatusCode, its integer, or None (OK)."""
+    if isinstance(code, grpc.StatusCode):
+        return code.name
+    if isinstance(code, int):
+        return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
+    return "OK"
+
+
+def _decoded(
     behavior: Behavior, request_type: type[Message]
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
-    """Wrap a servicer method: decode the raw request, run it, map domain errors to statuses."""
-
     async def handle(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:
         try:
             request = request_type.FromString(raw_request)
@@ -67,14 +107,23 @@ def guarded(
     return handle
 
 
-def unary_handlers(service: ServiceDescriptor, servicer: object) -> grpc.GenericRpcHandler:
-    """A generic handler for every unary method of `service`, served by the same-named servicer methods."""
+def unary_handlers(
+    service: ServiceDescriptor, servicer: object, statistics: RpcStatistics | None = None
+) -> grpc.GenericRpcHandler:
+    """A generic handler for every unary method of `service`, served by the same-named servicer methods.
+
+    With `statistics`, every call is counted by method and status code, and timed.
+    """
     handlers = {}
     for method in service.methods:
+        if method.client_streaming or method.server_streaming:
+            continue  # streaming methods are registered by the service's own module
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            guarded(getattr(servicer, method.name), request_type),
+            guarded(
+                getattr(servicer, method.name), request_type, f"{service.full_name}/{method.name}", statistics
+            ),
             request_deserializer=None,
             response_serializer=response_type.SerializeToString,
         )

@@ -29,3 +29,7 @@ class UnavailableError(RecserveError):
 
 class ModelExecutionError(RecserveError):
     """A model or index call failed; only the batch it ran in is affected."""
+
+
+class UnimplementedError(RecserveError):
+    """The server does not implement the operation asked for (an optional part of a protocol)."""

@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from opentelemetry.trace import Tracer
 
 from server.repository import LoadedModel
 from server.settings import RetrievalSettings
 from server.statistics import StageStatistics
+from server.telemetry.tracing import stage_span
 
 EMPTY_INDICES = np.zeros(0, dtype=np.int32)
 
@@ -67,9 +69,12 @@ STAGES = ("user_tower", "ann", "ranker")
 class BatchPipeline:
     """Runs batches of queries against one loaded model version."""
 
-    def __init__(self, model: LoadedModel, retrieval: RetrievalSettings) -> None:
+    def __init__(
+        self, model: LoadedModel, retrieval: RetrievalSettings, tracer: Tracer | None = None
+    ) -> None:
         self.model = model
         self.retrieval = retrieval
+        self._tracer = tracer  # stage spans, children of the current (batch) span when it is sampled
         self._popular_indices = (np.argsort(-model.item_popularity, kind="stable") + 1).astype(np.int32)
         self.stages = {stage: StageStatistics() for stage in STAGES}
         # Annoy releases the GIL, so a batch's lookups can run on several cores at once.
@@ -87,14 +92,17 @@ class BatchPipeline:
     def run_batch(self, queries: Sequence[Query]) -> list[QueryResult]:
         """Answer every query; one result per query, in order."""
         started_ns = time.perf_counter_ns()
-        user_embeddings = self.embed_users([query.user for query in queries])
+        with stage_span(self._tracer, "user_tower", len(queries)):
+            user_embeddings = self.embed_users([query.user for query in queries])
         tower_done_ns = time.perf_counter_ns()
         self.stages["user_tower"].record(len(queries), tower_done_ns - started_ns)
-        item_lists = self._all_items_to_rank(queries, user_embeddings)
+        with stage_span(self._tracer, "ann", len(queries)):
+            item_lists = self._all_items_to_rank(queries, user_embeddings)
         ann_done_ns = time.perf_counter_ns()
         self.stages["ann"].record(len(queries), ann_done_ns - tower_done_ns)
         counts = np.fromiter((items.size for items in item_lists), dtype=np.int64, count=len(item_lists))
-        probabilities = self.rank(np.repeat(user_embeddings, counts, axis=0), np.concatenate(item_lists))
+        with stage_span(self._tracer, "ranker", int(counts.sum())):
+            probabilities = self.rank(np.repeat(user_embeddings, counts, axis=0), np.concatenate(item_lists))
         self.stages["ranker"].record(int(counts.sum()), time.perf_counter_ns() - ann_done_ns)
         results: list[QueryResult] = []
         per_query = np.split(probabilities, np.cumsum(counts)[:-1])

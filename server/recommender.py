@@ -7,11 +7,13 @@ answers back to ids.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from opentelemetry.trace import Tracer
 
 from server.batching import DynamicBatcher
 from server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
@@ -26,6 +28,7 @@ from server.pipeline import (
 )
 from server.repository import LoadedModel
 from server.settings import BatchingSettings, ModelConfig
+from server.telemetry.tracing import BatchTracer
 
 MAX_IDS_IN_MESSAGE = 5
 
@@ -53,14 +56,30 @@ class Scores:
 class RecommenderService:
     """Serves one loaded model version through one dynamic batcher."""
 
-    def __init__(self, model: LoadedModel, config: ModelConfig, batching: BatchingSettings) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        config: ModelConfig,
+        batching: BatchingSettings,
+        tracer: Tracer | None = None,
+    ) -> None:
+        """`tracer` None means no spans at all (tracing off)."""
         self.model = model
         self.config = config
-        self.pipeline = BatchPipeline(model, config.retrieval)
+        self.pipeline = BatchPipeline(model, config.retrieval, tracer)
         # One thread per batch in flight: TensorFlow and Annoy release the GIL, so batches overlap.
         self.executor = ThreadPoolExecutor(max_workers=batching.instance_count, thread_name_prefix="batch")
+        batch_tracer = (
+            BatchTracer(tracer, {"recserve.model.name": model.name, "recserve.model.version": model.version})
+            if tracer is not None
+            else None
+        )
         self.batcher: DynamicBatcher[Query, QueryResult] = DynamicBatcher(
-            self.pipeline.run_batch, batching, self.executor, name=f"{model.name}:{model.version}"
+            self.pipeline.run_batch,
+            batching,
+            self.executor,
+            name=f"{model.name}:{model.version}",
+            tracer=batch_tracer,
         )
 
     def start(self) -> None:
@@ -132,6 +151,42 @@ class RecommenderService:
         ]
         return Recommendation(items[:k], self.model.version)
 
+    async def embed_users(self, users: Sequence[tuple[str, Sequence[str]]]) -> np.ndarray:
+        """User-tower embeddings [len(users), D] of (user_id, recent_item_ids) pairs, as Recommend has them.
+
+        Unknown users are cold start and unknown context items are skipped, as in Recommend. One forward
+        pass for all of them, off the event loop but outside the batcher: the caller already batched them.
+        """
+        queries = [self._user_query(user_id, recent)[0] for user_id, recent in users]
+        return await asyncio.get_running_loop().run_in_executor(None, self.pipeline.embed_users, queries)
+
+    async def embed_items(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Item-tower embeddings [len(item_ids), D], one forward pass.
+
+        Raises:
+            NotFoundError: an unknown item id (named).
+            UnavailableError: the loaded version has no item tower.
+        """
+        indices = self._required_indices(item_ids)
+        tower = self.model.item_tower
+        if tower is None:
+            raise UnavailableError(f"model version {self.model.version} was built without an item tower")
+        outputs = await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(tower, item_index=indices)
+        )
+        return outputs["embedding"]
+
+    async def rank(self, user_embeddings: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
+        """P(like) [len(item_ids)] of each (user embedding, item) row, one ranker pass.
+
+        Raises:
+            NotFoundError: an unknown item id (named).
+        """
+        indices = self._required_indices(item_ids)
+        return await asyncio.get_running_loop().run_in_executor(
+            None, self.pipeline.rank, user_embeddings, indices
+        )
+
     def _checked_k(self, k: int) -> int:
         limits = self.config.limits
         if k == 0:
@@ -174,15 +229,29 @@ class RecommenderService:
         return indices
 
 
+MODEL_STATES = ("loading", "ready", "failed", "stopping")
+
+
 class ServiceSlot:
-    """Holds the service once the model is loaded; until then callers get UNAVAILABLE."""
+    """Holds the service once the model is loaded; until then callers get UNAVAILABLE.
+
+    `state` is the model's load state as operators see it: loading, ready, failed or stopping.
+    """
 
     def __init__(self) -> None:
         self._service: RecommenderService | None = None
+        self.state = "loading"
+
+    @property
+    def current(self) -> RecommenderService | None:
+        """The live service, or None (for readers such as metrics, which must not raise)."""
+        return self._service
 
     def set(self, service: RecommenderService | None) -> None:
         """Install (or remove) the live service."""
         self._service = service
+        if service is not None:
+            self.state = "ready"
 
     def get(self) -> RecommenderService:
         """The live service. Raises UnavailableError while the model is loading."""

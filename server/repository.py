@@ -54,6 +54,7 @@ class LoadedModel:
     ranker: SignatureRunner
     index: AnnIndex
     item_popularity: np.ndarray  # by item row
+    item_tower: SignatureRunner | None = None  # None for a version built without one
 
     @property
     def embedding_dim(self) -> int:
@@ -87,7 +88,11 @@ def resolve_version_dir(model_dir: Path, version: str | None = None) -> Path:
 
 
 def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:
-    """Load one version directory (TensorFlow graphs, Annoy index, id maps)."""
+    """Load one version directory (TensorFlow graphs, Annoy index, id maps).
+
+    The item tower is not on the Recommend path (the index holds its outputs); it is loaded for the inference
+    protocol's `item_tower` model.
+    """
     metadata = json.loads((version_dir / "metadata.json").read_text())
     evaluation_path = version_dir / "evaluation.json"
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
@@ -104,4 +109,10 @@ def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:
         ranker=SignatureRunner(version_dir / "ranker"),
         index=AnnIndex(version_dir / "items.ann", dimension, search_k=search_k),
         item_popularity=np.load(version_dir / "item_popularity.npy"),
+        item_tower=_optional_runner(version_dir / "item_tower"),
     )
+
+
+def _optional_runner(path: Path) -> SignatureRunner | None:
+    """The SavedModel at `path`, or None if the version has none there."""
+    return SignatureRunner(path) if path.is_dir() else None

@@ -99,10 +99,67 @@ class ModelConfig(BaseModel):
     limits: LimitSettings = LimitSettings()
 
 
+TRACES_EXPORTERS = ("none", "console", "otlp_grpc", "otlp_http")
+TracesExporter = Literal["none", "console", "otlp_grpc", "otlp_http"]
+DEFAULT_SAMPLING_RATIO = 0.01
+
+
+class TracingSettings(BaseModel):
+    """OpenTelemetry tracing. Unset fields fall back to the standard `OTEL_*` variables, then defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exporter: TracesExporter | None = Field(
+        None,
+        description="none, console, otlp_grpc or otlp_http; default from OTEL_TRACES_EXPORTER, else none.",
+    )
+    endpoint: str | None = Field(
+        None, description="Collector endpoint; default from OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT."
+    )
+    sampling_ratio: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Share of new traces sampled (callers' decisions are kept); default "
+        "OTEL_TRACES_SAMPLER_ARG, else 0.01.",
+    )
+    service_name: str | None = Field(
+        None, description="service.name; default OTEL_SERVICE_NAME, else recserve."
+    )
+    resource_attributes: dict[str, str] = Field(
+        default_factory=dict, description="Extra resource attributes (merged with OTEL_RESOURCE_ATTRIBUTES)."
+    )
+
+    def resolved_exporter(self) -> str:
+        """The exporter in force; OTEL_TRACES_EXPORTER=otlp is gRPC unless the OTLP protocol is http."""
+        if self.exporter is not None:
+            return self.exporter
+        name = os.environ.get("OTEL_TRACES_EXPORTER", "none").split(",")[0].strip().lower()
+        if name == "otlp":
+            protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get(
+                "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+            )
+            return "otlp_http" if protocol.startswith("http") else "otlp_grpc"
+        return name if name in TRACES_EXPORTERS else "none"
+
+    def resolved_sampling_ratio(self) -> float:
+        """The sampling ratio in force."""
+        if self.sampling_ratio is not None:
+            return self.sampling_ratio
+        try:
+            return min(1.0, max(0.0, float(os.environ["OTEL_TRACES_SAMPLER_ARG"])))
+        except (KeyError, ValueError):
+            return DEFAULT_SAMPLING_RATIO
+
+    def resolved_service_name(self) -> str:
+        """The service.name in force."""
+        return self.service_name or os.environ.get("OTEL_SERVICE_NAME") or "recserve"
+
+
 class ServerSettings(BaseSettings):
     """Process-wide settings. Every field is also `RECSERVE_<FIELD>` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid")
 
     grpc_host: str = Field("0.0.0.0", description="Address the gRPC server binds to.")
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
@@ -138,7 +195,14 @@ class ServerSettings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         5.0, ge=0, description="Then, seconds in-flight RPCs get to finish once new ones are refused."
     )
+    metrics_enabled: bool = Field(True, description="Serve Prometheus metrics over HTTP.")
+    metrics_host: str = Field("0.0.0.0", description="Address the metrics endpoint binds to.")
+    metrics_port: int = Field(8002, ge=0, le=65535, description="Metrics HTTP port (/metrics); 0 picks one.")
+    tracing: TracingSettings = TracingSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line with trace and span ids."
+    )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="asyncio event loop; auto = uvloop when installed (less CPU per RPC)."
     )
@@ -158,9 +222,30 @@ def load_server_settings(config_file: Path | None = None, **overrides: Any) -> S
     file_values: dict[str, Any] = {}
     if config_file is not None:
         file_values = yaml.safe_load(Path(config_file).read_text()) or {}
-    env_values = _env_values()
-    cli_values = {key: value for key, value in overrides.items() if value is not None}
-    return ServerSettings(**{**file_values, **env_values, **cli_values})
+    cli_values = _without_none(overrides)
+    return ServerSettings(**_merged(_merged(file_values, _env_values()), cli_values))
+
+
+def _without_none(values: dict[str, Any]) -> dict[str, Any]:
+    """Drop unset (None) values, also inside nested sections such as `tracing`."""
+    kept = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            value = _without_none(value)
+        if value is not None and value != {}:
+            kept[key] = value
+    return kept
+
+
+def _merged(low: dict[str, Any], high: dict[str, Any]) -> dict[str, Any]:
+    """`high` over `low`, section by section (a nested section keeps the keys only `low` sets)."""
+    merged = dict(low)
+    for key, value in high.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _merged(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def _env_config_file() -> Path | None:
@@ -170,8 +255,16 @@ def _env_config_file() -> Path | None:
 
 def _env_values() -> dict[str, Any]:
     """The fields the environment sets, parsed the way pydantic-settings parses them."""
-    from_env = ServerSettings()
-    return from_env.model_dump(include=from_env.model_fields_set)
+    return _fields_set(ServerSettings())
+
+
+def _fields_set(model: BaseModel) -> dict[str, Any]:
+    """The explicitly set fields of `model`, recursing into nested sections."""
+    values = {}
+    for name in model.model_fields_set:
+        value = getattr(model, name)
+        values[name] = _fields_set(value) if isinstance(value, BaseModel) else value
+    return values
 
 
 def load_model_config(model_dir: Path) -> ModelConfig:

@@ -56,7 +56,7 @@ def version_dir(model_repository: Path) -> Path:
 def server_settings(model_repository: Path) -> ServerSettings:
     """Settings for a test server on a free loopback port, serving the tiny model."""
     return ServerSettings(
-        model_repository=model_repository, grpc_host="127.0.0.1", grpc_port=0, warmup_rounds=1
+        model_repository=model_repository, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, warmup_rounds=1
     )
 
 

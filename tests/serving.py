@@ -14,6 +14,8 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
+from opentelemetry.sdk.trace import TracerProvider
+
 from client import RecommenderClient
 from server.app import RunningServer, load_and_serve_model, start_server, stop_server
 from server.settings import ServerSettings
@@ -24,8 +26,11 @@ T = TypeVar("T")
 class ServerThread:
     """A real gRPC server on a free port, serving a built model, driven from synchronous test code."""
 
-    def __init__(self, settings: ServerSettings) -> None:
-        self.settings = settings.model_copy(update={"grpc_host": "127.0.0.1", "grpc_port": 0})
+    def __init__(self, settings: ServerSettings, tracer_provider: TracerProvider | None = None) -> None:
+        self.tracer_provider = tracer_provider
+        self.settings = settings.model_copy(
+            update={"grpc_host": "127.0.0.1", "grpc_port": 0, "metrics_host": "127.0.0.1", "metrics_port": 0}
+        )
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="test-server", daemon=True)
         self.running: RunningServer | None = None
@@ -36,6 +41,12 @@ class ServerThread:
         assert self.running is not None
         return f"127.0.0.1:{self.running.port}"
 
+    @property
+    def metrics_url(self) -> str:
+        """The Prometheus endpoint's URL."""
+        assert self.running is not None and self.running.metrics is not None
+        return f"http://127.0.0.1:{self.running.metrics.port}/metrics"
+
     def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float = 120) -> T:
         """Run a coroutine on the server's loop and wait for its result."""
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
@@ -43,7 +54,7 @@ class ServerThread:
     def start(self, load_model: bool = True) -> ServerThread:
         """Bind, start, and (by default) load the model and wait until SERVING."""
         self._thread.start()
-        self.running = self.run(start_server(self.settings))
+        self.running = self.run(start_server(self.settings, self.tracer_provider))
         if load_model:
             self.run(load_and_serve_model(self.running))
         return self
@@ -78,6 +89,8 @@ class ServerProcess:
             "--grpc-host",
             "127.0.0.1",
             "--grpc-port",
+            "0",
+            "--metrics-port",
             "0",
             "--model-repository",
             str(model_repository),

@@ -28,7 +28,7 @@ import yaml
 from client.loadtest.options import build_options, load_config
 from client.loadtest.templates import compile_value
 from server.cli import THREAD_ENVIRONMENT, build_parser
-from server.settings import ServerSettings, load_server_settings
+from server.settings import ServerSettings, TracingSettings, load_server_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -317,6 +317,7 @@ def test_setuptools_packages_every_module_the_image_needs() -> None:
             (ROOT, "client"),
             (ROOT, "training"),
             (ROOT / "protos", "recserve"),
+            (ROOT / "protos", "inference"),
         )
         for init in (root / top).rglob("__init__.py")
     }
@@ -557,6 +558,13 @@ def test_dev_is_one_replica_with_a_collector(rendered: dict[str, list[Manifest]]
     otlp_grpc = next(p["port"] for p in collector["spec"]["ports"] if p["name"] == "otlp-grpc")
     env = {e["name"]: e.get("value") for e in server_container(dev)["env"]}
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{otlp_grpc}"
+    with pytest.MonkeyPatch.context() as patch:  # the server reads them as it would in that pod
+        for name, value in env.items():
+            if name.startswith("OTEL_") and value is not None:
+                patch.setenv(name, value)
+        tracing = TracingSettings()
+        assert tracing.resolved_exporter() == "otlp_grpc"
+        assert tracing.resolved_sampling_ratio() == 0.01
     base_cpu = quantity(server_container(rendered["base"])["resources"]["requests"]["cpu"])
     assert quantity(server_container(dev)["resources"]["requests"]["cpu"]) < base_cpu
 

@@ -12,6 +12,7 @@ from server.settings import (
     LimitSettings,
     RetrievalSettings,
     ServerSettings,
+    TracingSettings,
 )
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
@@ -33,6 +34,11 @@ def documented_keys(prefix: str, model: type[BaseModel]) -> list[str]:
         )
         keys += documented_keys(f"{prefix}.{name}", nested) if nested else [f"{prefix}.{name}"]
     return keys
+
+
+def test_every_tracing_setting_is_documented() -> None:
+    missing = [key for key in documented_keys("tracing", TracingSettings) if f"`{key}`" not in README]
+    assert not missing, f"README lacks tracing settings {missing}"
 
 
 def test_every_model_setting_is_documented() -> None:

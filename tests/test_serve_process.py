@@ -16,3 +16,27 @@ def test_serve_answers_then_exits_zero_on_sigterm(model_repository: Path, tmp_pa
     text = server.log.read_text()
     assert "version 1 ready" in text and "max_batch_size=64" in text
     assert "stopped" in text
+
+
+def test_json_logs_metrics_port_and_startup_summary(model_repository: Path, tmp_path: Path) -> None:
+    import json
+    import re
+    import urllib.request
+
+    log = tmp_path / "server.log"
+    with ServerProcess(model_repository, log, RECSERVE_LOG_FORMAT="json") as server:
+        with RecommenderClient(server.address) as client:
+            client.recommend("user-3")
+        port = int(re.search(r"metrics on http://[\d.]+:(\d+)/metrics", log.read_text()).group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+            assert b'recserve_request_success_total{model="recommender",version="1"}' in response.read()
+        assert server.terminate_and_wait() == 0, log.read_text()
+    entries = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    assert entries and all({"time", "level", "logger", "message"} <= entry.keys() for entry in entries)
+    messages = "\n".join(entry["message"] for entry in entries)
+    assert "listening on 127.0.0.1:" in messages and "metrics on http://" in messages
+    assert "tracing off" in messages
+    assert re.search(r"version 1 ready .* items, dim 32, index \d+ trees", messages)
+    assert "max_batch_size=64" in messages
+    ready = next(i for i, entry in enumerate(entries) if "ready in" in entry["message"])
+    assert "SIGTERM" in entries[ready + 1]["message"], "nothing is logged per request at INFO"

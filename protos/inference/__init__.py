@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the open inference protocol, KServe v2 (run `make proto`)."""

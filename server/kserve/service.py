@@ -1,0 +1,207 @@
+"""The inference protocol's operations on the live model: readiness, model lookup, inference, the index.
+
+Nothing here knows protobuf or gRPC: `server.kserve.protocol` converts the messages, the servicer
+delegates here. Every model serves the version the server loaded; asking for another version is
+NOT_FOUND (the server holds one version, and no other will become ready without a restart, so a retry
+cannot help), and asking for anything while the model loads is UNAVAILABLE.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import numpy as np
+
+from server.exceptions import InvalidArgumentError, NotFoundError
+from server.kserve.models import MODEL_NAMES, InferenceModel, InferOptions, build_models
+from server.kserve.tensors import InputTensor, OutputTensor, TensorSpec, element_count
+from server.recommender import RecommenderService, ServiceSlot
+
+SERVER_NAME = "recserve"
+# Protocol extensions implemented: ModelConfig, the priority and timeout request parameters
+# (Triton's schedule_policy), ModelStatistics.
+EXTENSIONS = ("model_configuration", "schedule_policy", "statistics")
+# RepositoryIndex state of the models by the slot's load state.
+INDEX_STATES = {"loading": "LOADING", "ready": "READY", "failed": "UNAVAILABLE", "stopping": "UNLOADING"}
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """One ModelInfer request, its tensors not decoded yet."""
+
+    model_name: str
+    model_version: str
+    inputs: Sequence[InputTensor]
+    request_id: str = ""
+    requested_outputs: Sequence[str] = ()
+    options: InferOptions = field(default_factory=InferOptions)
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    """The outputs of one request, in the order asked for (or the model's order)."""
+
+    model_name: str
+    model_version: str
+    request_id: str
+    outputs: list[OutputTensor]
+
+
+@dataclass(frozen=True)
+class ModelIndexEntry:
+    """One row of RepositoryIndex."""
+
+    name: str
+    version: str
+    state: str
+    reason: str = ""
+
+
+def server_version() -> str:
+    """The installed recserve package's version."""
+    try:
+        return metadata.version(SERVER_NAME)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class InferenceService:
+    """Serves the protocol's models over whatever service the slot holds."""
+
+    def __init__(self, slot: ServiceSlot) -> None:
+        self._slot = slot
+        self._models: dict[str, InferenceModel] = {}
+        self._models_of: RecommenderService | None = None
+
+    def server_ready(self) -> bool:
+        """Whether the model is loaded and serving."""
+        return self._slot.current is not None
+
+    def model_ready(self, name: str, version: str) -> bool:
+        """Whether `name` at `version` ("" = the served one) can run inference; unknown ones cannot."""
+        service = self._slot.current
+        return service is not None and name in MODEL_NAMES and version in ("", service.model.version)
+
+    def model(self, name: str, version: str = "") -> InferenceModel:
+        """The model `name` at `version` ("" = the served one).
+
+        Raises:
+            NotFoundError: no such model, or not at that version.
+            UnavailableError: the model is still loading.
+        """
+        if name not in MODEL_NAMES:
+            raise NotFoundError(f"unknown model {name!r}; this server has {', '.join(MODEL_NAMES)}")
+        model = self._live_models()[name]
+        if version not in ("", model.version):
+            raise NotFoundError(
+                f"model {name!r} has no version {version!r}: version {model.version} is served"
+            )
+        return model
+
+    def models(self) -> list[InferenceModel]:
+        """Every model. Raises UnavailableError while the model is loading."""
+        return list(self._live_models().values())
+
+    def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
+        """Every model with its version and state (only the ready ones if `ready_only`)."""
+        service = self._slot.current
+        if service is not None:
+            return [ModelIndexEntry(name, service.model.version, "READY") for name in MODEL_NAMES]
+        if ready_only:
+            return []
+        state = INDEX_STATES.get(self._slot.state, "UNAVAILABLE")
+        reason = "failed to load; see the server log" if self._slot.state == "failed" else self._slot.state
+        return [ModelIndexEntry(name, "", state, reason) for name in MODEL_NAMES]
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        """Validate the request against the model's tensors, run it, keep the outputs asked for.
+
+        Raises:
+            NotFoundError: unknown model or version; an unknown item id where one is required.
+            InvalidArgumentError: an input unknown, repeated, missing, of the wrong datatype or shape, or
+                whose data does not fit its shape; an unknown output; a bad k or priority.
+            UnavailableError, QueueFullError, DeadlineExceededError, ModelExecutionError: as Recommend.
+        """
+        model = self.model(request.model_name, request.model_version)
+        outputs = requested_outputs(model, request.requested_outputs)
+        arrays = decoded_inputs(model, request.inputs)
+        results = await model.infer(arrays, request.options)
+        return InferResponse(
+            model.name,
+            model.version,
+            request.request_id,
+            [OutputTensor(spec.name, spec.datatype, results[spec.name]) for spec in outputs],
+        )
+
+    def _live_models(self) -> dict[str, InferenceModel]:
+        service = self._slot.get()
+        if service is not self._models_of:
+            self._models, self._models_of = build_models(service), service
+        return self._models
+
+
+def requested_outputs(model: InferenceModel, names: Sequence[str]) -> list[TensorSpec]:
+    """The output specs asked for, in that order (every output if none). Raises InvalidArgumentError."""
+    specs = {spec.name: spec for spec in model.outputs}
+    unknown = [name for name in names if name not in specs]
+    if unknown:
+        raise InvalidArgumentError(
+            f"model {model.name!r} has no output {unknown[0]!r}; its outputs are {', '.join(specs)}"
+        )
+    return [specs[name] for name in dict.fromkeys(names)] if names else list(specs.values())
+
+
+def decoded_inputs(model: InferenceModel, tensors: Sequence[InputTensor]) -> dict[str, np.ndarray]:
+    """Check the inputs against the model's and decode them. Raises InvalidArgumentError naming the tensor."""
+    specs = {spec.name: spec for spec in model.inputs}
+    given: dict[str, InputTensor] = {}
+    for tensor in tensors:
+        if tensor.name in given:
+            raise InvalidArgumentError(f"input {tensor.name!r} is given twice")
+        if tensor.name not in specs:
+            raise InvalidArgumentError(
+                f"model {model.name!r} has no input {tensor.name!r}; its inputs are {', '.join(specs)}"
+            )
+        given[tensor.name] = tensor
+    missing = [spec.name for spec in model.inputs if not spec.optional and spec.name not in given]
+    if missing:
+        raise InvalidArgumentError(f"input {missing[0]!r} is required by model {model.name!r} and missing")
+    for tensor in given.values():
+        _check_tensor(model, tensor)
+    _check_batch(model, list(given.values()))
+    return {name: tensor.decode() for name, tensor in given.items()}
+
+
+def _check_tensor(model: InferenceModel, tensor: InputTensor) -> None:
+    spec = next(spec for spec in model.inputs if spec.name == tensor.name)
+    element_count(tensor.name, tensor.shape)  # negative dimensions first: nothing below makes sense then
+    if tensor.datatype != spec.datatype:
+        raise InvalidArgumentError(
+            f"input {tensor.name!r} has datatype {tensor.datatype or '(none)'}; model {model.name!r} "
+            f"expects {spec.datatype}"
+        )
+    fits = len(tensor.shape) == len(spec.shape) and all(
+        want == -1 or got == want for got, want in zip(tensor.shape[1:], spec.shape[1:], strict=True)
+    )
+    if not fits:
+        raise InvalidArgumentError(
+            f"input {tensor.name!r} has shape {list(tensor.shape)}; model {model.name!r} expects "
+            f"{list(spec.shape)} (the first dimension is the batch, -1 is any size)"
+        )
+
+
+def _check_batch(model: InferenceModel, tensors: list[InputTensor]) -> None:
+    first = tensors[0]
+    for tensor in tensors[1:]:
+        if tensor.batch_size != first.batch_size:
+            raise InvalidArgumentError(
+                f"input {tensor.name!r} has batch size {tensor.batch_size} but input {first.name!r} has "
+                f"{first.batch_size}: every input needs the same first dimension"
+            )
+    if not 1 <= first.batch_size <= model.max_batch_size:
+        raise InvalidArgumentError(
+            f"input {first.name!r} has batch size {first.batch_size}; model {model.name!r} takes 1 to "
+            f"{model.max_batch_size} rows (max_batch_size)"
+        )

@@ -1,0 +1,136 @@
+"""`inference.GRPCInferenceService` (KServe v2 / Triton): converts messages and delegates to server.kserve.
+
+Register with `errors.unary_handlers(SERVICE, InferenceServicer(slot))` for the unary methods and
+`stream_handlers()` for ModelStreamInfer. The methods recserve does not implement answer UNIMPLEMENTED,
+saying why and what to use instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from inference import grpc_service_pb2 as pb
+from server.exceptions import UnimplementedError
+from server.kserve import protocol
+from server.kserve.service import InferenceService, server_version
+from server.recommender import ServiceSlot
+
+SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+
+_NO_LOADING = "models are loaded when the server starts; restart it or roll out a new version to change them"
+_NO_SHARED_MEMORY = "shared-memory tensors are not supported; send tensor data in the request"
+UNSUPPORTED: dict[str, str] = {
+    "RepositoryModelLoad": _NO_LOADING,
+    "RepositoryModelUnload": _NO_LOADING,
+    "SystemSharedMemoryStatus": _NO_SHARED_MEMORY,
+    "SystemSharedMemoryRegister": _NO_SHARED_MEMORY,
+    "SystemSharedMemoryUnregister": _NO_SHARED_MEMORY,
+    "CudaSharedMemoryStatus": _NO_SHARED_MEMORY + " (recserve runs on CPUs)",
+    "CudaSharedMemoryRegister": _NO_SHARED_MEMORY + " (recserve runs on CPUs)",
+    "CudaSharedMemoryUnregister": _NO_SHARED_MEMORY + " (recserve runs on CPUs)",
+    "TraceSetting": "tracing is configured in the server's settings, not over this protocol",
+    "LogSettings": "logging is configured in the server's settings (--log-level), not over this protocol",
+    "ModelStreamInfer": "streaming inference is not supported; call ModelInfer",
+}
+
+
+def unsupported_message(method: str) -> str:
+    """What an UNIMPLEMENTED answer to `method` says."""
+    return f"recserve does not implement {SERVICE.full_name}/{method}: {UNSUPPORTED[method]}"
+
+
+class InferenceServicer:
+    """Implements the protocol over the live model in `slot`."""
+
+    def __init__(self, slot: ServiceSlot) -> None:
+        self._inference = InferenceService(slot)
+        self._version = server_version()
+
+    async def ServerLive(  # noqa: N802
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        """Always live while it answers."""
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(  # noqa: N802
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        """Ready once the model is loaded and warmed up."""
+        return pb.ServerReadyResponse(ready=self._inference.server_ready())
+
+    async def ModelReady(  # noqa: N802
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        """False for unknown models and versions, as for a model still loading."""
+        return pb.ModelReadyResponse(ready=self._inference.model_ready(request.name, request.version))
+
+    async def ServerMetadata(  # noqa: N802
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        """Name, version, extensions."""
+        return protocol.server_metadata(self._version)
+
+    async def ModelMetadata(  # noqa: N802
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        """Tensors of one model."""
+        return protocol.model_metadata(self._inference.model(request.name, request.version))
+
+    async def ModelConfig(  # noqa: N802
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        """Configuration of one model."""
+        return protocol.model_config(self._inference.model(request.name, request.version))
+
+    async def ModelInfer(  # noqa: N802
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        """One inference; outputs come back raw if the inputs came raw, else as typed contents."""
+        response = await self._inference.infer(protocol.infer_request(request, context.time_remaining()))
+        return protocol.infer_response(response, raw=bool(request.raw_input_contents))
+
+    async def ModelStatistics(  # noqa: N802
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        """Statistics of one model, or of every model when no name is given."""
+        if request.name:
+            return protocol.model_statistics([self._inference.model(request.name, request.version)])
+        return protocol.model_statistics(self._inference.models())
+
+    async def RepositoryIndex(  # noqa: N802
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        """The four models and their state."""
+        return protocol.repository_index(self._inference.index(ready_only=request.ready))
+
+    def __getattr__(self, method: str) -> Any:
+        """The methods in UNSUPPORTED: each raises UnimplementedError, which answers UNIMPLEMENTED."""
+        if method not in UNSUPPORTED:
+            raise AttributeError(method)
+
+        async def unsupported(request: object, context: object) -> None:
+            raise UnimplementedError(unsupported_message(method))
+
+        return unsupported
+
+
+async def _model_stream_infer(
+    requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> AsyncIterator[bytes]:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, unsupported_message("ModelStreamInfer"))
+    yield b""  # pragma: no cover - abort raises; the yield makes this a stream handler
+
+
+def stream_handlers() -> grpc.GenericRpcHandler:
+    """ModelStreamInfer as a bidirectional stream that answers UNIMPLEMENTED at once."""
+    return grpc.method_handlers_generic_handler(
+        SERVICE.full_name,
+        {
+            "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+                _model_stream_infer, request_deserializer=None, response_serializer=None
+            )
+        },
+    )

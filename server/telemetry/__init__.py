@@ -1,0 +1,1 @@
+"""Observability: OpenTelemetry tracing, Prometheus metrics and structured logs."""
