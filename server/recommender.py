@@ -18,6 +18,7 @@ from opentelemetry.trace import Tracer
 from server.batching import DynamicBatcher
 from server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
 from server.pipeline import (
+    EMPTY_INDICES,
     BatchPipeline,
     Query,
     QueryResult,
@@ -199,6 +200,9 @@ class RecommenderService:
 
     def _user_query(self, user_id: str, recent_item_ids: Sequence[str]) -> tuple[UserQuery, list[str]]:
         """The user's index and known context (latest max_recent_items), plus the unknown context ids."""
+        user_index = self.model.users.index_by_id.get(user_id, 0)
+        if not recent_item_ids:
+            return UserQuery(user_index, EMPTY_INDICES), []
         recent = list(recent_item_ids)[-self.config.limits.max_recent_items :]
         index_by_id = self.model.items.index_by_id
         context = np.array([index_by_id[i] for i in recent if i in index_by_id], dtype=np.int32)
@@ -207,10 +211,12 @@ class RecommenderService:
             if context.size < len(recent)
             else []
         )
-        return UserQuery(self.model.users.index_of(user_id), context), unknown
+        return UserQuery(user_index, context), unknown
 
     def _known_indices(self, item_ids: Iterable[str]) -> np.ndarray:
         """Indices of the known ids among `item_ids` (unknown ones ignored), in no particular order."""
+        if not item_ids:
+            return EMPTY_INDICES
         index_by_id = self.model.items.index_by_id
         return np.array([index_by_id[i] for i in item_ids if i in index_by_id], dtype=np.int32)
 
