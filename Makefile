@@ -18,7 +18,7 @@ help:
 	@echo "make proto   regenerate the protobuf code from protos/"
 	@echo "make model   build the demo model into $(MODEL_REPOSITORY)/$(MODEL_NAME)/ if none is there"
 	@echo "make lint    ruff"
-	@echo "make bench   run every benchmark (~20 min on 2 cores) and write docs/benchmarks.md"
+	@echo "make bench   run every benchmark (~25 min on 2 cores) and write docs/benchmarks.md"
 	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min; needs libb64-0d)"
 
 $(STAMP): pyproject.toml
@@ -51,6 +51,7 @@ bench: model
 	$(BIN)/python bench/pipeline_ceiling.py
 	$(BIN)/python bench/annoy_sweep.py
 	$(BIN)/python bench/server_load.py
+	$(BIN)/python bench/tracing_overhead.py
 	$(BIN)/python bench/loadtest_ceiling.py | tee bench/results/loadtest_ceiling.md
 	$(BIN)/python bench/report.py
 

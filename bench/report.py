@@ -192,6 +192,44 @@ def perf_analyzer_section(results: dict) -> list[str]:
     return [*lines, ""]
 
 
+def tracing_section(results: dict) -> list[str]:
+    """Tracing off vs on at the default ratio vs on at 100%, with the overhead target."""
+    rows = results["rows"]
+    configs = list(dict.fromkeys(r["config"] for r in rows))
+    off, default, full = configs
+    lines = [
+        "## What tracing costs",
+        "",
+        f"`.venv/bin/python bench/tracing_overhead.py` — {results['machine']}; three servers side by side, "
+        f"runs interleaved, median of {results['runs']} runs of {results['seconds']:g} s; spans go over "
+        "OTLP/gRPC to a counting collector in another process "
+        f"({results['spans_exported']:,} spans received in the run).",
+        "",
+        "| config | concurrency | req/s | vs off | p50 ms | p99 ms | server CPU µs/req |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for concurrency in sorted({r["concurrency"] for r in rows}):
+        base = cell(rows, off, concurrency)
+        for config in configs:
+            r = cell(rows, config, concurrency)
+            lines.append(
+                f"| {config} | {concurrency} | {r['rps']:.0f} | {r['rps'] / base['rps']:.2f}× | "
+                f"{r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['cpu_us_per_request']:.0f} |"
+            )
+    top = max(r["concurrency"] for r in rows)
+    ratio = cell(rows, default, top)["rps"] / cell(rows, off, top)["rps"]
+    full_ratio = cell(rows, full, top)["rps"] / cell(rows, off, top)["rps"]
+    verdict = "met" if ratio >= 0.95 else "missed"
+    lines += [
+        "",
+        f"Target: at the default ratio, throughput within 5% of tracing off. At concurrency {top}: "
+        f"{ratio:.2f}× — **{verdict}**. Tracing every request costs {1 - full_ratio:.0%} of throughput there "
+        "(about five spans per request through the Python SDK and its exporter).",
+        "",
+    ]
+    return lines
+
+
 def main() -> None:
     """Write docs/benchmarks.md (and the plot) from whatever results exist."""
     ceiling, load_results, sweep = (load(n) for n in ("pipeline_ceiling", "server_load", "annoy_sweep"))
@@ -270,6 +308,9 @@ def main() -> None:
             generator,
             "",
         ]
+    tracing = load("tracing_overhead")
+    if tracing:
+        out += tracing_section(tracing)
     perf_analyzer = load("perf_analyzer")
     if perf_analyzer:
         out += perf_analyzer_section(perf_analyzer)
