@@ -1,9 +1,10 @@
 """What tracing costs: the server with tracing off, on at the default sampling ratio, and on at 100%.
 
 Spans go over OTLP/gRPC to a counting collector in another process (`otlp_sink.py`), as in production.
-The three servers run side by side and their runs interleave (see `server_load.py`); cells are medians.
+The servers run side by side and their runs interleave (see `server_load.py`); cells are medians. A
+second tracing-off server is the control: the gap between the two identical servers is the noise floor.
 
-    .venv/bin/python bench/tracing_overhead.py [--seconds 5] [--runs 3] [--concurrency 1 16 64]
+    .venv/bin/python bench/tracing_overhead.py [--seconds 5] [--runs 5] [--concurrency 1 16 64]
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def configs(endpoint: str) -> dict[str, list[str]]:
     exporter = ["--tracing-exporter", "otlp_grpc", "--tracing-endpoint", endpoint]
     return {
         "tracing off": ["--tracing-exporter", "none"],
+        # The same as the first: how far two identical servers drift apart here (the noise floor).
+        "tracing off (control)": ["--tracing-exporter", "none"],
         f"tracing on, ratio {DEFAULT_SAMPLING_RATIO:g} (default)": exporter,
         "tracing on, ratio 1": [*exporter, "--tracing-sampling-ratio", "1"],
     }
@@ -60,7 +63,7 @@ def main() -> None:
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
     parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     args = parser.parse_args()
     args.ghz = False

@@ -31,7 +31,7 @@ from server.servicers.recommender import RecommenderServicer
 from server.servicers.reflection import add_reflection
 from server.settings import BatchingSettings, ServerSettings, effective_model_config, load_model_config
 from server.statistics import RpcStatistics
-from server.telemetry.grpc_tracing import TracingInterceptor
+from server.telemetry.grpc_tracing import RpcTracing
 from server.telemetry.metrics import MetricsServer, start_metrics_server
 from server.telemetry.tracing import INSTRUMENTATION_NAME, build_tracer_provider
 from server.telemetry.tracing import describe as describe_tracing
@@ -83,13 +83,9 @@ async def start_server(
     owns_provider = tracer_provider is None
     if tracer_provider is None:
         tracer_provider = build_tracer_provider(settings.tracing)
-    interceptors = (
-        [TracingInterceptor(tracer_provider.get_tracer(INSTRUMENTATION_NAME))] if tracer_provider else []
-    )
     server = grpc.aio.server(
         options=_channel_options(settings),
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-        interceptors=interceptors,
     )
     health_servicer = health.aio.HealthServicer()
     running = RunningServer(
@@ -100,11 +96,16 @@ async def start_server(
         tracer_provider=tracer_provider,
         owns_tracer_provider=owns_provider and tracer_provider is not None,
     )
+    rpc_tracing = RpcTracing.from_provider(tracer_provider) if tracer_provider is not None else None
     server.add_generic_rpc_handlers(
         (
-            unary_handlers(RECOMMENDER_SERVICE, RecommenderServicer(running.slot), running.rpc_statistics),
+            unary_handlers(
+                RECOMMENDER_SERVICE, RecommenderServicer(running.slot), running.rpc_statistics, rpc_tracing
+            ),
             # The KServe v2 / Triton protocol beside our own API: same port, same batcher.
-            unary_handlers(INFERENCE_SERVICE, InferenceServicer(running.slot), running.rpc_statistics),
+            unary_handlers(
+                INFERENCE_SERVICE, InferenceServicer(running.slot), running.rpc_statistics, rpc_tracing
+            ),
             inference_stream_handlers(),
         )
     )

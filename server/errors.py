@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, Message
 
 from server import exceptions
 from server.statistics import RpcStatistics
+from server.telemetry.grpc_tracing import RpcTracing, traced
 
 logger = logging.getLogger(__name__)
 
@@ -108,11 +109,15 @@ def _decoded(
 
 
 def unary_handlers(
-    service: ServiceDescriptor, servicer: object, statistics: RpcStatistics | None = None
+    service: ServiceDescriptor,
+    servicer: object,
+    statistics: RpcStatistics | None = None,
+    tracing: RpcTracing | None = None,
 ) -> grpc.GenericRpcHandler:
     """A generic handler for every unary method of `service`, served by the same-named servicer methods.
 
-    With `statistics`, every call is counted by method and status code, and timed.
+    With `statistics`, every call is counted by method and status code, and timed; with `tracing`, every
+    call runs in a server span.
     """
     handlers = {}
     for method in service.methods:
@@ -120,10 +125,13 @@ def unary_handlers(
             continue  # streaming methods are registered by the service's own module
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
+        behavior = guarded(
+            getattr(servicer, method.name), request_type, f"{service.full_name}/{method.name}", statistics
+        )
+        if tracing is not None:
+            behavior = traced(behavior, service.full_name, method.name, tracing)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            guarded(
-                getattr(servicer, method.name), request_type, f"{service.full_name}/{method.name}", statistics
-            ),
+            behavior,
             request_deserializer=None,
             response_serializer=response_type.SerializeToString,
         )

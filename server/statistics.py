@@ -71,6 +71,7 @@ class BatchStatistics:
     queue_duration_us: Histogram = field(default_factory=Histogram)
     request_duration_us: Histogram = field(default_factory=Histogram)
     last_inference_ns: int = 0
+    batch_compute_ns: collections.Counter[int] = field(default_factory=collections.Counter)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
@@ -84,6 +85,7 @@ class BatchStatistics:
             self.execution_count += 1
             self.inference_count += size
             self.batch_size_counts[size] += 1
+            self.batch_compute_ns[size] += compute_ns
             self.queue_duration_ns += queue_ns
             self.compute_duration_ns += compute_ns
             if succeeded:
@@ -104,19 +106,20 @@ class BatchStatistics:
         """A consistent copy, safe to read from another thread (the metrics endpoint)."""
         with self._lock:
             return BatchStatistics(
-                self.inference_count,
-                self.execution_count,
-                self.success_count,
-                self.failure_count,
-                self.rejected_count,
-                self.expired_count,
-                self.cancelled_count,
-                self.queue_duration_ns,
-                self.compute_duration_ns,
-                collections.Counter(self.batch_size_counts),
-                self.queue_duration_us.copy(),
-                self.request_duration_us.copy(),
-                self.last_inference_ns,
+                inference_count=self.inference_count,
+                execution_count=self.execution_count,
+                success_count=self.success_count,
+                failure_count=self.failure_count,
+                rejected_count=self.rejected_count,
+                expired_count=self.expired_count,
+                cancelled_count=self.cancelled_count,
+                queue_duration_ns=self.queue_duration_ns,
+                compute_duration_ns=self.compute_duration_ns,
+                batch_size_counts=collections.Counter(self.batch_size_counts),
+                queue_duration_us=self.queue_duration_us.copy(),
+                request_duration_us=self.request_duration_us.copy(),
+                last_inference_ns=self.last_inference_ns,
+                batch_compute_ns=collections.Counter(self.batch_compute_ns),
             )
 
     def record_dropped(self, *, rejected: int = 0, expired: int = 0, cancelled: int = 0) -> None:

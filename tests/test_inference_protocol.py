@@ -320,6 +320,7 @@ def test_statistics_count_each_execution(triton) -> None:
     assert after.inference_stats.compute_infer.ns > before.inference_stats.compute_infer.ns
     size_3 = {b.batch_size: b.compute_infer.count for b in after.batch_stats}[3]
     assert size_3 - {b.batch_size: b.compute_infer.count for b in before.batch_stats}.get(3, 0) == 2
+    assert {b.batch_size: b.compute_infer.ns for b in after.batch_stats}[3] > 0
     assert after.last_inference >= started_ms - 1000
     names = [s.name for s in triton.get_inference_statistics().model_stats]
     assert names == list(MODELS)

@@ -220,3 +220,17 @@ def test_sampler_follows_parents_ratio_and_links() -> None:
     assert decide(always, parent=context(False)) is Decision.DROP
     assert decide(never, links=[Link(context(False)), Link(context(True))]) is Decision.RECORD_AND_SAMPLE
     assert decide(always, links=[Link(context(False))]) is Decision.DROP
+
+
+def test_new_traces_are_decided_before_any_span_exists() -> None:
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace.sampling import Decision
+
+    assert BatchAwareSampler(0.0).sample_new_trace() is None
+    always = BatchAwareSampler(1.0)
+    context = always.sample_new_trace()
+    assert context is not None
+    assert not trace.get_current_span(context).get_span_context().is_valid, "a new trace: no parent"
+    assert BatchAwareSampler(0.0).should_sample(context, 0xABC, "rpc").decision is Decision.RECORD_AND_SAMPLE
+    sampled = sum(BatchAwareSampler(0.25).sample_new_trace() is not None for _ in range(4000))
+    assert 800 < sampled < 1200

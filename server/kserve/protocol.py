@@ -194,7 +194,7 @@ def _statistics(name: str, version: str, live: BatchStatistics) -> pb.ModelStati
             pb.InferBatchStatistics(
                 batch_size=size,
                 compute_input=_duration(count),
-                compute_infer=_duration(count),
+                compute_infer=_duration(count, stats.batch_compute_ns[size]),
                 compute_output=_duration(count),
             )
             for size, count in sorted(stats.batch_size_counts.items())
