@@ -14,6 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import ClassVar, TypeVar
 
 import numpy as np
@@ -97,7 +98,7 @@ class RecommenderModel(InferenceModel):
 
     name = "recommender"
 
-    @property
+    @cached_property  # built once per loaded model, read several times per request
     def inputs(self) -> tuple[TensorSpec, ...]:  # noqa: D102
         return (
             TensorSpec("user_id", "BYTES", (-1, 1)),
@@ -105,7 +106,7 @@ class RecommenderModel(InferenceModel):
             TensorSpec("k", "INT32", (-1, 1), optional=True),
         )
 
-    @property
+    @cached_property  # built once per loaded model, read several times per request
     def outputs(self) -> tuple[TensorSpec, ...]:  # noqa: D102
         return (TensorSpec("item_ids", "BYTES", (-1, -1)), TensorSpec("scores", "FP32", (-1, -1)))
 
@@ -207,14 +208,14 @@ class UserTowerModel(DirectModel):
 
     name = "user_tower"
 
-    @property
+    @cached_property  # built once per loaded model, read several times per request
     def inputs(self) -> tuple[TensorSpec, ...]:  # noqa: D102
         return (
             TensorSpec("user_id", "BYTES", (-1, 1)),
             TensorSpec("recent_item_ids", "BYTES", (-1, -1), optional=True),
         )
 
-    @property
+    @cached_property  # built once per loaded model, read several times per request
     def outputs(self) -> tuple[TensorSpec, ...]:  # noqa: D102
         return (self._embedding_spec("embedding"),)
 
@@ -231,11 +232,11 @@ class ItemTowerModel(DirectModel):
 
     name = "item_tower"
 
-    @property
+    @cached_property  # built once per loaded model, read several times per request
     def inputs(self) -> tuple[TensorSpec, ...]:  # noqa: D102
         return (TensorSpec("item_id", "BYTES", (-1, 1)),)
 
-    @property
+    @cached_property  # built once per loaded model, read several times per request
     def outputs(self) -> tuple[TensorSpec, ...]:  # noqa: D102
         return (self._embedding_spec("embedding"),)
 
@@ -251,11 +252,11 @@ class RankerModel(DirectModel):
 
     name = "ranker"
 
-    @property
+    @cached_property  # built once per loaded model, read several times per request
     def inputs(self) -> tuple[TensorSpec, ...]:  # noqa: D102
         return (self._embedding_spec("user_embedding"), TensorSpec("item_id", "BYTES", (-1, 1)))
 
-    @property
+    @cached_property  # built once per loaded model, read several times per request
     def outputs(self) -> tuple[TensorSpec, ...]:  # noqa: D102
         return (TensorSpec("probability", "FP32", (-1, 1)),)
 
