@@ -38,7 +38,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from server_load import ServerProcess, run_load, start_server
+from server_load import ServerProcess, run_load, start_server, summarize
 
 MODEL = "recommender"
 PERF_VENV = REPO_ROOT / ".venv-perf"
@@ -124,16 +124,7 @@ def run_perf_analyzer(
 
 def run_loadtest(address: str, data: Path, concurrency: int, seconds: float) -> dict:
     """One `recserve loadtest` run on Recommend, as bench/server_load.py measures it."""
-    report = run_load(address, data, concurrency, seconds, use_ghz=False)
-    percentiles = {e["percentage"]: e["latency"] / 1e6 for e in report.get("latencyDistribution") or []}
-    ok = report["statusCodeDistribution"].get("OK", 0)
-    return {
-        "rps": ok / (report["total"] / 1e9),
-        "p50_ms": percentiles.get(50, float("nan")),
-        "p90_ms": percentiles.get(90, float("nan")),
-        "p99_ms": percentiles.get(99, float("nan")),
-        "errors": report["count"] - ok,
-    }
+    return summarize(run_load(address, data, concurrency, seconds, use_ghz=False))
 
 
 def measure(server: ServerProcess, tool: str, run: Callable[[int], dict], concurrency: int) -> dict:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import matplotlib
@@ -13,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import REPO_ROOT, RESULTS  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 DOCS = REPO_ROOT / "docs"
 PLOT = DOCS / "benchmarks.png"
@@ -44,16 +47,23 @@ def plot(load_results: dict, ceiling: dict | None) -> None:
     if ceiling:
         best = max(r["rows_per_s"] for r in ceiling["rows"])
         left.axhline(best, color="gray", linestyle="--", label="in-process pipeline ceiling")
-    for axis, title, unit in ((left, "Recommend throughput", "requests/s"), (right, "p99 latency", "ms")):
+    save_throughput_and_p99(figure, left, right, "Recommend throughput", PLOT, legend_size=7)
+
+
+def save_throughput_and_p99(
+    figure: Figure, left: Axes, right: Axes, throughput_title: str, path: Path, legend_size: int
+) -> None:
+    """Label both panels (log2 concurrency; p99 on a log scale) and write the PNG."""
+    for axis, title, unit in ((left, throughput_title, "requests/s"), (right, "p99 latency", "ms")):
         axis.set_xscale("log", base=2)
         axis.set_xlabel("concurrency (closed loop)")
         axis.set_ylabel(unit)
         axis.set_title(title)
         axis.grid(alpha=0.3)
     right.set_yscale("log")
-    left.legend(fontsize=7)
+    left.legend(fontsize=legend_size)
     figure.tight_layout()
-    figure.savefig(PLOT, dpi=110)
+    figure.savefig(path, dpi=110)
 
 
 def ceiling_table(ceiling: dict) -> list[str]:
@@ -158,16 +168,7 @@ def plot_perf_analyzer(results: dict) -> None:
         points = sorted((r["concurrency"], r["rps"], r["p99_ms"]) for r in rows if r["tool"] == tool)
         left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=tool)
         right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=tool)
-    for axis, title, unit in ((left, "throughput", "requests/s"), (right, "p99 latency", "ms")):
-        axis.set_xscale("log", base=2)
-        axis.set_xlabel("concurrency (closed loop)")
-        axis.set_ylabel(unit)
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-    right.set_yscale("log")
-    left.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(PERF_ANALYZER_PLOT, dpi=110)
+    save_throughput_and_p99(figure, left, right, "throughput", PERF_ANALYZER_PLOT, legend_size=8)
 
 
 def perf_analyzer_section(results: dict) -> list[str]:

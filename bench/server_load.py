@@ -174,6 +174,21 @@ def run_load(address: str, data_file: Path, concurrency: int, seconds: float, us
     return json.loads(output)
 
 
+def summarize(report: dict) -> dict:
+    """Throughput of successful calls, latency percentiles (ms) and errors from a ghz-format report."""
+    percentiles = {
+        entry["percentage"]: entry["latency"] / 1e6 for entry in report.get("latencyDistribution") or []
+    }
+    ok = report["statusCodeDistribution"].get("OK", 0)
+    return {
+        "rps": ok / (report["total"] / 1e9),
+        "p50_ms": percentiles.get(50, float("nan")),
+        "p90_ms": percentiles.get(90, float("nan")),
+        "p99_ms": percentiles.get(99, float("nan")),
+        "errors": report["count"] - ok,
+    }
+
+
 def measure_cell(
     server: ServerProcess, data_file: Path, concurrency: int, seconds: float, use_ghz: bool
 ) -> dict:
@@ -181,20 +196,12 @@ def measure_cell(
     before_stats, before_cpu = server.statistics(), server.cpu_by_thread_group()
     report = run_load(server.address, data_file, concurrency, seconds, use_ghz)
     after_stats, after_cpu = server.statistics(), server.cpu_by_thread_group()
-    percentiles = {
-        entry["percentage"]: entry["latency"] / 1e6 for entry in report.get("latencyDistribution") or []
-    }
     requests = after_stats.inference_count - before_stats.inference_count
     batches = after_stats.execution_count - before_stats.execution_count
-    ok = report["statusCodeDistribution"].get("OK", 0)
     return {
-        "rps": ok / (report["total"] / 1e9),
-        "p50_ms": percentiles.get(50, float("nan")),
-        "p90_ms": percentiles.get(90, float("nan")),
-        "p99_ms": percentiles.get(99, float("nan")),
+        **summarize(report),
         "mean_batch": requests / batches if batches else 0.0,
         "cpu_us_per_request": (sum(after_cpu.values()) - sum(before_cpu.values())) / max(requests, 1) * 1e6,
-        "errors": report["count"] - ok,
         **{
             f"cpu_us_{group}": (after_cpu.get(group, 0.0) - before_cpu.get(group, 0.0))
             / max(requests, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -10,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -71,6 +72,22 @@ class ServerThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def broken_ranker(server: ServerThread, message: str = "ranker exploded") -> Iterator[None]:
+    """Make the running server's ranker raise RuntimeError(message) until the block ends."""
+    model = server.running.service.pipeline.model
+    real_ranker = model.ranker
+
+    def explode(**inputs: object) -> None:
+        raise RuntimeError(message)
+
+    model.ranker = explode
+    try:
+        yield
+    finally:
+        model.ranker = real_ranker
 
 
 LISTENING = re.compile(r"listening on [\d.]+:(\d+)")

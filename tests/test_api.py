@@ -8,6 +8,7 @@ import pytest
 
 from recserve.v1 import recommender_pb2 as pb
 from server.settings import load_model_config
+from tests.serving import broken_ranker
 
 USER = "user-3"
 
@@ -175,17 +176,8 @@ def test_oversized_request_is_resource_exhausted(stub) -> None:
 
 
 def test_model_failure_fails_only_that_batch_with_internal(stub, server) -> None:
-    model = server.running.service.pipeline.model
-    real_ranker = model.ranker
-
-    def broken_ranker(**inputs):
-        raise RuntimeError("ranker exploded")
-
-    model.ranker = broken_ranker
-    try:
+    with broken_ranker(server):
         assert_status(lambda: recommend(stub, user_id=USER), grpc.StatusCode.INTERNAL, "ranker exploded")
-    finally:
-        model.ranker = real_ranker
     assert len(recommend(stub, user_id=USER).items) == 10
 
 

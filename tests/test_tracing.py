@@ -21,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from client import RecommenderClient
 from server.settings import ServerSettings
 from server.telemetry.tracing import BatchAwareSampler
-from tests.serving import ServerThread
+from tests.serving import ServerThread, broken_ranker
 
 USERS = [f"user-{n}" for n in range(1, 9)]
 RECOMMEND = "recserve.v1.Recommender/Recommend"
@@ -169,20 +169,10 @@ def test_caller_errors_are_not_server_faults(traced_server, server_spans, caller
 
 def test_failed_batch_marks_request_and_batch_spans_error(traced_server, server_spans, caller) -> None:
     provider, _ = caller
-    model = traced_server.running.service.pipeline.model
-    real_ranker = model.ranker
-
-    def broken_ranker(**inputs):
-        raise RuntimeError("ranker exploded")
-
-    model.ranker = broken_ranker
-    try:
-        with provider.get_tracer("caller").start_as_current_span("doomed"):
-            with RecommenderClient(traced_server.address, timeout_s=30) as client:
-                with pytest.raises(grpc.RpcError):
-                    client.recommend(USERS[0])
-    finally:
-        model.ranker = real_ranker
+    with broken_ranker(traced_server), provider.get_tracer("caller").start_as_current_span("doomed"):
+        with RecommenderClient(traced_server.address, timeout_s=30) as client:
+            with pytest.raises(grpc.RpcError):
+                client.recommend(USERS[0])
     spans = finished_spans(server_spans, RECOMMEND, 1)
     (request,) = by_name(spans, RECOMMEND)
     assert request.status.status_code is StatusCode.ERROR
