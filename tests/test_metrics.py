@@ -107,3 +107,24 @@ def test_metrics_can_be_turned_off(server_settings: ServerSettings) -> None:
         assert quiet.running.metrics is None
     finally:
         quiet.stop()
+
+
+def test_dashboard_and_documented_queries_use_only_exported_metrics(server) -> None:
+    """The Grafana dashboard and docs/observability.md name only metrics a real scrape has."""
+    import json
+    import re
+    from pathlib import Path
+
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    dashboard = json.loads((docs / "grafana" / "recserve-dashboard.json").read_text())
+    queries = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    documented = (docs / "observability.md").read_text()
+    referenced = set(re.findall(r"recserve_[a-z_]+", " ".join(queries) + documented))
+    with RecommenderClient(server.address, timeout_s=30) as client:
+        client.recommend("user-1")  # so the per-method RPC series exist
+    with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
+        families = list(text_string_to_metric_families(response.read().decode()))
+    exported = {f.name for f in families} | {sample.name for f in families for sample in f.samples}
+    missing = sorted(name for name in referenced if name not in exported)
+    assert not missing, f"referenced but not exported: {missing}"
+    assert all(panel["datasource"]["uid"] == "${datasource}" for panel in dashboard["panels"])
