@@ -1,9 +1,9 @@
 """Converts between the protocol's protobuf messages and server.kserve's requests, models and statistics.
 
 Statistics follow Triton's definitions where recserve keeps the figure (see docs/inference-protocol.md):
-requests and executions, successes and failures, time queued and computing per request, executions per
-batch size. Time preparing inputs and outputs is not measured apart from compute, and neither is compute
-time per batch size: those durations are 0.
+requests and executions, successes and failures, time queued and computing per request, executions and
+compute time per batch size. Time preparing inputs and outputs is not measured apart from compute: those
+durations are 0.
 """
 
 from __future__ import annotations
@@ -45,7 +45,10 @@ def infer_request(request: pb.ModelInferRequest, time_remaining_s: float | None)
             tensor.datatype,
             tuple(tensor.shape),
             raw[position] if raw else None,
-            {field.name: values for field, values in tensor.contents.ListFields()},
+            # HasField first: listing the fields of an empty contents message costs more than the check.
+            {field.name: values for field, values in tensor.contents.ListFields()}
+            if tensor.HasField("contents")
+            else {},
         )
         for position, tensor in enumerate(request.inputs)
     ]
