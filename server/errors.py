@@ -20,7 +20,7 @@ from google.protobuf.message import DecodeError, Message
 
 from server import exceptions
 from server.statistics import RpcStatistics
-from server.telemetry.grpc_tracing import RpcTracing, traced
+from server.telemetry.grpc_tracing import RpcTracing, status_code, traced
 
 logger = logging.getLogger(__name__)
 
@@ -68,19 +68,10 @@ def guarded(
             code = "CANCELLED"
             raise
         finally:
-            code = code or _code_name(context.code())
+            code = code or status_code(context.code()).name
             statistics.record(method, code, (time.perf_counter_ns() - started_ns) / 1000)
 
     return counted
-
-
-def _code_name(code: object) -> str:
-    """The name of the status an aio context holds: a StatusCode, its integer, or None (OK)."""
-    if isinstance(code, grpc.StatusCode):
-        return code.name
-    if isinstance(code, int):
-        return next((c.name for c in grpc.StatusCode if c.value[0] == code), str(code))
-    return "OK"
 
 
 def _decoded(

@@ -224,3 +224,25 @@ def test_new_traces_are_decided_before_any_span_exists() -> None:
     assert BatchAwareSampler(0.0).should_sample(context, 0xABC, "rpc").decision is Decision.RECORD_AND_SAMPLE
     sampled = sum(BatchAwareSampler(0.25).sample_new_trace() is not None for _ in range(4000))
     assert 800 < sampled < 1200
+
+
+def test_a_caller_that_gives_up_ends_its_spans(traced_server, server_spans, caller) -> None:
+    provider, _ = caller
+    with provider.get_tracer("caller").start_as_current_span("impatient"):
+        with RecommenderClient(traced_server.address) as client:
+            with pytest.raises(grpc.RpcError) as caught:
+                client.recommend(USERS[0], timeout_s=0.2)  # a lone request waits 1 s for its batch
+    assert caught.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+    spans = finished_spans(server_spans, RECOMMEND, 1)
+    deadline = time.monotonic() + 5
+    while not by_name(spans, "queue") and time.monotonic() < deadline:  # ends when the batch would start
+        time.sleep(0.05)
+        spans = list(server_spans.get_finished_spans())
+    (request,) = by_name(spans, RECOMMEND)
+    assert request.attributes["rpc.grpc.status_code"] in (
+        grpc.StatusCode.CANCELLED.value[0],
+        grpc.StatusCode.DEADLINE_EXCEEDED.value[0],
+    )
+    (queue,) = by_name(spans, "queue")
+    assert queue.attributes["recserve.dropped"] in ("cancelled", "deadline exceeded")
+    assert not by_name(spans, "batch"), "nobody was left to serve: no batch ran"

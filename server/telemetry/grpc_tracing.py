@@ -13,6 +13,7 @@ checks and reflection are registered without it, so probes make no spans.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -102,19 +103,29 @@ def traced(behavior: UnaryBehavior, service: str, method: str, tracing: RpcTraci
             record_exception=False,
             set_status_on_exception=False,
         ) as span:
+            code = None
             try:
                 return await behavior(request, context)
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED  # the caller went away
+                raise
             finally:
                 if span.is_recording():
-                    _record_status(span, context)
+                    _record_status(span, code or status_code(context.code()), context)
 
     return handle
 
 
-def _record_status(span: trace.Span, context: grpc.aio.ServicerContext) -> None:
-    code = context.code() or grpc.StatusCode.OK
-    if not isinstance(code, grpc.StatusCode):
-        code = grpc.StatusCode.OK
+def status_code(value: object) -> grpc.StatusCode:
+    """The status an aio servicer context holds: a StatusCode, its integer value, or None for OK."""
+    if isinstance(value, grpc.StatusCode):
+        return value
+    if isinstance(value, int):
+        return next((code for code in grpc.StatusCode if code.value[0] == value), grpc.StatusCode.UNKNOWN)
+    return grpc.StatusCode.OK
+
+
+def _record_status(span: trace.Span, code: grpc.StatusCode, context: grpc.aio.ServicerContext) -> None:
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if code in SERVER_FAULTS:
         span.set_status(trace.Status(trace.StatusCode.ERROR, f"{code.name}: {context.details() or ''}"))
