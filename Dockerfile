@@ -9,12 +9,12 @@
 # Pin a digest (python:3.11-slim@sha256:...) for reproducible builds.
 ARG PYTHON_IMAGE=python:3.11-slim
 
-# ---- builder: the only stage with a compiler (Annoy has no wheels and builds from source) ---------------
+# ---- builder: the only stage with a compiler (Annoy builds from source; so does the grpc++ front end) ------
 FROM ${PYTHON_IMAGE} AS builder
-# g++ unpinned: Debian's security updates replace exact versions, and it never reaches the final image.
+# Unpinned: Debian's security updates replace exact versions, and none of these reach the final image.
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends g++ \
+    && apt-get install --yes --no-install-recommends g++ libgrpc++-dev pkg-config \
     && rm -rf /var/lib/apt/lists/*
 ENV VIRTUAL_ENV=/opt/venv \
     PATH=/opt/venv/bin:$PATH \
@@ -22,7 +22,8 @@ ENV VIRTUAL_ENV=/opt/venv \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
+COPY native/ native/
 COPY protos/ protos/
 COPY server/ server/
 COPY client/ client/
@@ -32,10 +33,16 @@ COPY training/ training/
 # .proto files, and the second install (no dependencies, seconds) copies the fresh modules into the venv.
 RUN python -m pip install . \
     && python protos/generate.py \
-    && python -m pip install --no-deps --force-reinstall .
+    && python -m pip install --no-deps --force-reinstall . \
+    && python -c "from server.frontend import native_available; assert native_available(), 'no grpc++ front end'"
 
 # ---- runtime: the venv on a clean base; no compiler, no sources ------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime
+# grpc++'s shared libraries for the native gRPC front end (same Debian release as the builder).
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install --yes --no-install-recommends libgrpc++1.51 \
+    && rm -rf /var/lib/apt/lists/*
 # Numeric ids: Kubernetes' runAsNonRoot can only verify a numeric USER.
 RUN groupadd --system --gid 10001 recserve \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \

@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # perf_analyzer (bench/perf_analyzer.py) lives in a venv of its own: bench/requirements-perf-analyzer.txt.
 PERF_VENV := .venv-perf
 
-.PHONY: help install proto model serve test lint bench bench-perf-analyzer bench-report clean
+.PHONY: help install native-deps proto model serve test lint bench bench-perf-analyzer bench-report clean
 
 help:
 	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
@@ -21,13 +21,28 @@ help:
 	@echo "make bench   run every benchmark (~25 min on 2 cores) and write docs/benchmarks.md"
 	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min; needs libb64-0d)"
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(wildcard native/*.h */*/_native.cc)
+	@$(MAKE) --no-print-directory native-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# grpc++ for the native gRPC front end (server/frontend): installed from Debian/Ubuntu packages when we are
+# root; otherwise the server runs on grpc.aio and says so at startup.
+native-deps:
+	@if pkg-config --exists grpc++ 2>/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing libgrpc++-dev for the native gRPC front end"; \
+		apt-get install --yes --quiet libgrpc++-dev pkg-config >/dev/null \
+		|| { apt-get update --quiet >/dev/null && apt-get install --yes --quiet libgrpc++-dev pkg-config >/dev/null; } \
+		|| echo "could not install libgrpc++-dev: the server will run on grpc.aio"; \
+	else \
+		echo "note: libgrpc++-dev is not installed, so the server will run on grpc.aio;" \
+			"for the native front end: sudo apt-get install libgrpc++-dev pkg-config, then make install"; \
+	fi
 
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py

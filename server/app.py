@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from server.errors import unary_handlers
+from server.frontend import bind_and_start, build_grpc_server, resolve_frontend
 from server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery, UserQuery
 from server.recommender import RecommenderService, ServiceSlot
 from server.repository import load_model, resolve_version_dir
@@ -83,10 +84,7 @@ async def start_server(
     owns_provider = tracer_provider is None
     if tracer_provider is None:
         tracer_provider = build_tracer_provider(settings.tracing)
-    server = grpc.aio.server(
-        options=_channel_options(settings),
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-    )
+    server = build_grpc_server(settings.frontend, _channel_options(settings), settings.max_concurrent_rpcs)
     health_servicer = health.aio.HealthServicer()
     running = RunningServer(
         server,
@@ -111,13 +109,11 @@ async def start_server(
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     add_reflection(server, [RECOMMENDER_SERVICE.full_name, INFERENCE_SERVICE.full_name, HEALTH_SERVICE])
-    running.port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
-    if running.port == 0:
-        raise OSError(f"cannot bind gRPC port {settings.grpc_host}:{settings.grpc_port}")
-    await server.start()
+    running.port = await bind_and_start(server, f"{settings.grpc_host}:{settings.grpc_port}")
     await running.set_serving(False)
     logger.info(
-        "gRPC server listening on %s:%d (health NOT_SERVING until the model is ready)",
+        "gRPC server (%s front end) listening on %s:%d (health NOT_SERVING until the model is ready)",
+        resolve_frontend(settings.frontend),
         settings.grpc_host,
         running.port,
     )

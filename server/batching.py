@@ -171,15 +171,24 @@ class DynamicBatcher(Generic[Item, Result]):
             if not batch:
                 self._slots.release()
                 continue
-            task = asyncio.get_running_loop().create_task(self._run_batch(batch))
-            self._executing.add(task)
-            task.add_done_callback(self._batch_done)
+            self._start_batch(batch)
         if self._executing:
             await asyncio.gather(*self._executing)
 
-    def _batch_done(self, task: asyncio.Task[None]) -> None:
-        self._executing.discard(task)
-        self._slots.release()
+    def _start_batch(self, batch: list[_Pending[Item, Result]]) -> None:
+        """Hand the batch to the executor now, not when a new task first runs.
+
+        Under load the event loop has a batch's worth of responses and new requests queued ahead of any
+        new task.
+        """
+        loop = asyncio.get_running_loop()
+        started_ns = time.perf_counter_ns()
+        queue_us = [(started_ns - p.enqueued_ns) / 1000 for p in batch]
+        span = self._start_batch_span(batch, queue_us)
+        execution = loop.run_in_executor(self._executor, self._execute_in_span, span, [p.item for p in batch])
+        task = loop.create_task(self._complete_batch(batch, execution, started_ns, queue_us, span))
+        self._executing.add(task)
+        task.add_done_callback(self._executing.discard)
 
     async def _wait_for_batch(self) -> None:
         """Return once a batch should go: full, preferred size reached, delay over, or closing."""
@@ -231,14 +240,21 @@ class DynamicBatcher(Generic[Item, Result]):
             return False
         return True
 
-    async def _run_batch(self, batch: list[_Pending[Item, Result]]) -> None:
-        started_ns = time.perf_counter_ns()
-        queue_us = [(started_ns - p.enqueued_ns) / 1000 for p in batch]
-        span = self._start_batch_span(batch, queue_us)
+    async def _complete_batch(
+        self,
+        batch: list[_Pending[Item, Result]],
+        execution: asyncio.Future[Sequence[Result]],
+        started_ns: int,
+        queue_us: list[float],
+        span: trace.Span | None,
+    ) -> None:
         try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._execute_in_span, span, [p.item for p in batch]
-            )
+            try:
+                results = await execution
+            finally:
+                # Free the slot before answering: the batcher's loop is then woken ahead of this batch's
+                # callers, so the next batch starts executing while their responses are built.
+                self._slots.release()
             if len(results) != len(batch):
                 raise ModelExecutionError(
                     f"{self.name} returned {len(results)} results for {len(batch)} requests"

@@ -62,6 +62,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.add_argument("--log-format", choices=["text", "json"], help="log as text (default) or JSON lines")
+    serve.add_argument(
+        "--frontend",
+        choices=["auto", "native", "aio"],
+        help="gRPC transport: native (grpc++), aio (grpc.aio); auto (default) = native when built",
+    )
     serve.set_defaults(func=_serve)
 
 
@@ -108,6 +113,7 @@ def _serve(args: argparse.Namespace) -> int:
             },
             log_level=args.log_level,
             log_format=args.log_format,
+            frontend=args.frontend,
         )
     except (ValidationError, FileNotFoundError) as error:
         sys.stderr.write(f"error: invalid settings: {error}\n")

@@ -203,6 +203,10 @@ class ServerSettings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one object per line with trace and span ids."
     )
+    frontend: Literal["auto", "native", "aio"] = Field(
+        "auto",
+        description="gRPC transport: native (grpc++), aio (grpc.aio); auto = native when it was built.",
+    )
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="asyncio event loop; auto = uvloop when installed (less CPU per RPC)."
     )

@@ -36,7 +36,7 @@ from client.loadtest.report import (
     percentiles,
     report_json,
 )
-from client.loadtest.runner import RunResult, run_load
+from client.loadtest.runner import RunResult, native_transport_available, run_load
 from client.loadtest.templates import CallContext, TemplateError, build_plan, compile_string
 from recserve.v1 import recommender_pb2 as pb
 
@@ -610,3 +610,41 @@ def test_a_request_that_cannot_be_built_stops_the_run(trivial_address: str) -> N
     with pytest.raises(SetupError, match="could not build a request: bad value for field k"):
         run_load(options, "/grpc.health.v1.Health/Check", FailingPlan())  # type: ignore[arg-type]
     assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize("transport", ["native", "aio"])
+def test_both_transports_report_the_same_outcomes(
+    transport: str, server_address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if transport == "native" and not native_transport_available():
+        pytest.skip("grpc++ transport not built (no libgrpc++-dev)")
+    report = loadtest_json(
+        ["--insecure", "--transport", transport, "--call", "recserve.v1.Recommender.Score", "-d",
+         '[{"user_id":"user-1","item_ids":["item-1"]},{"user_id":"user-1","item_ids":["item-missing"]}]',
+         "-m", '{"x-request-tag":"{{.RequestNumber}}"}', "-n", "40", "-c", "4", server_address],
+        capsys,
+    )  # fmt: skip
+    assert report["statusCodeDistribution"] == {"OK": 20, "NotFound": 20}
+    (error,) = report["errorDistribution"]
+    assert error.startswith("rpc error: code = NotFound desc = ")
+    assert "item-missing" in error
+
+
+def test_deadline_errors_read_as_go_prints_them(
+    server_address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    report = loadtest_json(
+        ["--insecure", "--call", RECOMMEND, "-d", '{"user_id":"user-1"}', "-t", "1ns", "-n", "5", "-c", "1",
+         server_address],
+        capsys,
+    )  # fmt: skip
+    assert report["statusCodeDistribution"] == {"DeadlineExceeded": 5}
+    assert report["errorDistribution"] == {
+        "rpc error: code = DeadlineExceeded desc = context deadline exceeded": 5
+    }
+
+
+def test_native_transport_is_plaintext_only(server_address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = loadtest(["--transport", "native", "--call", RECOMMEND, server_address], capsys)
+    assert (code, out) == (1, "")
+    assert "--transport native is plaintext only" in err

@@ -24,6 +24,7 @@ import grpc
 NS_PER_S = 1_000_000_000
 MAX_TOTAL_WITH_DURATION = 2**31 - 1  # ghz sets n = math.MaxInt32 when a duration is given
 FORMATS = ("summary", "csv", "json", "pretty")
+TRANSPORTS = ("auto", "native", "aio")
 DURATION_STOPS = ("close", "ignore", "wait")
 
 JsonObject = dict[str, Any]
@@ -92,6 +93,9 @@ class LoadtestOptions:
     """Leave the first N results out of the report (warm-up)."""
     cpus: int = 0
     """Only reported, as ghz's `CPUs`; 0 means the number of CPUs of this machine."""
+    transport: str = "auto"
+    """Not in ghz: native (grpc++, least CPU per call), aio (grpc.aio), or auto: native for plaintext
+    connections when it was built, else aio."""
 
     @property
     def effective_total(self) -> int:
@@ -181,6 +185,11 @@ _VALUE_FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("--name",), "name", "name of the run"),
     (("--tags",), "tags", "JSON object of string labels for the report"),
     (("--cpus",), "cpus", "reported as CPUs in the JSON report (default: this machine's CPUs)"),
+    (
+        ("--transport",),
+        "transport",
+        "not in ghz: native (grpc++), aio (grpc.aio) or auto (default: native for --insecure when built)",
+    ),
 )
 _SWITCH_FLAGS = (
     (("--insecure",), "insecure", "plaintext connection (no TLS)"),
@@ -392,6 +401,7 @@ _CONVERTERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "count-errors": ("count_errors", _switch),
     "skipFirst": ("skip_first", _count),
     "cpus": ("cpus", _count),
+    "transport": ("transport", _choice(TRANSPORTS)),
 }
 
 
@@ -455,6 +465,8 @@ def _validate(options: LoadtestOptions) -> None:
         raise SetupError("--connect-timeout must be positive")
     if options.proto and options.protoset:
         raise SetupError("give --proto or --protoset, not both")
+    if options.transport == "native" and not options.insecure:
+        raise SetupError("--transport native is plaintext only: add --insecure, or use --transport aio")
 
 
 def machine_cpus() -> int:

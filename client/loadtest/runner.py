@@ -229,9 +229,40 @@ class LoadRunner:
 
 
 def _open_channel(options: LoadtestOptions) -> grpc.aio.Channel:
+    if use_native_transport(options):
+        from client.loadtest.native_channel import NativeChannel
+
+        return NativeChannel(options.host, options.channel_options())  # type: ignore[return-value]
     if options.insecure:
         return grpc.aio.insecure_channel(options.host, options.channel_options())
     return grpc.aio.secure_channel(options.host, options.channel_credentials(), options.channel_options())
+
+
+def native_transport_available() -> bool:
+    """Whether the grpc++ transport is built and loads."""
+    try:
+        from client.loadtest import native_channel  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_native_transport(options: LoadtestOptions) -> bool:
+    """Whether calls go through grpc++: --transport native, or auto for plaintext when it is built.
+
+    Raises:
+        SetupError: --transport native where the grpc++ transport is not built.
+    """
+    if options.transport == "aio":
+        return False
+    if options.transport == "native":
+        if not native_transport_available():
+            raise SetupError(
+                "--transport native: the grpc++ transport is not built "
+                "(install libgrpc++-dev and reinstall recserve), or use --transport aio"
+            )
+        return True
+    return options.insecure and native_transport_available()
 
 
 @contextlib.contextmanager

@@ -1,0 +1,89 @@
+"""A channel for the load loop with grpc.aio's interface (the part the runner uses) over grpc++ (`_native`).
+
+Python starts each call and awaits a future; grpc++ runs the call on its own threads and the event loop
+takes every completion since it last looked in one `drain()`. Per call that is a fraction of grpc.aio's
+client CPU, which matters when the generator shares the cores with the server it measures. Insecure
+channels only; TLS runs on grpc.aio.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Sequence
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from client.native_loading import load_native
+
+_native = load_native("client.loadtest._native")
+
+_CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+_NO_METADATA = grpc.aio.Metadata()
+
+
+class NativeChannel:
+    """One connection to `target`, for unary calls with raw bytes in and out."""
+
+    def __init__(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+        int_options = [(key, int(value)) for key, value in options if isinstance(value, int)]
+        string_options = [(key, str(value)) for key, value in options if not isinstance(value, int)]
+        self._channel = _native.Channel(target, int_options, string_options)
+        self._pending: dict[int, asyncio.Future[tuple[int, str, int]]] = {}
+        self._next_tag = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def channel_ready(self) -> None:
+        """Connect; returns once the connection is ready (cancel or time out the await to give up)."""
+        loop = self._attach()
+        while not await loop.run_in_executor(None, self._channel.wait_ready, 0.25):
+            pass
+
+    def unary_unary(self, method: str, request_serializer: None = None, response_deserializer: None = None):  # noqa: ANN201
+        """A callable `(payload, timeout=None, metadata=None)` that awaits one call of `method`."""
+        start = self._channel.start
+        cancel = self._channel.cancel
+        pending = self._pending
+
+        async def call(payload: bytes, timeout: float | None = None, metadata: Any = None) -> None:
+            tag = self._next_tag = self._next_tag + 1
+            future = self._attach().create_future()
+            pending[tag] = future
+            start(tag, method, payload, timeout, list(metadata) if metadata else [])
+            try:
+                code, details, _ = await future
+            except asyncio.CancelledError:
+                pending.pop(tag, None)
+                cancel(tag)
+                raise
+            if code:
+                status = _CODE_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
+                raise grpc.aio.AioRpcError(status, _NO_METADATA, _NO_METADATA, details)
+
+        return call
+
+    def close(self) -> Awaitable[None]:
+        """Cancel what is in flight and release the connection."""
+        return self._close()
+
+    async def _close(self) -> None:
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+        if self._loop is not None:
+            self._loop.remove_reader(self._channel.event_fd())
+        await asyncio.get_running_loop().run_in_executor(None, self._channel.close)
+
+    def _attach(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+            self._loop.add_reader(self._channel.event_fd(), self._pump)
+        return self._loop
+
+    def _pump(self) -> None:
+        pending = self._pending
+        for tag, code, details, end_ns in self._channel.drain():
+            future = pending.pop(tag, None)
+            if future is not None and not future.done():
+                future.set_result((code, details, end_ns))

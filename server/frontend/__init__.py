@@ -1,0 +1,63 @@
+"""The gRPC transport under the servicers: grpc++ through `native` when it is built, else grpc.aio.
+
+Both take the same handlers and give them the same servicer context API; `build_grpc_server` picks one and
+`bind_and_start` hides the one difference in their lifecycles (grpc.aio binds a port when it is added,
+grpc++ when the server starts).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import grpc.aio
+
+logger = logging.getLogger(__name__)
+
+FrontendName = Literal["auto", "native", "aio"]
+
+
+def native_available() -> bool:
+    """Whether the grpc++ front end is built and loads."""
+    try:
+        from server.frontend import native  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_frontend(name: FrontendName) -> Literal["native", "aio"]:
+    """The front end `name` selects here; `native` when it is not built is an error, `auto` falls back."""
+    if name == "aio":
+        return "aio"
+    if native_available():
+        return "native"
+    if name == "native":
+        raise RuntimeError(
+            "frontend=native, but the grpc++ front end is not built: install libgrpc++-dev and reinstall "
+            "recserve (make install), or use --frontend aio"
+        )
+    return "aio"
+
+
+def build_grpc_server(
+    name: FrontendName, options: Sequence[tuple[str, int | str]], maximum_concurrent_rpcs: int | None
+) -> Any:
+    """A gRPC server of the chosen front end, not yet bound."""
+    if resolve_frontend(name) == "native":
+        from server.frontend.native import NativeServer
+
+        return NativeServer(options, maximum_concurrent_rpcs)
+    return grpc.aio.server(options=list(options), maximum_concurrent_rpcs=maximum_concurrent_rpcs)
+
+
+async def bind_and_start(server: Any, address: str) -> int:
+    """Bind `address`, start serving, and return the bound port."""
+    port = server.add_insecure_port(address)
+    started = await server.start()
+    if isinstance(started, list):  # grpc++ binds on start
+        port = started[0]
+    if port == 0:
+        raise OSError(f"cannot bind gRPC port {address}")
+    return port
