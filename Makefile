@@ -36,8 +36,8 @@ native-deps:
 	@if pkg-config --exists grpc++ 2>/dev/null; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing libgrpc++-dev for the native gRPC front end"; \
-		apt-get install --yes --quiet libgrpc++-dev pkg-config >/dev/null \
-		|| { apt-get update --quiet >/dev/null && apt-get install --yes --quiet libgrpc++-dev pkg-config >/dev/null; } \
+		DEBIAN_FRONTEND=noninteractive apt-get install --yes --quiet libgrpc++-dev pkg-config >/dev/null 2>&1 \
+		|| { apt-get update --quiet >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install --yes --quiet libgrpc++-dev pkg-config >/dev/null 2>&1; } \
 		|| echo "could not install libgrpc++-dev: the server will run on grpc.aio"; \
 	else \
 		echo "note: libgrpc++-dev is not installed, so the server will run on grpc.aio;" \
