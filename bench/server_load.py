@@ -38,7 +38,8 @@ from client import ModelStatistics, RecommenderClient
 
 CONFIGS: dict[str, list[str]] = {
     "batching off": ["--max-batch-size", "1", "--max-queue-delay-us", "0"],
-    "default": [],  # the committed config: delay 0, one instance, 2 ANN threads
+    "default": [],  # the committed config: delay 0, one instance, 2 ANN threads; native front end
+    "default, grpc.aio front end": ["--frontend", "aio"],
     "default, 1 ANN thread": ["--ann-threads", "1"],
     "delay 500us": ["--max-queue-delay-us", "500"],
     "delay 2ms": ["--max-queue-delay-us", "2000"],
@@ -47,6 +48,17 @@ CONFIGS: dict[str, list[str]] = {
     "adaptive, 2 instances": ["--adaptive-batching", "--instance-count", "2", "--ann-threads", "1"],
 }
 THREAD_GROUPS = ("event_loop", "batch_threads", "tensorflow", "grpc_core")
+# Threads of grpc's C core (grpc.aio) and of grpc++ (the native front end), by name (15 characters at most).
+GRPC_THREADS = (
+    "grpc",
+    "event_engine",
+    "lifeguard",
+    "nexting_thread",
+    "default-executo",
+    "resolver-execut",
+    "timer_manager",
+    "recserve-ops",
+)
 LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
 CALL = "recserve.v1.Recommender.Recommend"
 
@@ -97,7 +109,7 @@ def _thread_group(is_main: bool, name: str) -> str:
         return "event_loop"
     if name.startswith("tf_"):
         return "tensorflow"
-    if name.startswith(("grpc", "event_engine", "lifeguard")):
+    if name.startswith(GRPC_THREADS):
         return "grpc_core"
     return "batch_threads"
 
