@@ -97,15 +97,14 @@ class OpRunner {
     thread_.join();
   }
 
+  // Queue an operation; it starts at the next Flush. Python queues a burst (a batch's responses) and
+  // flushes once, so the wake-up costs one futex call per burst, not one per call.
   void Push(Op op) {
-    bool was_empty;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      was_empty = ops_.empty();
-      ops_.push_back(std::move(op));
-    }
-    if (was_empty) wake_.notify_one();
+    std::lock_guard<std::mutex> lock(mutex_);
+    ops_.push_back(std::move(op));
   }
+
+  void Flush() { wake_.notify_one(); }
 
  private:
   void Loop();
@@ -317,6 +316,9 @@ class Frontend {
 
   int event_fd() const { return queue_.fd(); }
 
+  // Start every read, write and finish queued since the last flush.
+  void flush() { runner_.Flush(); }
+
   // Every queued event as (kind, call, payload, ok) tuples.
   py::list drain() {
     std::vector<Event> events = queue_.Take();
@@ -379,6 +381,7 @@ PYBIND11_MODULE(_native, module) {
       .def("set_max_message_sizes", &Frontend::set_max_message_sizes)
       .def("start", &Frontend::start)
       .def("event_fd", &Frontend::event_fd)
+      .def("flush", &Frontend::flush)
       .def("drain", &Frontend::drain)
       .def("shutdown", &Frontend::shutdown);
 }

@@ -56,10 +56,12 @@ class NativeServicerContext(grpc.aio.ServicerContext):
         "_finished",
         "_first_request",
         "_serialize",
+        "_flush",
     )
 
-    def __init__(self, call: Any, first_request: bytes | None) -> None:
+    def __init__(self, call: Any, first_request: bytes | None, flush: Callable[[], None]) -> None:
         self._call = call
+        self._flush = flush
         self._code: grpc.StatusCode | None = None
         self._details: str | None = None
         self._trailing: tuple[tuple[str, str | bytes], ...] = ()
@@ -155,6 +157,7 @@ class NativeServicerContext(grpc.aio.ServicerContext):
         if self._call.cancelled:
             return None
         self._call.read()
+        self._flush()
         return await self._reads.get()
 
     async def write(self, message: Any) -> None:
@@ -163,6 +166,7 @@ class NativeServicerContext(grpc.aio.ServicerContext):
             raise asyncio.CancelledError()
         self._write_done = asyncio.get_running_loop().create_future()
         self._call.write(message if self._serialize is None else self._serialize(message))
+        self._flush()
         await self._write_done
 
     # --- events from the front end ---
@@ -184,6 +188,7 @@ class NativeServicerContext(grpc.aio.ServicerContext):
         for key, value in self._trailing:
             self._call.add_trailing_metadata(key, _text(value))
         self._call.finish(code.value[0], details, payload)
+        self._flush()
         for callback in self._done_callbacks:
             callback(self)
 
@@ -214,6 +219,7 @@ class NativeServer:
         self._addresses: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
+        self._flush_scheduled = False
 
     # --- registration ---
     def add_generic_rpc_handlers(self, handlers: Iterable[grpc.GenericRpcHandler]) -> None:
@@ -245,6 +251,7 @@ class NativeServer:
         if self._stopped or self._loop is None:
             return
         self._stopped = True
+        self._frontend.flush()
         await self._loop.run_in_executor(None, self._frontend.shutdown, grace or 0.0)
         self._pump()
         self._loop.remove_reader(self._frontend.event_fd())
@@ -255,6 +262,16 @@ class NativeServer:
         return True
 
     # --- calls ---
+    def _request_flush(self) -> None:
+        """Start queued operations once the callbacks ready now have run: one wake-up per burst."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)  # type: ignore[union-attr]
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._frontend.flush()
+
     def _pump(self) -> None:
         active = self._active
         for kind, call, payload, ok in self._frontend.drain():
@@ -266,6 +283,7 @@ class NativeServer:
                 context._on_event(kind, payload, ok)
             elif kind == _CANCELLED:
                 call.finish(grpc.StatusCode.CANCELLED.value[0], "cancelled", None)
+                self._request_flush()
 
     def _handler(self, method: str, context: NativeServicerContext) -> grpc.RpcMethodHandler | None:
         try:
@@ -283,7 +301,7 @@ class NativeServer:
         return handler
 
     def _begin(self, call: Any, first_request: bytes | None) -> None:
-        context = NativeServicerContext(call, first_request)
+        context = NativeServicerContext(call, first_request, self._request_flush)
         handler = self._handler(call.method, context)
         if handler is None:
             context._finish(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
