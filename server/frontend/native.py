@@ -214,7 +214,7 @@ class NativeServer:
         self._limit = maximum_concurrent_rpcs
         self._generic_handlers: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
-        self._handler_cache: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._handler_cache: dict[str, grpc.RpcMethodHandler] = {}
         self._active: dict[int, NativeServicerContext] = {}
         self._addresses: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -297,7 +297,8 @@ class NativeServer:
                 handler = generic.service(details)
                 if handler is not None:
                     break
-        self._handler_cache[method] = handler
+        if handler is not None:  # unknown names are not cached: clients choose them
+            self._handler_cache[method] = handler
         return handler
 
     def _begin(self, call: Any, first_request: bytes | None) -> None:
