@@ -11,7 +11,6 @@
 #include <grpcpp/grpcpp.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
-#include <time.h>
 
 #include <chrono>
 #include <condition_variable>
@@ -27,18 +26,10 @@ namespace py = pybind11;
 
 namespace {
 
-// perf_counter_ns's clock, so Python can subtract its own start times.
-int64_t MonotonicNs() {
-  timespec now;
-  clock_gettime(CLOCK_MONOTONIC, &now);
-  return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
-}
-
 struct Completion {
   uint64_t tag;
   int code;
   std::string details;
-  int64_t end_ns;
 };
 
 struct PendingCall {
@@ -91,7 +82,7 @@ class Channel {
     stub_->UnaryCall(&pending->context, method, grpc::StubOptions(), &pending->request, &pending->response,
                      [this, tag, pending](grpc::Status status) {
                        queue_.Push(Completion{tag, static_cast<int>(status.error_code()),
-                                              status.error_message(), MonotonicNs()});
+                                              status.error_message()});
                        Forget(tag);
                      });
   }
@@ -110,13 +101,13 @@ class Channel {
 
   int event_fd() const { return queue_.fd(); }
 
-  // Every completion since the last drain, as (tag, status code, details, end time in ns) tuples.
+  // Every completion since the last drain, as (tag, status code, details) tuples.
   py::list drain() {
     std::vector<Completion> completions = queue_.Take();
     py::list out(completions.size());
     for (size_t i = 0; i < completions.size(); ++i) {
       const Completion& done = completions[i];
-      out[i] = py::make_tuple(done.tag, done.code, done.details, done.end_ns);
+      out[i] = py::make_tuple(done.tag, done.code, done.details);
     }
     return out;
   }

@@ -30,7 +30,7 @@ class NativeChannel:
         int_options = [(key, int(value)) for key, value in options if isinstance(value, int)]
         string_options = [(key, str(value)) for key, value in options if not isinstance(value, int)]
         self._channel = _native.Channel(target, int_options, string_options)
-        self._pending: dict[int, asyncio.Future[tuple[int, str, int]]] = {}
+        self._pending: dict[int, asyncio.Future[tuple[int, str]]] = {}
         self._next_tag = 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -52,7 +52,7 @@ class NativeChannel:
             pending[tag] = future
             start(tag, method, payload, timeout, list(metadata) if metadata else [])
             try:
-                code, details, _ = await future
+                code, details = await future
             except asyncio.CancelledError:
                 pending.pop(tag, None)
                 cancel(tag)
@@ -83,7 +83,7 @@ class NativeChannel:
 
     def _pump(self) -> None:
         pending = self._pending
-        for tag, code, details, end_ns in self._channel.drain():
+        for tag, code, details in self._channel.drain():
             future = pending.pop(tag, None)
             if future is not None and not future.done():
-                future.set_result((code, details, end_ns))
+                future.set_result((code, details))

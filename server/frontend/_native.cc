@@ -20,7 +20,6 @@
 #include <condition_variable>
 #include <thread>
 #include <chrono>
-#include <cmath>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -299,10 +298,6 @@ class Frontend {
   void set_string_option(const std::string& key, const std::string& value) {
     builder_.AddChannelArgument(key, value);
   }
-  void set_max_message_sizes(int receive, int send) {
-    builder_.SetMaxReceiveMessageSize(receive);
-    builder_.SetMaxSendMessageSize(send);
-  }
 
   // Start serving; returns the bound ports in the order they were added (0 where binding failed).
   std::vector<int> start() {
@@ -378,7 +373,6 @@ PYBIND11_MODULE(_native, module) {
       .def("add_insecure_port", &Frontend::add_insecure_port)
       .def("set_int_option", &Frontend::set_int_option)
       .def("set_string_option", &Frontend::set_string_option)
-      .def("set_max_message_sizes", &Frontend::set_max_message_sizes)
       .def("start", &Frontend::start)
       .def("event_fd", &Frontend::event_fd)
       .def("flush", &Frontend::flush)

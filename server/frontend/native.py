@@ -23,8 +23,6 @@ _native = load_native("server.frontend._native")
 
 logger = logging.getLogger(__name__)
 
-_OK = grpc.StatusCode.OK.value[0]
-_CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 _NEW, _READ, _WRITE_DONE, _CANCELLED = _native.NEW, _native.READ, _native.WRITE_DONE, _native.CANCELLED
 CONCURRENCY_LIMIT_MESSAGE = "Concurrent RPC limit exceeded!"  # grpc.aio's words, kept for clients that match
 
@@ -216,7 +214,6 @@ class NativeServer:
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._handler_cache: dict[str, grpc.RpcMethodHandler] = {}
         self._active: dict[int, NativeServicerContext] = {}
-        self._addresses: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopped = False
         self._flush_scheduled = False
@@ -234,8 +231,7 @@ class NativeServer:
         self._handler_cache.clear()
 
     def add_insecure_port(self, address: str) -> int:
-        """Remember `address`; grpc++ binds it in `start()`, which returns the bound ports."""
-        self._addresses.append(address)
+        """Add `address`; grpc++ binds it in `start()`, which returns the bound ports."""
         return self._frontend.add_insecure_port(address)
 
     # --- lifecycle ---
