@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2
 
 from bench.trivial_server import build_server
 from client.cli import build_client_parser
-from client.loadtest.descriptors import MessageCodec, split_call
+from client.loadtest.descriptors import MessageCodec, resolve_method, split_call
 from client.loadtest.options import MAX_TOTAL_WITH_DURATION, SetupError, options_from_args, parse_go_duration
 from client.loadtest.report import (
     Bucket,
@@ -36,7 +36,14 @@ from client.loadtest.report import (
     percentiles,
     report_json,
 )
-from client.loadtest.runner import RunResult, native_transport_available, run_load
+from client.loadtest.runner import (
+    CLOSING_ERROR,
+    LoadRunner,
+    RunResult,
+    native_transport_available,
+    run_in_new_loop,
+    run_load,
+)
 from client.loadtest.templates import CallContext, TemplateError, build_plan, compile_string
 from recserve.v1 import recommender_pb2 as pb
 
@@ -598,6 +605,9 @@ class FailingPlan:
 
     is_static = False
 
+    def static_requests(self) -> None:
+        return None
+
     def build(self, request_number: int, worker_id: str) -> tuple[bytes, None]:
         if request_number == 3:
             raise ValueError("bad value for field k")
@@ -628,6 +638,88 @@ def test_both_transports_report_the_same_outcomes(
     (error,) = report["errorDistribution"]
     assert error.startswith("rpc error: code = NotFound desc = ")
     assert "item-missing" in error
+
+
+requires_native = pytest.mark.skipif(
+    not native_transport_available(), reason="grpc++ transport not built (no libgrpc++-dev)"
+)
+
+
+@pytest.mark.parametrize("transport", ["native", "aio"])
+def test_fixed_requests_report_the_same_outcomes_on_both_transports(
+    transport: str, server_address: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if transport == "native" and not native_transport_available():
+        pytest.skip("grpc++ transport not built (no libgrpc++-dev)")
+    report = loadtest_json(
+        ["--insecure", "--transport", transport, "--call", "recserve.v1.Recommender.Score", "-d",
+         '[{"user_id":"user-1","item_ids":["item-1"]},{"user_id":"user-1","item_ids":["item-missing"]}]',
+         "-m", '{"x-request-tag":"fixed"}', "-n", "41", "-c", "5", server_address],
+        capsys,
+    )  # fmt: skip
+    assert report["count"] == 41
+    assert report["statusCodeDistribution"] == {"OK": 21, "NotFound": 20}
+    (error,) = report["errorDistribution"]
+    assert error.startswith("rpc error: code = NotFound desc = ") and "item-missing" in error
+    assert all(detail["latency"] > 0 for detail in report["details"])
+
+
+def run_direct(argv: list[str]) -> tuple[LoadRunner, RunResult]:
+    """A LoadRunner run on a fresh event loop, kept for inspection."""
+    options = parse(argv)
+    method = resolve_method(options)
+    plan = build_plan(options.data, options.metadata, method.codec, method.template_constants())
+    runner = LoadRunner(options, method.path, plan)
+    return runner, run_in_new_loop(runner.run())
+
+
+@requires_native
+def test_fixed_requests_run_in_the_native_closed_loop(trivial_address: str) -> None:
+    runner, result = run_direct(
+        ["--insecure", "--call", HEALTH_CHECK, "-n", "200", "-c", "8", trivial_address]
+    )
+    assert runner.runs_in_native_loop
+    assert len(result.results) == 200 and {status for _, _, status, _ in result.results} == {"OK"}
+    ends = [end for end, *_ in result.results]
+    assert ends == sorted(ends)  # completion order
+    assert all(0 < latency < result.total_ns for _, latency, _, _ in result.results)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-d", '{"service":"{{.WorkerID}}"}'], ["--rps", "500"], ["--transport", "aio"]],
+    ids=["templated", "paced", "aio"],
+)
+def test_templated_paced_or_aio_runs_call_from_python(trivial_address: str, argv: list[str]) -> None:
+    runner, result = run_direct(
+        ["--insecure", "--call", HEALTH_CHECK, "-n", "20", "-c", "2", *argv, trivial_address]
+    )
+    assert not runner.runs_in_native_loop
+    assert len(result.results) == 20
+
+
+@requires_native
+@pytest.mark.parametrize(("mode", "cut_off"), [("close", 4), ("ignore", 0)])
+def test_native_closed_loop_duration_stop_modes(trivial_address: str, mode: str, cut_off: int) -> None:
+    runner, result = run_direct(
+        [
+            "--insecure",
+            "--call",
+            HEALTH_CHECK,
+            "-z",
+            "300ms",
+            "-c",
+            "4",
+            "--duration-stop",
+            mode,
+            trivial_address,
+        ]
+    )
+    assert runner.runs_in_native_loop and result.end_reason == "timeout"
+    cancelled = [r for r in result.results if r[2] == "Canceled"]
+    assert len(cancelled) == cut_off
+    assert all(error == CLOSING_ERROR for *_, error in cancelled)
+    assert len(result.results) > 20
 
 
 def test_deadline_errors_read_as_go_prints_them(

@@ -1,9 +1,12 @@
-// The load generator's native transport: unary calls through grpc++'s callback API, completions handed to
-// Python in bulk.
+// The load generator's native transport.
 //
 // Why: a grpc.aio unary call costs the calling process ~300 us of CPU on 2 cores, and the load generator
-// shares the cores with the server it measures. grpc++ issues and completes a call in a fraction of that on
-// its own threads; Python only starts calls and, once per wake-up, takes every completion that arrived.
+// shares the cores with the server it measures. Two ways to run calls:
+// - Channel: Python starts each call; grpc++'s callback API runs it, and Python takes every completion since
+//   it last looked in one `drain()`. Any request plan (templated payloads, --rps pacing) works this way.
+// - ClosedLoop: for the common plan with fixed payloads and no pacing, the whole closed loop runs in C++:
+//   one thread polls a completion queue and starts each worker's next call the moment its last one ends.
+//   No Python and no thread hand-off per call.
 
 #include "event_queue.h"
 
@@ -12,6 +15,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <time.h>
+
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -136,12 +142,179 @@ class Channel {
     drained_.wait(lock, [this] { return in_flight_.empty(); });
   }
 
+  friend class ClosedLoop;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<grpc::GenericStub> stub_;
   recserve::EventQueue<Completion> queue_;
   std::mutex mutex_;
   std::condition_variable drained_;
   std::unordered_map<uint64_t, std::shared_ptr<PendingCall>> in_flight_;
+};
+
+int64_t MonotonicNs() {  // the clock behind Python's time.perf_counter_ns on Linux
+  timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return static_cast<int64_t>(now.tv_sec) * 1000000000 + now.tv_nsec;
+}
+
+// One finished call: when it ended, how long it took, its status code and message.
+struct CallRecord {
+  int64_t end_ns;
+  int64_t latency_ns;
+  int code;
+  std::string details;
+};
+
+// What calls still in flight when the run is stopped become.
+enum class StopMode { kClose, kIgnore, kWait };
+
+// `concurrency` workers, each with one call in flight at a time, spread over the channels; request N sends
+// payloads[N % payloads.size()]. Runs until `total` calls were issued (0 = no limit) or `stop` is called.
+class ClosedLoop {
+ public:
+  ClosedLoop(std::vector<Channel*> channels, std::string method, const std::vector<py::bytes>& payloads,
+             std::vector<std::pair<std::string, std::string>> metadata, int concurrency, int64_t total,
+             std::optional<double> timeout_s)
+      : channels_(std::move(channels)),
+        method_(std::move(method)),
+        metadata_(std::move(metadata)),
+        total_(total),
+        timeout_ns_(timeout_s ? static_cast<int64_t>(*timeout_s * 1e9) : 0),
+        workers_(concurrency) {
+    if (channels_.empty() || payloads.empty() || concurrency < 1) {
+      throw std::invalid_argument("a closed loop needs a channel, a payload and concurrency >= 1");
+    }
+    for (const py::bytes& payload : payloads) {
+      std::string bytes = payload;
+      grpc::Slice slice(bytes);
+      payloads_.emplace_back(&slice, 1);
+    }
+    for (size_t i = 0; i < workers_.size(); ++i) workers_[i].channel = channels_[i % channels_.size()];
+  }
+
+  // Run to the end (blocking, without the GIL); returns the start and end times in perf_counter ns.
+  std::pair<int64_t, int64_t> run() {
+    py::gil_scoped_release release;
+    int64_t started = MonotonicNs();
+    int in_flight = 0;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      for (Worker& worker : workers_) {
+        if (!StartLocked(worker)) break;
+        ++in_flight;
+      }
+    }
+    void* tag;
+    bool ok;
+    while (in_flight > 0 && queue_.Next(&tag, &ok)) {
+      Worker& worker = *static_cast<Worker*>(tag);
+      Record(worker, MonotonicNs());
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!StartLocked(worker)) --in_flight;
+    }
+    int64_t ended = MonotonicNs();
+    queue_.Shutdown();
+    while (queue_.Next(&tag, &ok)) {
+    }
+    return {started, ended};
+  }
+
+  // No new calls; calls in flight are cancelled and reported as cancelled (close), cancelled and left
+  // out (ignore), or awaited (wait). Safe from any thread, more than once.
+  void stop(const std::string& mode) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+    stop_mode_ = mode == "close" ? StopMode::kClose : mode == "ignore" ? StopMode::kIgnore : StopMode::kWait;
+    if (stop_mode_ == StopMode::kWait) return;
+    for (Worker& worker : workers_) {
+      if (worker.context) worker.context->TryCancel();
+    }
+  }
+
+  // Every finished call so far as (end ns, latency ns, code, details), in completion order; takes them.
+  // Code -1: the call was cut off by stop("close").
+  py::list take_records() {
+    std::vector<CallRecord> records;
+    {
+      py::gil_scoped_release release;
+      std::lock_guard<std::mutex> lock(records_mutex_);
+      records.swap(records_);
+    }
+    py::list out(records.size());
+    for (size_t i = 0; i < records.size(); ++i) {
+      const CallRecord& r = records[i];
+      out[i] = py::make_tuple(r.end_ns, r.latency_ns, r.code, r.details);
+    }
+    return out;
+  }
+
+ private:
+  struct Worker {
+    Channel* channel = nullptr;
+    std::unique_ptr<grpc::ClientContext> context;
+    std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
+    grpc::ByteBuffer response;
+    grpc::Status status;
+    int64_t started_ns = 0;
+  };
+
+  // Start `worker`'s next call unless the run is over; the caller holds mutex_.
+  bool StartLocked(Worker& worker) {
+    worker.reader.reset();  // before its context: the reader lives in the call's memory
+    if (stopping_ || (total_ > 0 && issued_ >= total_)) {
+      worker.context.reset();
+      return false;
+    }
+    const grpc::ByteBuffer& payload = payloads_[issued_ % payloads_.size()];
+    ++issued_;
+    worker.context = std::make_unique<grpc::ClientContext>();
+    for (const auto& [key, value] : metadata_) worker.context->AddMetadata(key, value);
+    worker.started_ns = MonotonicNs();
+    if (timeout_ns_ > 0) {
+      worker.context->set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(timeout_ns_));
+    }
+    worker.reader = worker.channel->stub_->PrepareUnaryCall(worker.context.get(), method_, payload, &queue_);
+    worker.reader->StartCall();
+    worker.reader->Finish(&worker.response, &worker.status, &worker);
+    return true;
+  }
+
+  void Record(const Worker& worker, int64_t end_ns) {
+    StopMode mode;
+    bool stopped_meanwhile;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      mode = stop_mode_;
+      stopped_meanwhile = stopping_;
+    }
+    CallRecord record{end_ns, end_ns - worker.started_ns, static_cast<int>(worker.status.error_code()),
+                      worker.status.error_message()};
+    if (stopped_meanwhile && mode != StopMode::kWait) {
+      if (mode == StopMode::kIgnore) return;
+      record.code = kCutOff;
+      record.details.clear();
+    }
+    std::lock_guard<std::mutex> lock(records_mutex_);
+    records_.push_back(std::move(record));
+  }
+
+  static constexpr int kCutOff = -1;  // cut off by stop(close): Python reports Go's closing-connection error
+
+  std::vector<Channel*> channels_;
+  std::string method_;
+  std::vector<grpc::ByteBuffer> payloads_;
+  std::vector<std::pair<std::string, std::string>> metadata_;
+  int64_t total_;
+  int64_t timeout_ns_;
+  std::vector<Worker> workers_;
+  grpc::CompletionQueue queue_;
+  std::mutex mutex_;  // guards the workers' contexts, issued_ and the stop state
+  int64_t issued_ = 0;
+  bool stopping_ = false;
+  StopMode stop_mode_ = StopMode::kWait;
+  std::mutex records_mutex_;
+  std::vector<CallRecord> records_;
 };
 
 }  // namespace
@@ -157,4 +330,11 @@ PYBIND11_MODULE(_native, module) {
       .def("event_fd", &Channel::event_fd)
       .def("drain", &Channel::drain)
       .def("close", &Channel::close);
+  py::class_<ClosedLoop>(module, "ClosedLoop")
+      .def(py::init<std::vector<Channel*>, std::string, const std::vector<py::bytes>&,
+                    std::vector<std::pair<std::string, std::string>>, int, int64_t, std::optional<double>>(),
+           py::keep_alive<1, 2>())
+      .def("run", &ClosedLoop::run)
+      .def("stop", &ClosedLoop::stop)
+      .def("take_records", &ClosedLoop::take_records);
 }

@@ -1,9 +1,10 @@
-"""A channel for the load loop with grpc.aio's interface (the part the runner uses) over grpc++ (`_native`).
+"""The load loop over grpc++ (`_native`): a channel with grpc.aio's interface, and a closed loop run in C++.
 
-Python starts each call and awaits a future; grpc++ runs the call on its own threads and the event loop
-takes every completion since it last looked in one `drain()`. Per call that is a fraction of grpc.aio's
-client CPU, which matters when the generator shares the cores with the server it measures. Insecure
-channels only; TLS runs on grpc.aio.
+`NativeChannel`: Python starts each call and awaits a future; grpc++ runs the call on its own threads and
+the event loop takes every completion since it last looked in one `drain()`. `closed_loop`: when every
+request is fixed bytes and calls are not paced, the whole loop runs in C++ and Python only reads the
+results at the end. Either costs a fraction of grpc.aio's client CPU, which matters when the generator shares
+the cores with the server it measures. Insecure channels only; TLS runs on grpc.aio.
 """
 
 from __future__ import annotations
@@ -15,12 +16,38 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from client.loadtest.runner import status_code
 from client.native_loading import load_native
 
 _native = load_native("client.loadtest._native")
 
-_CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
 _NO_METADATA = grpc.aio.Metadata()
+
+
+def closed_loop(
+    channels: Sequence[NativeChannel],
+    method: str,
+    payloads: Sequence[bytes],
+    metadata: Sequence[tuple[str, str]],
+    concurrency: int,
+    total: int,
+    timeout_s: float | None,
+) -> Any:
+    """A `_native.ClosedLoop` of `concurrency` workers over `channels`, request N sending payloads[N % len].
+
+    `run()` blocks (without the GIL) until `total` calls (0 = no limit) were made or `stop(mode)` is
+    called; `take_records()` returns (end ns, latency ns, code, details) per call, code -1 for calls cut
+    off by stop("close").
+    """
+    return _native.ClosedLoop(
+        [channel._channel for channel in channels],
+        method,
+        list(payloads),
+        list(metadata),
+        concurrency,
+        total,
+        timeout_s,
+    )
 
 
 class NativeChannel:
@@ -58,7 +85,7 @@ class NativeChannel:
                 cancel(tag)
                 raise
             if code:
-                status = _CODE_BY_VALUE.get(code, grpc.StatusCode.UNKNOWN)
+                status = status_code(code)
                 raise grpc.aio.AioRpcError(status, _NO_METADATA, _NO_METADATA, details)
 
         return call

@@ -69,9 +69,32 @@ def status_name(code: grpc.StatusCode) -> str:
 
 def error_text(error: grpc.aio.AioRpcError) -> str:
     """The error as Go's status.Error prints it: `rpc error: code = NotFound desc = ...`."""
-    code, details = error.code(), error.details() or ""
+    return go_error_text(error.code(), error.details() or "")
+
+
+def go_error_text(code: grpc.StatusCode, details: str) -> str:
+    """`rpc error: code = NotFound desc = ...`, with Go's wording where Python's differs."""
     details = _GO_DETAILS.get((code, details), details)
     return f"rpc error: code = {status_name(code)} desc = {details}"
+
+
+_CODE_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def status_code(value: int) -> grpc.StatusCode:
+    """The status code with this number (UNKNOWN for numbers gRPC does not define)."""
+    return _CODE_BY_VALUE.get(value, grpc.StatusCode.UNKNOWN)
+
+
+def native_result(record: tuple[int, int, int, str]) -> CallResult:
+    """A result from the native closed loop's (end ns, latency ns, code, details); code -1 = cut off."""
+    end, latency, code, details = record
+    if code == 0:
+        return end, latency, "OK", ""
+    if code < 0:
+        return end, latency, "Canceled", CLOSING_ERROR
+    status = status_code(code)
+    return end, latency, status_name(status), go_error_text(status, details)
 
 
 @dataclass(frozen=True)
@@ -110,7 +133,13 @@ class LoadRunner:
         self._count_cancelled = False
         self._end_reason = END_NORMAL
         self._tasks: list[asyncio.Task[None]] = []
+        self._native_loop: Any = None  # the C++ closed loop, when it runs this test
         self._stop_event = asyncio.Event()  # binds to the running loop when first awaited
+
+    @property
+    def runs_in_native_loop(self) -> bool:
+        """Whether this run's calls were made by the C++ closed loop (fixed requests, no pacing, grpc++)."""
+        return self._native_loop is not None
 
     def stop(self, reason: str) -> None:
         """End the run: no new calls; calls in flight are cancelled (and counted) or awaited per mode."""
@@ -118,6 +147,8 @@ class LoadRunner:
             return
         self._stopping, self._end_reason = True, reason
         self._stop_event.set()
+        if self._native_loop is not None:
+            self._native_loop.stop(self._options.duration_stop)
         if self._options.duration_stop != "wait":
             self._count_cancelled = self._options.duration_stop == "close"
             for task in self._tasks:
@@ -134,6 +165,9 @@ class LoadRunner:
         loop = asyncio.get_running_loop()
         try:
             with _interrupt_stops(loop, self):
+                static = self._plan.static_requests()
+                if static is not None and not self._interval_ns and use_native_transport(self._options):
+                    return await self._run_native_loop(loop, channels, *static)
                 return await self._run_workers(loop, channels)
         finally:
             await asyncio.gather(*(channel.close() for channel in channels))
@@ -184,6 +218,42 @@ class LoadRunner:
         if failures:
             raise SetupError(f"could not build a request: {failures[0]}") from failures[0]
         return RunResult(self._results, total_ns, self._end_reason, clock_offset_ns)
+
+    async def _run_native_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        channels: list[grpc.aio.Channel],
+        payloads: list[bytes],
+        metadata: tuple[tuple[str, str], ...],
+    ) -> RunResult:
+        """The whole closed loop in C++ (fixed payloads, no pacing): no Python per call."""
+        from client.loadtest.native_channel import closed_loop
+
+        options = self._options
+        self._native_loop = closed_loop(
+            channels,  # type: ignore[arg-type]  # NativeChannels: use_native_transport said so
+            self._method_path,
+            payloads,
+            metadata,
+            options.concurrency,
+            self._total,
+            self._timeout_s,
+        )
+        if self._stopping:  # interrupted while connecting
+            self._native_loop.stop(options.duration_stop)
+        clock_offset_ns = time.time_ns() - time.perf_counter_ns()
+        timer = (
+            loop.call_later(options.duration_ns / NS_PER_S, self.stop, END_TIMEOUT)
+            if options.duration_ns
+            else None
+        )
+        try:
+            started_ns, ended_ns = await loop.run_in_executor(None, self._native_loop.run)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        results = [native_result(record) for record in self._native_loop.take_records()]
+        return RunResult(results, ended_ns - started_ns, self._end_reason, clock_offset_ns)
 
     def _stop_on_failure(self, task: asyncio.Task[None]) -> None:
         """A worker that failed outside a call (rendering or encoding its request) ends the run."""

@@ -267,6 +267,12 @@ class RequestPlan:
         self._metadata = metadata
         self.is_static = all(isinstance(p, bytes) for p in payloads) and not callable(metadata)
 
+    def static_requests(self) -> tuple[list[bytes], Metadata] | None:
+        """Every payload and the metadata when nothing is rendered per call (`is_static`), else None."""
+        if not self.is_static:
+            return None
+        return list(self._payloads), self._metadata or ()  # type: ignore[arg-type]  # all bytes when static
+
     def build(self, request_number: int, worker_id: str) -> tuple[bytes, Metadata | None]:
         """The serialized request and the metadata for one call."""
         payload = self._payloads[request_number % len(self._payloads)]
