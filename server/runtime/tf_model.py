@@ -1,12 +1,17 @@
 """Calls a TensorFlow SavedModel's serving signature with numpy arrays.
 
 The signature's concrete function is called directly: Keras `model(x)` and `model.predict` cost many
-times more per call and stay off the request path.
+times more per call and stay off the request path. Even the concrete function's public call spends most of
+a small batch's time binding keyword arguments to its signature in Python, holding the GIL; so inputs go in
+as a flat list of tensors in the function's own parameter order (its `_call_flat`, what the public call
+ends in). Measured on 2 cores: 0.22 instead of 0.51 ms per user-tower call at batch 1, 0.32 instead of 0.66
+ms per ranker call. Where a TensorFlow version lacks that entry point the public call is used.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -33,12 +38,31 @@ class SignatureRunner:
         self.input_specs: dict[str, tf.TensorSpec] = self._function.structured_input_signature[1]
         self.output_names: list[str] = sorted(self._function.structured_outputs)
         self._numpy_dtypes = {name: spec.dtype.as_numpy_dtype for name, spec in self.input_specs.items()}
+        self._flat_order = _flat_parameter_order(self._function, set(self.input_specs))
 
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         """Run the signature; every input is converted to the signature's dtype.
 
-        Inputs go in as numpy arrays of the exact dtype: measured ~25% less per-call overhead than
-        converting them to tensors first (`tf.convert_to_tensor` with a dtype).
+        Raises:
+            TypeError: an input is missing or not one of the signature's.
         """
-        arrays = {name: np.asarray(value, dtype=self._numpy_dtypes[name]) for name, value in inputs.items()}
-        return {name: tensor.numpy() for name, tensor in self._function(**arrays).items()}
+        if inputs.keys() != self.input_specs.keys():
+            raise TypeError(f"{self.path.name} takes inputs {sorted(self.input_specs)}, got {sorted(inputs)}")
+        if self._flat_order is None:
+            arrays = {
+                name: np.asarray(value, dtype=self._numpy_dtypes[name]) for name, value in inputs.items()
+            }
+            outputs = self._function(**arrays)
+        else:
+            tensors = [tf.constant(inputs[name], dtype=self._numpy_dtypes[name]) for name in self._flat_order]
+            outputs = self._function._call_flat(tensors, self._function.captured_inputs)
+        return {name: tensor.numpy() for name, tensor in outputs.items()}
+
+
+def _flat_parameter_order(function: Any, input_names: set[str]) -> list[str] | None:
+    """The signature's parameters in call order, or None when the flat entry point is not there to use."""
+    function_type = getattr(function, "function_type", None)
+    if function_type is None or not callable(getattr(function, "_call_flat", None)):
+        return None
+    order = list(function_type.parameters)
+    return order if set(order) == input_names else None
