@@ -4,6 +4,10 @@ Prints, per batch size: rows/s, ms per batch, and ms per batch in each stage (us
 ranker). Medians over repeated batches.
 
     .venv/bin/python bench/pipeline_ceiling.py [--model-repository models] [--seconds 2]
+
+`--json` prints the rows as one JSON list and writes no result: bench/server_load.py runs it between its
+server runs, so that the server's share of the ceiling compares measurements taken minutes, not half an
+hour, apart on this noisy machine.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from common import (
 # isort: on
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -77,6 +82,7 @@ def main() -> None:
     parser.add_argument("--model-name", default="recommender")
     parser.add_argument("--seconds", type=float, default=2.0, help="time per batch size")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--json", action="store_true", help="print the rows as JSON; write no result")
     args = parser.parse_args()
     configure_threads(1, 1)
     model_dir = args.model_repository / args.model_name
@@ -86,6 +92,9 @@ def main() -> None:
     )
     rng = np.random.default_rng(0)
     rows = [measure(pipeline, size, args.seconds, rng) for size in args.batch_sizes]
+    if args.json:
+        print(json.dumps(rows))
+        return
     print(
         f"Pipeline ceiling, one batch thread + {config.retrieval.ann_threads} ANN threads, {machine_note()}; medians per batch"
     )

@@ -3,7 +3,9 @@
 Each configuration runs in its own server process (`recserve serve` with the flags below); load comes
 from a separate process (`recserve loadtest`, ghz-compatible; `--ghz` uses a real ghz binary instead).
 Per cell: requests/s, p50/p90/p99, mean batch size (from the server's own statistics) and server CPU per
-request. Each cell is the median of `--runs` runs.
+request. Each cell is the median of `--runs` runs. At the concurrencies of `--ceiling-at` (128) every round
+also measures the in-process pipeline ceiling (`pipeline_ceiling.py --json`) right after its server
+runs, so that the server's share of the ceiling compares measurements taken side by side.
 
     .venv/bin/python bench/server_load.py [--seconds 5] [--runs 3] [--concurrency 1 8 32 128 256]
 """
@@ -47,6 +49,8 @@ CONFIGS: dict[str, list[str]] = {
     "adaptive": ["--adaptive-batching"],
     "adaptive, 2 instances": ["--adaptive-batching", "--instance-count", "2", "--ann-threads", "1"],
 }
+CEILING_BATCH_SIZES = ("64", "128", "256", "512")  # where the best batch size has always been
+SERVER_MAX_BATCH_SIZE = 64  # the default max_batch_size (models/recommender/config.yaml)
 THREAD_GROUPS = ("event_loop", "batch_threads", "tensorflow", "grpc_core")
 # Threads of grpc's C core (grpc.aio) and of grpc++ (the native front end), by name (15 characters at most).
 GRPC_THREADS = (
@@ -227,6 +231,27 @@ def measure_cell(
     }
 
 
+def measure_ceiling(repository: Path) -> dict:
+    """The in-process pipeline now, between server runs (the servers idle meanwhile): its best batch size's
+    row, and its row at the server's max_batch_size (64) for comparison."""
+    command = [
+        sys.executable,
+        str(Path(__file__).with_name("pipeline_ceiling.py")),
+        "--model-repository",
+        str(repository),
+        "--batch-sizes",
+        *CEILING_BATCH_SIZES,
+        "--seconds",
+        "1",
+        "--json",
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
+    rows = json.loads(output.strip().splitlines()[-1])
+    best = max(rows, key=lambda row: row["rows_per_s"])
+    at_server_batch = next(row for row in rows if row["batch_size"] == SERVER_MAX_BATCH_SIZE)
+    return {**best, "rows_per_s_at_server_batch": at_server_batch["rows_per_s"]}
+
+
 def _stage_us(before: ModelStatistics, after: ModelStatistics, name: str) -> float:
     def total(stats: ModelStatistics) -> int:
         return next((stage.compute_duration_us for stage in stats.stages if stage.name == name), 0)
@@ -250,6 +275,13 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument(
         "--ghz", action="store_true", help="drive the load with ghz instead of recserve loadtest"
+    )
+    parser.add_argument(
+        "--ceiling-at",
+        type=int,
+        nargs="*",
+        default=[128],
+        help="concurrencies whose every round also measures the in-process pipeline ceiling",
     )
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="recserve-bench-"))
@@ -284,9 +316,12 @@ def measure_row(
 ) -> list[dict]:
     """Every configuration at one concurrency, runs interleaved; medians per configuration."""
     runs: dict[str, list[dict]] = {name: [] for name in servers}
+    ceilings: list[dict] = []
     for _ in range(args.runs):
         for name, server in servers.items():
             runs[name].append(measure_cell(server, data_file, concurrency, args.seconds, args.ghz))
+        if concurrency in args.ceiling_at:
+            ceilings.append(measure_ceiling(args.model_repository))
     rows = []
     for name, cells in runs.items():
         row = {
@@ -294,6 +329,12 @@ def measure_row(
             "concurrency": concurrency,
             **{key: median([c[key] for c in cells]) for key in cells[0]},
         }
+        if ceilings:
+            row["ceiling_rows_per_s"] = median([c["rows_per_s"] for c in ceilings])
+            row["ceiling_rows_per_s_at_server_batch"] = median(
+                [c["rows_per_s_at_server_batch"] for c in ceilings]
+            )
+            row["ceiling_runs"] = ceilings
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     return rows
