@@ -40,14 +40,15 @@ from client import ModelStatistics, RecommenderClient
 
 CONFIGS: dict[str, list[str]] = {
     "batching off": ["--max-batch-size", "1", "--max-queue-delay-us", "0"],
-    "default": [],  # the committed config: delay 0, one instance, 2 ANN threads; native front end
+    # the committed config: delay 0, two instances (the second only for a full batch), 2 ANN threads
+    "default": [],
+    "one instance": ["--instance-count", "1"],
+    "2 instances, any batch": ["--no-overlap-only-full-batches"],  # Triton's rule: a free instance takes all
     "default, grpc.aio front end": ["--frontend", "aio"],
     "default, 1 ANN thread": ["--ann-threads", "1"],
     "delay 500us": ["--max-queue-delay-us", "500"],
     "delay 2ms": ["--max-queue-delay-us", "2000"],
-    "2 instances, 1 ANN thread": ["--instance-count", "2", "--ann-threads", "1"],
     "adaptive": ["--adaptive-batching"],
-    "adaptive, 2 instances": ["--adaptive-batching", "--instance-count", "2", "--ann-threads", "1"],
 }
 CEILING_BATCH_SIZES = ("64", "128", "256", "512")  # where the best batch size has always been
 SERVER_MAX_BATCH_SIZE = 64  # the default max_batch_size (models/recommender/config.yaml)
@@ -292,7 +293,10 @@ def main() -> None:
         for name in args.configs:
             servers[name] = start_server(args.model_repository, CONFIGS[name], workdir)
             run_load(servers[name].address, data_file, 8, 1, args.ghz)  # warm connections and code paths
-        rows = [measure_row(servers, data_file, concurrency, args) for concurrency in args.concurrency]
+        rows = [
+            measure_row(servers, data_file, concurrency, args, concurrency in args.ceiling_at)
+            for concurrency in args.concurrency
+        ]
     finally:
         for server in servers.values():
             server.stop()
@@ -312,15 +316,22 @@ def main() -> None:
 
 
 def measure_row(
-    servers: dict[str, ServerProcess], data_file: Path, concurrency: int, args: argparse.Namespace
+    servers: dict[str, ServerProcess],
+    data_file: Path,
+    concurrency: int,
+    args: argparse.Namespace,
+    with_ceiling: bool = False,
 ) -> list[dict]:
-    """Every configuration at one concurrency, runs interleaved; medians per configuration."""
+    """Every configuration at one concurrency, runs interleaved; medians per configuration.
+
+    With `with_ceiling`, every round also measures the in-process pipeline ceiling after its server runs.
+    """
     runs: dict[str, list[dict]] = {name: [] for name in servers}
     ceilings: list[dict] = []
     for _ in range(args.runs):
         for name, server in servers.items():
             runs[name].append(measure_cell(server, data_file, concurrency, args.seconds, args.ghz))
-        if concurrency in args.ceiling_at:
+        if with_ceiling:
             ceilings.append(measure_ceiling(args.model_repository))
     rows = []
     for name, cells in runs.items():

@@ -200,6 +200,7 @@ def describe_batching(batching: BatchingSettings) -> str:
         f"{mode} max_batch_size={batching.max_batch_size} "
         f"max_queue_delay_us={batching.max_queue_delay_microseconds} "
         f"preferred={batching.preferred_batch_sizes} instance_count={batching.instance_count} "
+        f"overlap_only_full_batches={batching.overlap_only_full_batches} "
         f"max_queue_size={batching.max_queue_size} priority_levels={batching.priority_levels}"
     )
 

@@ -6,8 +6,11 @@ executor, off the event loop, and scatters the results back to the callers' futu
 Batch formation, as in Triton: a batch goes at once when `max_batch_size` requests are queued, or when a
 preferred batch size can be formed; otherwise it waits while the oldest request has waited less than the
 queue delay (0: take whatever is queued). Up to `instance_count` batches execute at once, and the next
-batch forms while they run, so under load batches grow by themselves. Higher priority levels (1 is the
-highest) are always taken first, FIFO within a level.
+batch forms while they run, so under load batches grow by themselves. With `overlap_only_full_batches`
+(the default) a batch starts beside one already executing only when it is complete (full, or of a
+preferred size): a free instance does not take the few requests that would otherwise join a full batch
+moments later, so overlap happens only under real overload and batches stay large. Higher priority levels
+(1 is the highest) are always taken first, FIFO within a level.
 
 With a `BatchTracer`, sampled requests get a `queue` span and each batch a span linked to them, which is
 the current span while `execute` runs (so the stages' spans become its children).
@@ -81,6 +84,7 @@ class DynamicBatcher(Generic[Item, Result]):
         self._queued = 0
         self._arrived = asyncio.Event()
         self._slots = asyncio.Semaphore(settings.instance_count)
+        self._running = 0  # batches handed to the executor and not back yet
         self._executing: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -186,6 +190,7 @@ class DynamicBatcher(Generic[Item, Result]):
         queue_us = [(started_ns - p.enqueued_ns) / 1000 for p in batch]
         span = self._start_batch_span(batch, queue_us)
         execution = loop.run_in_executor(self._executor, self._execute_in_span, span, [p.item for p in batch])
+        self._running += 1
         task = loop.create_task(self._complete_batch(batch, execution, started_ns, queue_us, span))
         self._executing.add(task)
         task.add_done_callback(self._executing.discard)
@@ -198,6 +203,10 @@ class DynamicBatcher(Generic[Item, Result]):
             self._arrived.clear()
             await self._arrived.wait()
         while not self._closed:
+            if self._waits_for_complete_batch():
+                self._arrived.clear()
+                await self._arrived.wait()  # an arrival, or a batch finished
+                continue
             age_ns = time.perf_counter_ns() - self._oldest_enqueued_ns()
             wait_s = self.policy.wait_s(self._queued, age_ns, len(self._executing))
             if wait_s <= 0:
@@ -207,6 +216,14 @@ class DynamicBatcher(Generic[Item, Result]):
                 await asyncio.wait_for(self._arrived.wait(), wait_s)
             except asyncio.TimeoutError:
                 return
+
+    def _waits_for_complete_batch(self) -> bool:
+        """While a batch executes, another starts only complete (`overlap_only_full_batches`)."""
+        return (
+            self._settings.overlap_only_full_batches
+            and self._running > 0
+            and not self.policy.is_complete(self._queued)
+        )
 
     def _oldest_enqueued_ns(self) -> int:
         return min(level[0].enqueued_ns for level in self._levels if level)
@@ -255,6 +272,8 @@ class DynamicBatcher(Generic[Item, Result]):
                 # Free the slot before answering: the batcher's loop is then woken ahead of this batch's
                 # callers, so the next batch starts executing while their responses are built.
                 self._slots.release()
+                self._running -= 1
+                self._arrived.set()
             if len(results) != len(batch):
                 raise ModelExecutionError(
                     f"{self.name} returned {len(results)} results for {len(batch)} requests"

@@ -23,6 +23,9 @@ class BatchPolicy(Protocol):
     def batch_size(self, queued: int) -> int:
         """How many requests the next batch takes."""
 
+    def is_complete(self, queued: int) -> bool:
+        """Whether `queued` requests make a batch that cannot grow: full (or of a preferred size)."""
+
     def on_arrival(self, now_ns: int) -> None:
         """A request was queued."""
 
@@ -45,6 +48,10 @@ class FixedPolicy:
         if queued >= self.max_batch_size or (self.preferred and queued >= self.preferred[0]):
             return 0.0
         return (self.max_delay_ns - oldest_age_ns) / 1e9
+
+    def is_complete(self, queued: int) -> bool:
+        """Full, or at least the smallest preferred size."""
+        return queued >= self.max_batch_size or bool(self.preferred and queued >= self.preferred[0])
 
     def batch_size(self, queued: int) -> int:
         """The largest preferred size that fits the queue, unless the queue fills a whole batch."""
@@ -151,6 +158,10 @@ class AdaptivePolicy:
             return 0.0
         budget = self.target_s - oldest_age_ns / 1e9 - self.cost.predict(queued + 1)
         return min(budget, self.arrivals.mean_gap_s)
+
+    def is_complete(self, queued: int) -> bool:
+        """Full."""
+        return queued >= self.max_batch_size
 
     def batch_size(self, queued: int) -> int:
         """Everything queued, up to max_batch_size."""

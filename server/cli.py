@@ -44,6 +44,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--max-queue-delay-us", type=int, help="override batching.max_queue_delay_microseconds"
     )
     serve.add_argument("--instance-count", type=int, help="override batching.instance_count")
+    serve.add_argument(
+        "--overlap-only-full-batches",
+        action=argparse.BooleanOptionalAction,
+        help="override batching.overlap_only_full_batches",
+    )
     serve.add_argument("--ann-threads", type=int, help="override retrieval.ann_threads")
     serve.add_argument(
         "--adaptive-batching",
@@ -103,6 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             instance_count=args.instance_count,
+            overlap_only_full_batches=args.overlap_only_full_batches,
             ann_threads=args.ann_threads,
             adaptive_batching=args.adaptive_batching,
             metrics_port=args.metrics_port,

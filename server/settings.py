@@ -46,6 +46,11 @@ class BatchingSettings(BaseModel):
         4096, ge=1, description="Requests allowed to wait; beyond it new ones get RESOURCE_EXHAUSTED at once."
     )
     instance_count: int = Field(1, ge=1, description="Batches that may execute at the same time.")
+    overlap_only_full_batches: bool = Field(
+        True,
+        description="While a batch executes, another starts only when complete (full, or of a preferred "
+        "size); false: any free instance takes what is queued, as in Triton.",
+    )
     default_timeout_microseconds: int = Field(
         0, ge=0, description="Longest a request may wait in the queue; 0 = only the caller's deadline."
     )
@@ -171,6 +176,9 @@ class ServerSettings(BaseSettings):
         None, ge=0, description="Overrides batching.max_queue_delay_microseconds."
     )
     instance_count: int | None = Field(None, ge=1, description="Overrides batching.instance_count.")
+    overlap_only_full_batches: bool | None = Field(
+        None, description="Overrides batching.overlap_only_full_batches."
+    )
     ann_threads: int | None = Field(None, ge=1, description="Overrides retrieval.ann_threads.")
     adaptive_batching: bool | None = Field(None, description="Overrides batching.adaptive.enabled.")
     max_receive_message_bytes: int = Field(
@@ -288,6 +296,8 @@ def effective_batching(settings: ServerSettings, model: ModelConfig) -> Batching
         overrides["max_queue_delay_microseconds"] = settings.max_queue_delay_us
     if settings.instance_count is not None:
         overrides["instance_count"] = settings.instance_count
+    if settings.overlap_only_full_batches is not None:
+        overrides["overlap_only_full_batches"] = settings.overlap_only_full_batches
     if settings.adaptive_batching is not None:
         overrides["adaptive"] = model.batching.adaptive.model_copy(
             update={"enabled": settings.adaptive_batching}

@@ -331,3 +331,66 @@ async def test_adaptive_mode_grows_batches_under_load(executor):
     assert results == [2 * i for i in range(40)]
     assert batcher.statistics.execution_count < 40
     await batcher.close()
+
+
+class ConcurrencyProbe:
+    """Wraps a stage; records the most batches that were inside it at once."""
+
+    def __init__(self, stage: GatedStage) -> None:
+        self.stage = stage
+        self.inside = 0
+        self.most_inside = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, items: list[int]) -> list[int]:
+        with self._lock:
+            self.inside += 1
+            self.most_inside = max(self.most_inside, self.inside)
+        try:
+            return self.stage(items)
+        finally:
+            with self._lock:
+                self.inside -= 1
+
+
+async def test_a_second_instance_starts_only_a_full_batch():
+    stage = GatedStage()
+    probe = ConcurrencyProbe(stage)
+    settings = BatchingSettings(max_batch_size=4, max_queue_delay_microseconds=0, instance_count=2)
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        batcher = DynamicBatcher(probe, settings, pool)
+        batcher.start()
+        stage.gate.clear()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)
+        waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0.05)
+        assert (batcher.batches_in_flight, batcher.queue_depth) == (1, 2)  # [1, 2] could still grow
+        filling = [asyncio.ensure_future(batcher.submit(i)) for i in (3, 4, 5, 6)]
+        await asyncio.sleep(0.05)
+        assert (batcher.batches_in_flight, batcher.queue_depth) == (2, 2)  # [1, 2, 3, 4] went: it is full
+        stage.gate.set()
+        results = await asyncio.wait_for(asyncio.gather(first, *waiting, *filling), 5)
+        assert results == [2 * i for i in range(7)]
+        assert sorted(stage.batches) == [[0], [1, 2, 3, 4], [5, 6]]
+        assert probe.most_inside == 2
+        await batcher.close()
+
+
+async def test_without_the_full_batch_rule_a_free_instance_takes_what_is_queued():
+    stage = GatedStage()
+    settings = BatchingSettings(
+        max_batch_size=4, max_queue_delay_microseconds=0, instance_count=2, overlap_only_full_batches=False
+    )
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        batcher = DynamicBatcher(stage, settings, pool)
+        batcher.start()
+        stage.gate.clear()
+        first = asyncio.ensure_future(batcher.submit(0))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(batcher.submit(1))
+        await asyncio.sleep(0.05)
+        assert (batcher.batches_in_flight, batcher.queue_depth) == (2, 0)
+        stage.gate.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), 5) == [0, 2]
+        await batcher.close()

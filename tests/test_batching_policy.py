@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from server.batching_policy import AdaptivePolicy, ArrivalRate, FixedPolicy, LinearCostModel
+from server.batching_policy import AdaptivePolicy, ArrivalRate, FixedPolicy, LinearCostModel, make_policy
 from server.settings import BatchingSettings
 
 
@@ -90,3 +90,12 @@ def test_adaptive_never_waits_past_the_latency_target() -> None:
 def test_adaptive_takes_everything_queued_up_to_the_maximum() -> None:
     policy = adaptive()
     assert (policy.batch_size(3), policy.batch_size(100), policy.batch_size(1000)) == (3, 100, 256)
+
+
+def test_a_batch_is_complete_when_full_or_of_a_preferred_size() -> None:
+    fixed = make_policy(BatchingSettings(max_batch_size=8, preferred_batch_sizes=[4]))
+    assert [fixed.is_complete(n) for n in (3, 4, 7, 8)] == [False, True, True, True]
+    plain = make_policy(BatchingSettings(max_batch_size=8))
+    assert [plain.is_complete(n) for n in (7, 8)] == [False, True]
+    adaptive = make_policy(BatchingSettings(max_batch_size=8, adaptive={"enabled": True}))
+    assert [adaptive.is_complete(n) for n in (4, 8)] == [False, True]
