@@ -353,10 +353,23 @@ class ConcurrencyProbe:
                 self.inside -= 1
 
 
-async def test_a_second_instance_starts_only_a_full_batch():
+@pytest.mark.parametrize(
+    ("only_full", "after_two", "after_six", "batches"),
+    [
+        (True, (1, 2), (2, 2), [[0], [1, 2, 3, 4], [5, 6]]),  # [1, 2] waits to grow; full [1..4] overlaps
+        (False, (2, 0), (2, 4), [[0], [1, 2], [3, 4, 5, 6]]),  # Triton's rule: the free instance takes [1, 2]
+    ],
+    ids=["only full batches overlap", "any batch overlaps"],
+)
+async def test_a_second_instance_takes_a_batch_per_the_overlap_rule(only_full, after_two, after_six, batches):
     stage = GatedStage()
     probe = ConcurrencyProbe(stage)
-    settings = BatchingSettings(max_batch_size=4, max_queue_delay_microseconds=0, instance_count=2)
+    settings = BatchingSettings(
+        max_batch_size=4,
+        max_queue_delay_microseconds=0,
+        instance_count=2,
+        overlap_only_full_batches=only_full,
+    )
     with ThreadPoolExecutor(max_workers=2) as pool:
         batcher = DynamicBatcher(probe, settings, pool)
         batcher.start()
@@ -365,32 +378,13 @@ async def test_a_second_instance_starts_only_a_full_batch():
         await asyncio.sleep(0.05)
         waiting = [asyncio.ensure_future(batcher.submit(i)) for i in (1, 2)]
         await asyncio.sleep(0.05)
-        assert (batcher.batches_in_flight, batcher.queue_depth) == (1, 2)  # [1, 2] could still grow
+        assert (batcher.batches_in_flight, batcher.queue_depth) == after_two
         filling = [asyncio.ensure_future(batcher.submit(i)) for i in (3, 4, 5, 6)]
         await asyncio.sleep(0.05)
-        assert (batcher.batches_in_flight, batcher.queue_depth) == (2, 2)  # [1, 2, 3, 4] went: it is full
+        assert (batcher.batches_in_flight, batcher.queue_depth) == after_six
         stage.gate.set()
         results = await asyncio.wait_for(asyncio.gather(first, *waiting, *filling), 5)
         assert results == [2 * i for i in range(7)]
-        assert sorted(stage.batches) == [[0], [1, 2, 3, 4], [5, 6]]
+        assert sorted(stage.batches) == batches
         assert probe.most_inside == 2
-        await batcher.close()
-
-
-async def test_without_the_full_batch_rule_a_free_instance_takes_what_is_queued():
-    stage = GatedStage()
-    settings = BatchingSettings(
-        max_batch_size=4, max_queue_delay_microseconds=0, instance_count=2, overlap_only_full_batches=False
-    )
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        batcher = DynamicBatcher(stage, settings, pool)
-        batcher.start()
-        stage.gate.clear()
-        first = asyncio.ensure_future(batcher.submit(0))
-        await asyncio.sleep(0.05)
-        second = asyncio.ensure_future(batcher.submit(1))
-        await asyncio.sleep(0.05)
-        assert (batcher.batches_in_flight, batcher.queue_depth) == (2, 0)
-        stage.gate.set()
-        assert await asyncio.wait_for(asyncio.gather(first, second), 5) == [0, 2]
         await batcher.close()

@@ -622,43 +622,30 @@ def test_a_request_that_cannot_be_built_stops_the_run(trivial_address: str) -> N
     assert time.perf_counter() - started < 5
 
 
-@pytest.mark.parametrize("transport", ["native", "aio"])
-def test_both_transports_report_the_same_outcomes(
-    transport: str, server_address: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    if transport == "native" and not native_transport_available():
-        pytest.skip("grpc++ transport not built (no libgrpc++-dev)")
-    report = loadtest_json(
-        ["--insecure", "--transport", transport, "--call", "recserve.v1.Recommender.Score", "-d",
-         '[{"user_id":"user-1","item_ids":["item-1"]},{"user_id":"user-1","item_ids":["item-missing"]}]',
-         "-m", '{"x-request-tag":"{{.RequestNumber}}"}', "-n", "40", "-c", "4", server_address],
-        capsys,
-    )  # fmt: skip
-    assert report["statusCodeDistribution"] == {"OK": 20, "NotFound": 20}
-    (error,) = report["errorDistribution"]
-    assert error.startswith("rpc error: code = NotFound desc = ")
-    assert "item-missing" in error
-
-
 requires_native = pytest.mark.skipif(
     not native_transport_available(), reason="grpc++ transport not built (no libgrpc++-dev)"
 )
 
 
 @pytest.mark.parametrize("transport", ["native", "aio"])
-def test_fixed_requests_report_the_same_outcomes_on_both_transports(
-    transport: str, server_address: str, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("tag", "count", "ok"),
+    [("{{.RequestNumber}}", 40, 20), ("fixed", 41, 21)],
+    ids=["templated metadata (Python loop)", "fixed requests (C++ loop on native)"],
+)
+def test_both_transports_report_the_same_outcomes(
+    transport: str, tag: str, count: int, ok: int, server_address: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     if transport == "native" and not native_transport_available():
         pytest.skip("grpc++ transport not built (no libgrpc++-dev)")
     report = loadtest_json(
         ["--insecure", "--transport", transport, "--call", "recserve.v1.Recommender.Score", "-d",
          '[{"user_id":"user-1","item_ids":["item-1"]},{"user_id":"user-1","item_ids":["item-missing"]}]',
-         "-m", '{"x-request-tag":"fixed"}', "-n", "41", "-c", "5", server_address],
+         "-m", f'{{"x-request-tag":"{tag}"}}', "-n", str(count), "-c", "5", server_address],
         capsys,
     )  # fmt: skip
-    assert report["count"] == 41
-    assert report["statusCodeDistribution"] == {"OK": 21, "NotFound": 20}
+    assert report["count"] == count
+    assert report["statusCodeDistribution"] == {"OK": ok, "NotFound": count - ok}
     (error,) = report["errorDistribution"]
     assert error.startswith("rpc error: code = NotFound desc = ") and "item-missing" in error
     assert all(detail["latency"] > 0 for detail in report["details"])
