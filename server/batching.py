@@ -208,7 +208,7 @@ class DynamicBatcher(Generic[Item, Result]):
                 await self._arrived.wait()  # an arrival, or a batch finished
                 continue
             age_ns = time.perf_counter_ns() - self._oldest_enqueued_ns()
-            wait_s = self.policy.wait_s(self._queued, age_ns, len(self._executing))
+            wait_s = self.policy.wait_s(self._queued, age_ns, self._running)
             if wait_s <= 0:
                 return
             self._arrived.clear()
