@@ -175,13 +175,12 @@ class ClosedLoop {
   ClosedLoop(std::vector<Channel*> channels, std::string method, const std::vector<py::bytes>& payloads,
              std::vector<std::pair<std::string, std::string>> metadata, int concurrency, int64_t total,
              std::optional<double> timeout_s)
-      : channels_(std::move(channels)),
-        method_(std::move(method)),
+      : method_(std::move(method)),
         metadata_(std::move(metadata)),
         total_(total),
         timeout_ns_(timeout_s ? static_cast<int64_t>(*timeout_s * 1e9) : 0),
         workers_(concurrency) {
-    if (channels_.empty() || payloads.empty() || concurrency < 1) {
+    if (channels.empty() || payloads.empty() || concurrency < 1) {
       throw std::invalid_argument("a closed loop needs a channel, a payload and concurrency >= 1");
     }
     for (const py::bytes& payload : payloads) {
@@ -189,7 +188,7 @@ class ClosedLoop {
       grpc::Slice slice(bytes);
       payloads_.emplace_back(&slice, 1);
     }
-    for (size_t i = 0; i < workers_.size(); ++i) workers_[i].channel = channels_[i % channels_.size()];
+    for (size_t i = 0; i < workers_.size(); ++i) workers_[i].channel = channels[i % channels.size()];
   }
 
   // Run to the end (blocking, without the GIL); returns the start and end times in perf_counter ns.
@@ -208,8 +207,9 @@ class ClosedLoop {
     bool ok;
     while (in_flight > 0 && queue_.Next(&tag, &ok)) {
       Worker& worker = *static_cast<Worker*>(tag);
-      Record(worker, MonotonicNs());
+      int64_t end_ns = MonotonicNs();
       std::lock_guard<std::mutex> lock(mutex_);
+      RecordLocked(worker, end_ns);
       if (!StartLocked(worker)) --in_flight;
     }
     int64_t ended = MonotonicNs();
@@ -238,7 +238,7 @@ class ClosedLoop {
     std::vector<CallRecord> records;
     {
       py::gil_scoped_release release;
-      std::lock_guard<std::mutex> lock(records_mutex_);
+      std::lock_guard<std::mutex> lock(mutex_);
       records.swap(records_);
     }
     py::list out(records.size());
@@ -280,28 +280,19 @@ class ClosedLoop {
     return true;
   }
 
-  void Record(const Worker& worker, int64_t end_ns) {
-    StopMode mode;
-    bool stopped_meanwhile;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      mode = stop_mode_;
-      stopped_meanwhile = stopping_;
+  // Keep `worker`'s finished call, as the stop mode says; the caller holds mutex_.
+  void RecordLocked(const Worker& worker, int64_t end_ns) {
+    int64_t latency_ns = end_ns - worker.started_ns;
+    if (!stopping_ || stop_mode_ == StopMode::kWait) {
+      records_.push_back(CallRecord{end_ns, latency_ns, static_cast<int>(worker.status.error_code()),
+                                    worker.status.error_message()});
+    } else if (stop_mode_ == StopMode::kClose) {
+      records_.push_back(CallRecord{end_ns, latency_ns, kCutOff, ""});
     }
-    CallRecord record{end_ns, end_ns - worker.started_ns, static_cast<int>(worker.status.error_code()),
-                      worker.status.error_message()};
-    if (stopped_meanwhile && mode != StopMode::kWait) {
-      if (mode == StopMode::kIgnore) return;
-      record.code = kCutOff;
-      record.details.clear();
-    }
-    std::lock_guard<std::mutex> lock(records_mutex_);
-    records_.push_back(std::move(record));
   }
 
   static constexpr int kCutOff = -1;  // cut off by stop(close): Python reports Go's closing-connection error
 
-  std::vector<Channel*> channels_;
   std::string method_;
   std::vector<grpc::ByteBuffer> payloads_;
   std::vector<std::pair<std::string, std::string>> metadata_;
@@ -309,11 +300,10 @@ class ClosedLoop {
   int64_t timeout_ns_;
   std::vector<Worker> workers_;
   grpc::CompletionQueue queue_;
-  std::mutex mutex_;  // guards the workers' contexts, issued_ and the stop state
+  std::mutex mutex_;  // guards the workers' contexts, issued_, the stop state and records_
   int64_t issued_ = 0;
   bool stopping_ = false;
   StopMode stop_mode_ = StopMode::kWait;
-  std::mutex records_mutex_;
   std::vector<CallRecord> records_;
 };
 

@@ -203,15 +203,9 @@ class LoadRunner:
         ]
         for task in self._tasks:
             task.add_done_callback(self._stop_on_failure)
-        timer = (
-            loop.call_later(options.duration_ns / NS_PER_S, self.stop, END_TIMEOUT)
-            if options.duration_ns
-            else None
-        )
-        outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
-        total_ns = time.perf_counter_ns() - self._start_ns
-        if timer is not None:
-            timer.cancel()
+        with self._duration_limit(loop):
+            outcomes = await asyncio.gather(*self._tasks, return_exceptions=True)
+            total_ns = time.perf_counter_ns() - self._start_ns
         failures = [
             o for o in outcomes if isinstance(o, BaseException) and not isinstance(o, asyncio.CancelledError)
         ]
@@ -242,18 +236,21 @@ class LoadRunner:
         if self._stopping:  # interrupted while connecting
             self._native_loop.stop(options.duration_stop)
         clock_offset_ns = time.time_ns() - time.perf_counter_ns()
-        timer = (
-            loop.call_later(options.duration_ns / NS_PER_S, self.stop, END_TIMEOUT)
-            if options.duration_ns
-            else None
-        )
-        try:
+        with self._duration_limit(loop):
             started_ns, ended_ns = await loop.run_in_executor(None, self._native_loop.run)
+        results = [native_result(record) for record in self._native_loop.take_records()]
+        return RunResult(results, ended_ns - started_ns, self._end_reason, clock_offset_ns)
+
+    @contextlib.contextmanager
+    def _duration_limit(self, loop: asyncio.AbstractEventLoop) -> Iterator[None]:
+        """With --duration, stop the run when the time is up; the timer goes if the run ends first."""
+        duration_ns = self._options.duration_ns
+        timer = loop.call_later(duration_ns / NS_PER_S, self.stop, END_TIMEOUT) if duration_ns else None
+        try:
+            yield
         finally:
             if timer is not None:
                 timer.cancel()
-        results = [native_result(record) for record in self._native_loop.take_records()]
-        return RunResult(results, ended_ns - started_ns, self._end_reason, clock_offset_ns)
 
     def _stop_on_failure(self, task: asyncio.Task[None]) -> None:
         """A worker that failed outside a call (rendering or encoding its request) ends the run."""
