@@ -34,7 +34,7 @@ COPY training/ training/
 RUN python -m pip install . \
     && python protos/generate.py \
     && python -m pip install --no-deps --force-reinstall . \
-    && python -c "from server.frontend import native_available; assert native_available(), 'no grpc++ front end'"
+    && python -c "from recserve.server.frontend import native_available; assert native_available(), 'no grpc++ front end'"
 
 # ---- runtime: the venv on a clean base; no compiler, no sources ------------------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

@@ -21,7 +21,7 @@ help:
 	@echo "make bench   run every benchmark (~25 min on 2 cores) and write docs/benchmarks.md"
 	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min; needs libb64-0d)"
 
-$(STAMP): pyproject.toml setup.py $(wildcard native/*.h */*/_native.cc)
+$(STAMP): pyproject.toml setup.py $(wildcard native/*.h native/*.cc)
 	@$(MAKE) --no-print-directory native-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip

@@ -1,6 +1,11 @@
-"""Builds the grpc++ extensions when grpc++ is installed; the package metadata is in pyproject.toml.
+"""The package layout and the grpc++ extensions; the package metadata is in pyproject.toml.
 
-The extensions: the server's native gRPC front end and the load generator's native transport.
+Everything installs under one import namespace, `recserve`, while the source tree keeps one top-level
+folder per part (`server/`, `client/`, `training/`, `native/`, and the generated code beside its .proto files
+in `protos/recserve/`): PACKAGE_DIRS maps each folder to its place in the namespace.
+
+The extensions, built into `recserve.native`: the server's native gRPC front end and the load generator's
+native transport.
 grpc++ comes from the system (Debian/Ubuntu: `apt-get install libgrpc++-dev pkg-config`; `make install`
 installs it where it can). Without it they are skipped, and the server and `recserve loadtest` run on grpc.aio
 alone.
@@ -13,12 +18,32 @@ import subprocess
 import sys
 
 from pybind11.setup_helpers import Pybind11Extension
-from setuptools import setup
+from setuptools import find_packages, setup
+
+# The namespace root is the generated code's folder: `recserve.v1` (our API) and `recserve.inference` (the
+# KServe v2 protocol) are where protoc writes them, so their imports need no patching.
+PACKAGE_DIRS = {
+    "recserve": "protos/recserve",
+    "recserve.server": "server",
+    "recserve.client": "client",
+    "recserve.training": "training",
+    "recserve.native": "native",
+}
 
 NATIVE_MODULES = {
-    "server.frontend._native": "server/frontend/_native.cc",  # the server's gRPC transport
-    "client.loadtest._native": "client/loadtest/_native.cc",  # `recserve loadtest`'s transport
+    "recserve.native._frontend": "native/frontend.cc",  # the server's gRPC transport
+    "recserve.native._loadtest": "native/loadtest.cc",  # `recserve loadtest`'s transport
 }
+NATIVE_HEADERS = ["native/event_queue.h"]
+
+
+def packages() -> list[str]:
+    """Every package under each folder of PACKAGE_DIRS, found rather than listed so none is forgotten."""
+    found = []
+    for name, folder in PACKAGE_DIRS.items():
+        found.append(name)
+        found += [f"{name}.{sub}" for sub in find_packages(folder)]
+    return found
 
 
 def grpcpp_flags() -> tuple[list[str], list[str]] | None:
@@ -49,6 +74,7 @@ def native_extensions() -> list[Pybind11Extension]:
         Pybind11Extension(
             name,
             [source],
+            depends=NATIVE_HEADERS,
             cxx_std=17,
             include_dirs=["native"],
             extra_compile_args=[*cflags, "-O2", "-fvisibility=hidden"],
@@ -58,4 +84,4 @@ def native_extensions() -> list[Pybind11Extension]:
     ]
 
 
-setup(ext_modules=native_extensions())
+setup(packages=packages(), package_dir=PACKAGE_DIRS, ext_modules=native_extensions())

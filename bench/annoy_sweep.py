@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
-from server.repository import resolve_version_dir
-from server.runtime.tf_model import SignatureRunner, configure_threads
-from training.config import load_demo_config
-from training.data import generate_demo, split_by_time
-from training.evaluate import exact_top_k, sample_cases
+from recserve.server.repository import resolve_version_dir
+from recserve.server.runtime.tf_model import SignatureRunner, configure_threads
+from recserve.training.config import load_demo_config
+from recserve.training.data import generate_demo, split_by_time
+from recserve.training.evaluate import exact_top_k, sample_cases
 
 N_TREES = (8, 16, 32, 64)
 SEARCH_K = (500, 1000, 1500, 2000, 3000, 4000, 8000)

@@ -27,7 +27,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from client.loadtest.options import parse_go_duration
+from recserve.client.loadtest.options import parse_go_duration
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CALL = "grpc.health.v1.Health/Check"
@@ -75,7 +75,7 @@ def run_loadtest(target: str, arguments: list[str]) -> tuple[str, float]:
     command = [
         sys.executable,
         "-m",
-        "server.cli",
+        "recserve",
         "loadtest",
         "--insecure",
         "--call",

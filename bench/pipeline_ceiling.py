@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from server.pipeline import STAGES, BatchPipeline, RecommendQuery, UserQuery
-from server.repository import load_model, resolve_version_dir
-from server.runtime.tf_model import configure_threads
-from server.settings import load_model_config
+from recserve.server.pipeline import STAGES, BatchPipeline, RecommendQuery, UserQuery
+from recserve.server.repository import load_model, resolve_version_dir
+from recserve.server.runtime.tf_model import configure_threads
+from recserve.server.settings import load_model_config
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 

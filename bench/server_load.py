@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from client import ModelStatistics, RecommenderClient
+from recserve.client import ModelStatistics, RecommenderClient
 
 CONFIGS: dict[str, list[str]] = {
     "batching off": ["--max-batch-size", "1", "--max-queue-delay-us", "0"],
@@ -169,7 +169,7 @@ def request_data(repository: Path, count: int = 2000, seed: int = 1) -> list[dic
 
 def run_load(address: str, data_file: Path, concurrency: int, seconds: float, use_ghz: bool) -> dict:
     """One closed-loop run from a separate process; returns the ghz-format JSON report."""
-    tool = [shutil.which("ghz")] if use_ghz else [sys.executable, "-m", "server", "loadtest"]
+    tool = [shutil.which("ghz")] if use_ghz else [sys.executable, "-m", "recserve", "loadtest"]
     command = [
         *tool,
         "--insecure",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from server_load import ServerProcess, measure_row, request_data, run_load, start_server
 
-from server.settings import DEFAULT_SAMPLING_RATIO
+from recserve.server.settings import DEFAULT_SAMPLING_RATIO
 
 
 def start_sink(workdir: Path) -> tuple[subprocess.Popen, str]:

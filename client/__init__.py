@@ -1,11 +1,11 @@
 """Python client for recserve: `RecommenderClient` (blocking) and `AsyncRecommenderClient` (asyncio).
 
 Results are plain frozen dataclasses; gRPC failures surface as `grpc.RpcError`. The CLI commands live in
-`client.cli`.
+`recserve.client.cli`.
 """
 
-from client.client import DEFAULT_TARGET, AsyncRecommenderClient, RecommenderClient
-from client.results import (
+from recserve.client.client import DEFAULT_TARGET, AsyncRecommenderClient, RecommenderClient
+from recserve.client.results import (
     IndexInfo,
     ModelInfo,
     ModelStatistics,

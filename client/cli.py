@@ -1,6 +1,6 @@
 """The client half of the `recserve` CLI: recommend, score, similar, model-info, health.
 
-`server.cli` calls `add_client_commands` on its subparsers; every subcommand sets `func`, a handler
+`recserve.server.cli` calls `add_client_commands` on its subparsers; every subcommand sets `func`, a handler
 `(args) -> int` that returns the process exit code: 0 on success, 1 on a gRPC error (reported on stderr
 as `error: <STATUS_NAME>: <details>`, without a traceback) or, for `health`, when the answer is not SERVING.
 """
@@ -16,9 +16,9 @@ from collections.abc import Callable
 import grpc
 from rich.console import Console
 
-from client import formatting
-from client.client import DEFAULT_TARGET, SERVING, RecommenderClient
-from client.loadtest import add_loadtest_command
+from recserve.client import formatting
+from recserve.client.client import DEFAULT_TARGET, SERVING, RecommenderClient
+from recserve.client.loadtest import add_loadtest_command
 
 TARGET_ENV = "RECSERVE_TARGET"
 DEFAULT_TIMEOUT_S = 10.0

@@ -18,7 +18,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate
 
-from client.results import ModelInfo, ModelStatistics, Recommendation, ScoreResult, SimilarItems
+from recserve.client.results import ModelInfo, ModelStatistics, Recommendation, ScoreResult, SimilarItems
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pb_grpc
 

@@ -17,7 +17,14 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from client.results import ModelInfo, ModelStatistics, Recommendation, ScoredItem, ScoreResult, SimilarItems
+from recserve.client.results import (
+    ModelInfo,
+    ModelStatistics,
+    Recommendation,
+    ScoredItem,
+    ScoreResult,
+    SimilarItems,
+)
 
 JsonObject = dict[str, Any]
 

@@ -19,23 +19,28 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
-from server.errors import unary_handlers
-from server.frontend import bind_and_start, build_grpc_server, resolve_frontend
-from server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery, UserQuery
-from server.recommender import RecommenderService, ServiceSlot
-from server.repository import load_model, resolve_version_dir
-from server.servicers.inference import SERVICE as INFERENCE_SERVICE
-from server.servicers.inference import InferenceServicer
-from server.servicers.inference import stream_handlers as inference_stream_handlers
-from server.servicers.recommender import SERVICE as RECOMMENDER_SERVICE
-from server.servicers.recommender import RecommenderServicer
-from server.servicers.reflection import add_reflection
-from server.settings import BatchingSettings, ServerSettings, effective_model_config, load_model_config
-from server.statistics import RpcStatistics
-from server.telemetry.grpc_tracing import RpcTracing
-from server.telemetry.metrics import MetricsServer, start_metrics_server
-from server.telemetry.tracing import INSTRUMENTATION_NAME, build_tracer_provider
-from server.telemetry.tracing import describe as describe_tracing
+from recserve.server.errors import unary_handlers
+from recserve.server.frontend import bind_and_start, build_grpc_server, resolve_frontend
+from recserve.server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery, UserQuery
+from recserve.server.recommender import RecommenderService, ServiceSlot
+from recserve.server.repository import load_model, resolve_version_dir
+from recserve.server.servicers.inference import SERVICE as INFERENCE_SERVICE
+from recserve.server.servicers.inference import InferenceServicer
+from recserve.server.servicers.inference import stream_handlers as inference_stream_handlers
+from recserve.server.servicers.recommender import SERVICE as RECOMMENDER_SERVICE
+from recserve.server.servicers.recommender import RecommenderServicer
+from recserve.server.servicers.reflection import add_reflection
+from recserve.server.settings import (
+    BatchingSettings,
+    ServerSettings,
+    effective_model_config,
+    load_model_config,
+)
+from recserve.server.statistics import RpcStatistics
+from recserve.server.telemetry.grpc_tracing import RpcTracing
+from recserve.server.telemetry.metrics import MetricsServer, start_metrics_server
+from recserve.server.telemetry.tracing import INSTRUMENTATION_NAME, build_tracer_provider
+from recserve.server.telemetry.tracing import describe as describe_tracing
 
 logger = logging.getLogger(__name__)
 

@@ -29,17 +29,17 @@ from typing import Generic, TypeVar
 
 from opentelemetry import trace
 
-from server.batching_policy import BatchPolicy, make_policy
-from server.exceptions import (
+from recserve.server.batching_policy import BatchPolicy, make_policy
+from recserve.server.exceptions import (
     DeadlineExceededError,
     InvalidArgumentError,
     ModelExecutionError,
     QueueFullError,
     UnavailableError,
 )
-from server.settings import BatchingSettings
-from server.statistics import BatchStatistics
-from server.telemetry.tracing import BatchTracer, RequestTrace
+from recserve.server.settings import BatchingSettings
+from recserve.server.statistics import BatchStatistics
+from recserve.server.telemetry.tracing import BatchTracer, RequestTrace
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

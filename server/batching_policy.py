@@ -11,7 +11,7 @@ import bisect
 import math
 from typing import Protocol
 
-from server.settings import BatchingSettings
+from recserve.server.settings import BatchingSettings
 
 
 class BatchPolicy(Protocol):

@@ -1,4 +1,4 @@
-"""The `recserve` command: `serve`, `build-demo`, and the client commands from `client.cli`.
+"""The `recserve` command: `serve`, `build-demo`, and the client commands from `recserve.client.cli`.
 
 Heavy imports (TensorFlow, numpy) happen inside the commands that need them, so client commands start fast.
 """
@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from client.cli import add_client_commands
+from recserve.client.cli import add_client_commands
 
 # Each pool is sized deliberately: a spinning BLAS/OpenMP worker steals a core from gRPC on small machines.
 THREAD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -95,7 +95,7 @@ def _serve(args: argparse.Namespace) -> int:
         os.environ.setdefault(name, value)
     from pydantic import ValidationError
 
-    from server.settings import load_server_settings
+    from recserve.server.settings import load_server_settings
 
     try:
         settings = load_server_settings(
@@ -124,11 +124,11 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValidationError, FileNotFoundError) as error:
         sys.stderr.write(f"error: invalid settings: {error}\n")
         return 2
-    from server.telemetry.logs import configure_logging
+    from recserve.server.telemetry.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    from server.app import run
-    from server.runtime.tf_model import configure_threads
+    from recserve.server.app import run
+    from recserve.server.runtime.tf_model import configure_threads
 
     configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
     run(settings)
@@ -138,8 +138,8 @@ def _serve(args: argparse.Namespace) -> int:
 def _build_demo(args: argparse.Namespace) -> int:
     os.environ.update(QUIET_TENSORFLOW)
     _configure_logging("INFO")
-    from training.build import build_demo
-    from training.config import load_demo_config
+    from recserve.training.build import build_demo
+    from recserve.training.config import load_demo_config
 
     config = load_demo_config(args.model_repository / args.model_name / "config.yaml")
     overrides = {

@@ -18,9 +18,9 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from server import exceptions
-from server.statistics import RpcStatistics
-from server.telemetry.grpc_tracing import RpcTracing, status_code, traced
+from recserve.server import exceptions
+from recserve.server.statistics import RpcStatistics
+from recserve.server.telemetry.grpc_tracing import RpcTracing, status_code, traced
 
 logger = logging.getLogger(__name__)
 

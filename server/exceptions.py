@@ -1,4 +1,4 @@
-"""Domain errors. Each maps to exactly one gRPC status in `server.errors`; nothing here knows gRPC."""
+"""Domain errors. Each maps to exactly one gRPC status in `recserve.server.errors`; none knows gRPC."""
 
 from __future__ import annotations
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from opentelemetry.trace import Tracer
 
-from server.repository import LoadedModel
-from server.settings import RetrievalSettings
-from server.statistics import StageStatistics
-from server.telemetry.tracing import stage_span
+from recserve.server.repository import LoadedModel
+from recserve.server.settings import RetrievalSettings
+from recserve.server.statistics import StageStatistics
+from recserve.server.telemetry.tracing import stage_span
 
 EMPTY_INDICES = np.zeros(0, dtype=np.int32)
 
@@ -187,8 +187,8 @@ def offline_recommender(version_dir: Path, batch_size: int = 64) -> RecommendFn:
     The returned `recommend(user_indices [B], contexts [B, L], k) -> item indices [B, k]` treats 0 in
     contexts as padding, excludes context items (as the server does by default) and pads short rows with 0.
     """
-    from server.repository import load_model
-    from server.settings import load_model_config
+    from recserve.server.repository import load_model
+    from recserve.server.settings import load_model_config
 
     config = load_model_config(version_dir.parent)
     pipeline = BatchPipeline(load_model(version_dir, config.retrieval.search_k), config.retrieval)

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from opentelemetry.trace import Tracer
 
-from server.batching import DynamicBatcher
-from server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
-from server.pipeline import (
+from recserve.server.batching import DynamicBatcher
+from recserve.server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
+from recserve.server.pipeline import (
     EMPTY_INDICES,
     BatchPipeline,
     Query,
@@ -27,9 +27,9 @@ from server.pipeline import (
     ScoreQuery,
     UserQuery,
 )
-from server.repository import LoadedModel
-from server.settings import BatchingSettings, ModelConfig
-from server.telemetry.tracing import BatchTracer
+from recserve.server.repository import LoadedModel
+from recserve.server.settings import BatchingSettings, ModelConfig
+from recserve.server.telemetry.tracing import BatchTracer
 
 MAX_IDS_IN_MESSAGE = 5
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from server.exceptions import UnavailableError
-from server.runtime.ann_index import AnnIndex
-from server.runtime.tf_model import SignatureRunner
+from recserve.server.exceptions import UnavailableError
+from recserve.server.runtime.ann_index import AnnIndex
+from recserve.server.runtime.tf_model import SignatureRunner
 
 
 @dataclass(frozen=True)

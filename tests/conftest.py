@@ -13,8 +13,8 @@ import pytest
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+from recserve.server.settings import ServerSettings  # noqa: E402
 from recserve.v1 import recommender_pb2_grpc  # noqa: E402
-from server.settings import ServerSettings  # noqa: E402
 from tests.serving import ServerThread  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,8 +34,8 @@ TINY_DEMO = {
 @pytest.fixture(scope="session")
 def model_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A model repository with the committed config.yaml and one tiny built version."""
-    from training.build import build_demo
-    from training.config import load_demo_config
+    from recserve.training.build import build_demo
+    from recserve.training.config import load_demo_config
 
     repository = tmp_path_factory.mktemp("models")
     model_dir = repository / MODEL_NAME

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 from opentelemetry.sdk.trace import TracerProvider
 
-from client import RecommenderClient
-from server.app import RunningServer, load_and_serve_model, start_server, stop_server
-from server.settings import ServerSettings
+from recserve.client import RecommenderClient
+from recserve.server.app import RunningServer, load_and_serve_model, start_server, stop_server
+from recserve.server.settings import ServerSettings
 
 T = TypeVar("T")
 
@@ -101,7 +101,7 @@ class ServerProcess:
         self.command = [
             sys.executable,
             "-m",
-            "server",
+            "recserve",
             "serve",
             "--grpc-host",
             "127.0.0.1",

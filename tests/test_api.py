@@ -6,8 +6,8 @@ import grpc
 import numpy as np
 import pytest
 
+from recserve.server.settings import load_model_config
 from recserve.v1 import recommender_pb2 as pb
-from server.settings import load_model_config
 from tests.serving import broken_ranker
 
 USER = "user-3"

@@ -8,15 +8,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from server.batching import DynamicBatcher
-from server.exceptions import (
+from recserve.server.batching import DynamicBatcher
+from recserve.server.exceptions import (
     DeadlineExceededError,
     InvalidArgumentError,
     ModelExecutionError,
     QueueFullError,
     UnavailableError,
 )
-from server.settings import BatchingSettings
+from recserve.server.settings import BatchingSettings
 
 HUGE_DELAY_US = 60_000_000  # so that only the size trigger can release a batch
 

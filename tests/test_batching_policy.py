@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from server.batching_policy import AdaptivePolicy, ArrivalRate, FixedPolicy, LinearCostModel, make_policy
-from server.settings import BatchingSettings
+from recserve.server.batching_policy import (
+    AdaptivePolicy,
+    ArrivalRate,
+    FixedPolicy,
+    LinearCostModel,
+    make_policy,
+)
+from recserve.server.settings import BatchingSettings
 
 
 def test_fixed_policy_waits_only_below_every_trigger() -> None:

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from client import AsyncRecommenderClient, Recommendation, RecommenderClient
-from client.cli import TARGET_ENV, build_client_parser
+from recserve.client import AsyncRecommenderClient, Recommendation, RecommenderClient
+from recserve.client.cli import TARGET_ENV, build_client_parser
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 USER = "user-3"
@@ -382,12 +382,18 @@ def test_cli_refuses_a_non_positive_timeout(capsys: pytest.CaptureFixture[str]) 
     assert "positive" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(
-    not (REPO_ROOT / "server" / "__main__.py").exists(),
-    reason="server/__main__.py does not exist yet, so `python -m server` cannot dispatch to the CLI",
-)
 def test_console_script_recommend_json(server_address: str) -> None:
-    argv = [sys.executable, "-m", "server", "recommend", "--user", USER, "--json", "--target", server_address]
+    argv = [
+        sys.executable,
+        "-m",
+        "recserve",
+        "recommend",
+        "--user",
+        USER,
+        "--json",
+        "--target",
+        server_address,
+    ]
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
 
     finished = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120)

@@ -16,10 +16,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from recserve.server.frontend import native_available, resolve_frontend
+from recserve.server.settings import ServerSettings
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc
-from server.frontend import native_available, resolve_frontend
-from server.settings import ServerSettings
 from tests.serving import ServerThread
 
 needs_native = pytest.mark.skipif(

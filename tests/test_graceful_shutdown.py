@@ -17,7 +17,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from client import RecommenderClient
+from recserve.client import RecommenderClient
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc
 from tests.serving import ServerProcess

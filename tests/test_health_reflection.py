@@ -8,8 +8,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2
 
+from recserve.server.settings import ServerSettings
 from recserve.v1 import recommender_pb2 as pb
-from server.settings import ServerSettings
 from tests.serving import ServerThread
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -83,7 +83,7 @@ def test_reflection_unknown_symbol_is_not_found(channel) -> None:
 
 
 def test_not_serving_and_unavailable_until_the_model_is_loaded(server_settings: ServerSettings) -> None:
-    from server.app import load_and_serve_model
+    from recserve.server.app import load_and_serve_model
 
     server = ServerThread(server_settings).start(load_model=False)
     try:

@@ -1,7 +1,7 @@
 """Bad ModelInfer requests: each gets the protocol's status and a message naming what to fix.
 
-The requests are built with the generated stubs of protos/inference, since a real client (tritonclient)
-refuses to send most of them.
+The requests are built with the generated stubs of protos/recserve/inference, since a real client
+(tritonclient) refuses to send most of them.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import grpc
 import numpy as np
 import pytest
 
-from inference import grpc_service_pb2 as kpb
-from inference import grpc_service_pb2_grpc as kpb_grpc
+from recserve.inference import grpc_service_pb2 as kpb
+from recserve.inference import grpc_service_pb2_grpc as kpb_grpc
 from recserve.v1 import recommender_pb2 as pb
 
 Tensor = kpb.ModelInferRequest.InferInputTensor

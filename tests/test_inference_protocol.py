@@ -1,7 +1,7 @@
 """The KServe v2 / Triton protocol, driven by Triton's own client (tritonclient) against a real server.
 
 Typed-contents requests, which tritonclient never sends (it always sends raw bytes), go through the
-generated stubs of protos/inference instead.
+generated stubs of protos/recserve/inference instead.
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from inference import grpc_service_pb2 as kpb
-from inference import grpc_service_pb2_grpc as kpb_grpc
+from recserve.inference import grpc_service_pb2 as kpb
+from recserve.inference import grpc_service_pb2_grpc as kpb_grpc
+from recserve.server.settings import ServerSettings
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc
-from server.settings import ServerSettings
 from tests.serving import ServerThread
 from tests.triton_client import import_tritonclient
 

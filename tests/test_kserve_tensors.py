@@ -7,8 +7,8 @@ import struct
 import numpy as np
 import pytest
 
-from server.exceptions import InvalidArgumentError
-from server.kserve.tensors import (
+from recserve.server.exceptions import InvalidArgumentError
+from recserve.server.kserve.tensors import (
     InputTensor,
     OutputTensor,
     deserialize_bytes,

@@ -21,10 +21,16 @@ from google.protobuf import descriptor_pb2, json_format
 from grpc_health.v1 import health_pb2
 
 from bench.trivial_server import build_server
-from client.cli import build_client_parser
-from client.loadtest.descriptors import MessageCodec, resolve_method, split_call
-from client.loadtest.options import MAX_TOTAL_WITH_DURATION, SetupError, options_from_args, parse_go_duration
-from client.loadtest.report import (
+from recserve.client.cli import build_client_parser
+from recserve.client.loadtest.descriptors import MessageCodec, resolve_method, split_call
+from recserve.client.loadtest.options import (
+    MAX_TOTAL_WITH_DURATION,
+    SetupError,
+    options_from_args,
+    parse_go_duration,
+)
+from recserve.client.loadtest.outcomes import CLOSING_ERROR
+from recserve.client.loadtest.report import (
     Bucket,
     build_report,
     format_csv,
@@ -36,15 +42,14 @@ from client.loadtest.report import (
     percentiles,
     report_json,
 )
-from client.loadtest.runner import (
-    CLOSING_ERROR,
+from recserve.client.loadtest.runner import (
     LoadRunner,
     RunResult,
     native_transport_available,
     run_in_new_loop,
     run_load,
 )
-from client.loadtest.templates import CallContext, TemplateError, build_plan, compile_string
+from recserve.client.loadtest.templates import CallContext, TemplateError, build_plan, compile_string
 from recserve.v1 import recommender_pb2 as pb
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -8,8 +8,8 @@ import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from client import RecommenderClient
-from server.settings import ServerSettings
+from recserve.client import RecommenderClient
+from recserve.server.settings import ServerSettings
 from tests.serving import ServerThread
 
 LABELS = {"model": "recommender", "version": "1"}

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from server.pipeline import BatchPipeline, RankedItems, RecommendQuery, ScoreQuery, UserQuery
-from server.repository import load_model
-from server.settings import RetrievalSettings
+from recserve.server.pipeline import BatchPipeline, RankedItems, RecommendQuery, ScoreQuery, UserQuery
+from recserve.server.repository import load_model
+from recserve.server.settings import RetrievalSettings
 
 
 @pytest.fixture(scope="module")

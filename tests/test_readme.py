@@ -6,8 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from server.cli import build_parser
-from server.settings import (
+from recserve.server.cli import build_parser
+from recserve.server.settings import (
     BatchingSettings,
     LimitSettings,
     RetrievalSettings,

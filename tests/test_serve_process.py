@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from client import RecommenderClient
+from recserve.client import RecommenderClient
 from tests.serving import ServerProcess
 
 

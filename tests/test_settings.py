@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from server.settings import (
+from recserve.server.settings import (
     ModelConfig,
     ServerSettings,
     effective_batching,

@@ -16,10 +16,10 @@ from opentelemetry import trace
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 
-from client import RecommenderClient
-from server.settings import ServerSettings, TracingSettings
-from server.telemetry.logs import JsonFormatter, TraceContextFilter
-from server.telemetry.tracing import build_tracer_provider
+from recserve.client import RecommenderClient
+from recserve.server.settings import ServerSettings, TracingSettings
+from recserve.server.telemetry.logs import JsonFormatter, TraceContextFilter
+from recserve.server.telemetry.tracing import build_tracer_provider
 from tests.serving import ServerThread
 
 
@@ -151,7 +151,7 @@ def test_standard_otel_variables_fill_in_unset_settings(monkeypatch) -> None:
 
 
 def test_tracing_settings_from_environment_and_flags(monkeypatch) -> None:
-    from server.settings import load_server_settings
+    from recserve.server.settings import load_server_settings
 
     monkeypatch.setenv("RECSERVE_TRACING__EXPORTER", "otlp_grpc")
     monkeypatch.setenv("RECSERVE_TRACING__SAMPLING_RATIO", "0.5")
@@ -195,7 +195,7 @@ def test_json_logs_carry_trace_and_span_ids() -> None:
 
 
 def test_text_logs_append_trace_ids_only_inside_a_span() -> None:
-    from server.telemetry.logs import TEXT_FORMAT
+    from recserve.server.telemetry.logs import TEXT_FORMAT
 
     line, ids = log_line(logging.Formatter(TEXT_FORMAT), in_span=True)
     assert line.endswith(f"trace_id={ids.trace_id:032x} span_id={ids.span_id:016x}")

@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import SpanKind, StatusCode
 
-from client import RecommenderClient
-from server.settings import ServerSettings
-from server.telemetry.tracing import BatchAwareSampler
+from recserve.client import RecommenderClient
+from recserve.server.settings import ServerSettings
+from recserve.server.telemetry.tracing import BatchAwareSampler
 from tests.serving import ServerThread, broken_ranker
 
 USERS = [f"user-{n}" for n in range(1, 9)]

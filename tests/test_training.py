@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import yaml
 
-from server.settings import load_model_config
-from training.config import DemoConfig, load_demo_config
-from training.data import generate_demo, read_movielens, split_by_time
-from training.evaluate import ann_recall_at_k, ndcg_at_k, popularity_recommender, recall_at_k
+from recserve.server.settings import load_model_config
+from recserve.training.config import DemoConfig, load_demo_config
+from recserve.training.data import generate_demo, read_movielens, split_by_time
+from recserve.training.evaluate import ann_recall_at_k, ndcg_at_k, popularity_recommender, recall_at_k
 
 DATA = Path(__file__).parent / "data"
 TINY_DEMO = {
@@ -49,7 +49,7 @@ def tiny_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def built(tiny_repository: Path) -> Path:
     """Version 1 of a tiny model, configured by the `demo:` section of its config.yaml."""
-    from training.build import build_demo
+    from recserve.training.build import build_demo
 
     return build_demo(tiny_repository, "recommender", show_progress=False)
 
@@ -256,7 +256,7 @@ def test_ann_recall_at_default_index_settings(evaluation: dict) -> None:
 
 
 def test_recent_items_change_recommendations(built: Path) -> None:
-    from training.build import pipeline_recommender
+    from recserve.training.build import pipeline_recommender
 
     split = split_by_time(generate_demo(1500, 2500, seed=7), context_length=20)
     recommend = pipeline_recommender(built)
@@ -271,7 +271,7 @@ def test_recent_items_change_recommendations(built: Path) -> None:
 
 
 def test_next_build_is_version_two(tiny_repository: Path, built: Path) -> None:
-    from training.build import build_demo
+    from recserve.training.build import build_demo
 
     small = DemoConfig(
         num_users=300, num_items=400, epochs=1, batch_size=128, ranker_epochs=1, eval_users=50, ann_queries=20

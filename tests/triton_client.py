@@ -1,6 +1,6 @@
 """Triton's own Python client, `tritonclient.grpc`, loaded so that it can share a process with recserve.
 
-tritonclient ships generated code for the same protobuf messages as protos/inference
+tritonclient ships generated code for the same protobuf messages as protos/recserve/inference
 (`inference.ModelInferRequest`, ...) under other file names, and protobuf refuses a second definition of a
 symbol in its default descriptor pool: importing both is a TypeError, whichever comes second. The tests run
 the server in-process, so the client's generated modules are built in a descriptor pool of their own. The

@@ -1,5 +1,5 @@
 """Offline side of recserve: demo data, two-tower and ranker training, export and offline evaluation.
 
-`training.build.build_demo` runs it all and writes a version directory as docs/model-repository.md
+`recserve.training.build.build_demo` runs it all and writes a version directory as docs/model-repository.md
 describes; the server only ever reads what it writes.
 """

@@ -13,19 +13,19 @@ from typing import Any
 import keras
 import numpy as np
 
-from training import export
-from training.config import DemoConfig, load_demo_config
-from training.data import Interactions, Split, generate_demo, read_movielens, split_by_time
-from training.evaluate import (
+from recserve.training import export
+from recserve.training.config import DemoConfig, load_demo_config
+from recserve.training.data import Interactions, Split, generate_demo, read_movielens, split_by_time
+from recserve.training.evaluate import (
     RecommendFn,
     ann_recall_at_k,
     evaluate_recommender,
     popularity_recommender,
     sample_cases,
 )
-from training.progress import BuildProgress
-from training.towers import Towers, build_ranker, build_towers
-from training.train import (
+from recserve.training.progress import BuildProgress
+from recserve.training.towers import Towers, build_ranker, build_towers
+from recserve.training.train import (
     configure_tensorflow,
     embed_users,
     tower_steps_per_epoch,
@@ -233,6 +233,6 @@ def pipeline_recommender(version_dir: Path) -> RecommendFn:
     Imported here, not at module level: the server imports its runtime at import time, which the rest
     of this package does not need.
     """
-    from server.pipeline import offline_recommender
+    from recserve.server.pipeline import offline_recommender
 
     return offline_recommender(version_dir)

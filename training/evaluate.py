@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
-from training.data import Examples
+from recserve.training.data import Examples
 
 RecommendFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 EVAL_BATCH_SIZE = 256

@@ -14,9 +14,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from training.config import DemoConfig
-from training.data import Examples
-from training.towers import Towers
+from recserve.training.config import DemoConfig
+from recserve.training.data import Examples
+from recserve.training.towers import Towers
 
 logger = logging.getLogger(__name__)
 

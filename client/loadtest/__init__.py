@@ -16,10 +16,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from client.loadtest.options import LoadtestOptions, SetupError, add_arguments, options_from_args
+from recserve.client.loadtest.options import LoadtestOptions, SetupError, add_arguments, options_from_args
 
 if TYPE_CHECKING:
-    from client.loadtest.report import Report
+    from recserve.client.loadtest.report import Report
 
 __all__ = ["LoadtestOptions", "SetupError", "add_loadtest_command", "run_loadtest", "run_options"]
 
@@ -47,10 +47,10 @@ def run_options(options: LoadtestOptions) -> Report:
     """
     # Imported here, not at the top: every `recserve` command imports this package to register `loadtest`,
     # and the others should not pay for asyncio, reflection and the report code.
-    from client.loadtest.descriptors import resolve_method
-    from client.loadtest.report import build_report
-    from client.loadtest.runner import run_load
-    from client.loadtest.templates import TemplateError, build_plan
+    from recserve.client.loadtest.descriptors import resolve_method
+    from recserve.client.loadtest.report import build_report
+    from recserve.client.loadtest.runner import run_load
+    from recserve.client.loadtest.templates import TemplateError, build_plan
 
     method = resolve_method(options)
     try:
@@ -63,7 +63,7 @@ def run_options(options: LoadtestOptions) -> Report:
 
 def run_loadtest(args: argparse.Namespace) -> int:
     """The `loadtest` command: run, write the report (stdout or -o), return the exit code."""
-    from client.loadtest.report import render  # lazily, as in run_options
+    from recserve.client.loadtest.report import render  # lazily, as in run_options
 
     try:
         options = options_from_args(args)

@@ -23,7 +23,7 @@ from google.protobuf import descriptor_pb2, descriptor_pool, json_format, messag
 from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from grpc_reflection.v1alpha import reflection_pb2
 
-from client.loadtest.options import LoadtestOptions, SetupError
+from recserve.client.loadtest.options import LoadtestOptions, SetupError
 
 _REFLECTION_METHODS = (
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",

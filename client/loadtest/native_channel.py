@@ -1,4 +1,6 @@
-"""The load loop over grpc++ (`_native`): a channel with grpc.aio's interface, and a closed loop run in C++.
+"""The load loop over grpc++: a channel with grpc.aio's interface, and a closed loop run in C++.
+
+The transport is the extension `recserve.native._loadtest` (native/loadtest.cc).
 
 `NativeChannel`: Python starts each call and awaits a future; grpc++ runs the call on its own threads and
 the event loop takes every completion since it last looked in one `drain()`. `closed_loop`: when every
@@ -16,10 +18,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from client.loadtest.runner import status_code
-from client.native_loading import load_native
+from recserve.client.loadtest.outcomes import status_code
+from recserve.native import load_extension
 
-_native = load_native("client.loadtest._native")
+_native = load_extension("loadtest")
 
 _NO_METADATA = grpc.aio.Metadata()
 

@@ -17,8 +17,8 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from client.loadtest.options import NS_PER_S, LoadtestOptions, machine_cpus
-from client.loadtest.runner import RunResult
+from recserve.client.loadtest.options import NS_PER_S, LoadtestOptions, machine_cpus
+from recserve.client.loadtest.runner import RunResult
 
 MAX_DETAILS = 1_000_000  # ghz keeps at most this many per-call details, and computes latency stats from them
 PERCENTILES = (10, 25, 50, 75, 90, 95, 99)

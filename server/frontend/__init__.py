@@ -21,7 +21,7 @@ FrontendName = Literal["auto", "native", "aio"]
 def native_available() -> bool:
     """Whether the grpc++ front end is built and loads."""
     try:
-        from server.frontend import native  # noqa: F401
+        from recserve.server.frontend import native  # noqa: F401
     except ImportError:
         return False
     return True
@@ -46,7 +46,7 @@ def build_grpc_server(
 ) -> Any:
     """A gRPC server of the chosen front end, not yet bound."""
     if resolve_frontend(name) == "native":
-        from server.frontend.native import NativeServer
+        from recserve.server.frontend.native import NativeServer
 
         return NativeServer(options, maximum_concurrent_rpcs)
     return grpc.aio.server(options=list(options), maximum_concurrent_rpcs=maximum_concurrent_rpcs)

@@ -1,4 +1,6 @@
-"""A gRPC server with grpc.aio's interface whose transport is grpc++ (`_native`), not grpc's Cython layer.
+"""A gRPC server with grpc.aio's interface whose transport is grpc++, not grpc's Cython layer.
+
+The transport is the extension `recserve.native._frontend` (native/frontend.cc).
 
 Handlers are the same `grpc.GenericRpcHandler`s and async servicer methods grpc.aio runs, with the same
 servicer context API, so everything registered on the server (our services, health, reflection) runs
@@ -17,9 +19,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from client.native_loading import load_native
+from recserve.native import load_extension
 
-_native = load_native("server.frontend._native")
+_native = load_extension("frontend")
 
 logger = logging.getLogger(__name__)
 

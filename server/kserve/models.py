@@ -19,11 +19,11 @@ from typing import ClassVar, TypeVar
 
 import numpy as np
 
-from server.exceptions import InvalidArgumentError, ModelExecutionError, NotFoundError, RecserveError
-from server.kserve.tensors import TensorSpec, from_strings, to_strings
-from server.recommender import RecommenderService
-from server.settings import BatchingSettings
-from server.statistics import BatchStatistics
+from recserve.server.exceptions import InvalidArgumentError, ModelExecutionError, NotFoundError, RecserveError
+from recserve.server.kserve.tensors import TensorSpec, from_strings, to_strings
+from recserve.server.recommender import RecommenderService
+from recserve.server.settings import BatchingSettings
+from recserve.server.statistics import BatchStatistics
 
 PLATFORM = "recserve"
 T = TypeVar("T")

@@ -1,4 +1,4 @@
-"""Converts between the protocol's protobuf messages and server.kserve's requests, models and statistics.
+"""Converts between the protocol's protobuf messages and the requests, models and statistics of this package.
 
 Statistics follow Triton's definitions where recserve keeps the figure (see docs/inference-protocol.md):
 requests and executions, successes and failures, time queued and computing per request, executions and
@@ -11,13 +11,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from inference import grpc_service_pb2 as pb
-from inference import model_config_pb2 as config_pb
-from server.exceptions import InvalidArgumentError
-from server.kserve.models import PLATFORM, InferenceModel, InferOptions
-from server.kserve.service import EXTENSIONS, SERVER_NAME, InferRequest, InferResponse, ModelIndexEntry
-from server.kserve.tensors import CONTENTS_FIELD, InputTensor, TensorSpec
-from server.statistics import BatchStatistics
+from recserve.inference import grpc_service_pb2 as pb
+from recserve.inference import model_config_pb2 as config_pb
+from recserve.server.exceptions import InvalidArgumentError
+from recserve.server.kserve.models import PLATFORM, InferenceModel, InferOptions
+from recserve.server.kserve.service import (
+    EXTENSIONS,
+    SERVER_NAME,
+    InferRequest,
+    InferResponse,
+    ModelIndexEntry,
+)
+from recserve.server.kserve.tensors import CONTENTS_FIELD, InputTensor, TensorSpec
+from recserve.server.statistics import BatchStatistics
 
 CONFIG_DATATYPES = {
     "FP32": config_pb.TYPE_FP32,

@@ -1,6 +1,6 @@
 """The inference protocol's operations on the live model: readiness, model lookup, inference, the index.
 
-Nothing here knows protobuf or gRPC: `server.kserve.protocol` converts the messages, the servicer
+Nothing here knows protobuf or gRPC: `recserve.server.kserve.protocol` converts the messages, the servicer
 delegates here. Every model serves the version the server loaded; asking for another version is
 NOT_FOUND (the server holds one version, and no other will become ready without a restart, so a retry
 cannot help), and asking for anything while the model loads is UNAVAILABLE.
@@ -14,10 +14,10 @@ from importlib import metadata
 
 import numpy as np
 
-from server.exceptions import InvalidArgumentError, NotFoundError
-from server.kserve.models import MODEL_NAMES, InferenceModel, InferOptions, build_models
-from server.kserve.tensors import InputTensor, OutputTensor, TensorSpec, element_count
-from server.recommender import RecommenderService, ServiceSlot
+from recserve.server.exceptions import InvalidArgumentError, NotFoundError
+from recserve.server.kserve.models import MODEL_NAMES, InferenceModel, InferOptions, build_models
+from recserve.server.kserve.tensors import InputTensor, OutputTensor, TensorSpec, element_count
+from recserve.server.recommender import RecommenderService, ServiceSlot
 
 SERVER_NAME = "recserve"
 # Protocol extensions implemented: ModelConfig, the priority and timeout request parameters

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from server.exceptions import InvalidArgumentError
+from recserve.server.exceptions import InvalidArgumentError
 
 BYTES = "BYTES"
 # The datatypes recserve's models use, as numpy dtypes with the protocol's byte order.

@@ -1,4 +1,6 @@
-"""`inference.GRPCInferenceService` (KServe v2 / Triton): converts messages and delegates to server.kserve.
+"""`inference.GRPCInferenceService` (KServe v2 / Triton): converts messages and delegates the rest.
+
+The protocol's logic is in `recserve.server.kserve`.
 
 Register with `errors.unary_handlers(SERVICE, InferenceServicer(slot))` for the unary methods and
 `stream_handlers()` for ModelStreamInfer. The methods recserve does not implement answer UNIMPLEMENTED,
@@ -12,11 +14,11 @@ from typing import Any
 
 import grpc
 
-from inference import grpc_service_pb2 as pb
-from server.exceptions import UnimplementedError
-from server.kserve import protocol
-from server.kserve.service import InferenceService, server_version
-from server.recommender import ServiceSlot
+from recserve.inference import grpc_service_pb2 as pb
+from recserve.server.exceptions import UnimplementedError
+from recserve.server.kserve import protocol
+from recserve.server.kserve.service import InferenceService, server_version
+from recserve.server.recommender import ServiceSlot
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 

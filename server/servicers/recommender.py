@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 
+from recserve.server.recommender import Recommendation, ServiceSlot
 from recserve.v1 import recommender_pb2 as pb
-from server.recommender import Recommendation, ServiceSlot
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
 

@@ -24,7 +24,7 @@ from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Tracer, TracerProvider
 
-from server.telemetry.tracing import INSTRUMENTATION_NAME, BatchAwareSampler
+from recserve.server.telemetry.tracing import INSTRUMENTATION_NAME, BatchAwareSampler
 
 # What OpenTelemetry's gRPC conventions count as the server's fault.
 SERVER_FAULTS = frozenset(

@@ -23,8 +23,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from server.recommender import MODEL_STATES, RecommenderService, ServiceSlot
-from server.statistics import BatchStatistics, Histogram, RpcStatistics
+from recserve.server.recommender import MODEL_STATES, RecommenderService, ServiceSlot
+from recserve.server.statistics import BatchStatistics, Histogram, RpcStatistics
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import Link, Span, SpanKind, Tracer
 from opentelemetry.util.types import Attributes
 
-from server.settings import TracingSettings
+from recserve.server.settings import TracingSettings
 
 logger = logging.getLogger(__name__)
 

@@ -347,7 +347,7 @@ class Frontend {
 
 }  // namespace
 
-PYBIND11_MODULE(_native, module) {
+PYBIND11_MODULE(_frontend, module) {
   module.doc() = "grpc++ callback server that hands calls to Python in bulk (see server/frontend).";
   module.attr("NEW") = static_cast<int>(kNew);
   module.attr("READ") = static_cast<int>(kRead);

@@ -1,4 +1,9 @@
-"""Loading the grpc++ extensions so that they use the system's grpc++, not another copy in the process.
+"""The grpc++ extensions and their loader: the C++ of both native transports lives here.
+
+`frontend.cc` builds `_frontend` (the server's gRPC transport, wrapped by `recserve.server.frontend.native`),
+`loadtest.cc` builds `_loadtest` (`recserve loadtest`'s transport, wrapped by
+`recserve.client.loadtest.native_channel`); `event_queue.h` is shared by both. `setup.py` builds them when
+grpc++ is installed (`pkg-config grpc++`); without it they are absent and `load_extension` raises ImportError.
 
 TensorFlow's libtensorflow_cc carries its own, different build of grpc++ and exports its symbols process-wide.
 An extension loaded the usual way would bind some grpc++ calls to that copy and crash. RTLD_DEEPBIND makes
@@ -14,12 +19,13 @@ import sys
 from types import ModuleType
 
 
-def load_native(module: str) -> ModuleType:
-    """Import the extension `module` with its own libraries' symbols ahead of the process's.
+def load_extension(name: str) -> ModuleType:
+    """Import the extension `_<name>` of this package with its own libraries' symbols ahead of the process's.
 
     Raises:
         ImportError: the extension was not built (grpc++ was missing at install) or does not load.
     """
+    module = f"{__name__}._{name}"
     deepbind = getattr(os, "RTLD_DEEPBIND", 0)
     if not deepbind:  # not glibc: no TensorFlow build with a grpc++ copy to clash with either
         return importlib.import_module(module)

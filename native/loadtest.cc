@@ -309,7 +309,7 @@ class ClosedLoop {
 
 }  // namespace
 
-PYBIND11_MODULE(_native, module) {
+PYBIND11_MODULE(_loadtest, module) {
   module.doc() = "grpc++ unary calls for the load generator, completions handed over in bulk.";
   py::class_<Channel>(module, "Channel")
       .def(py::init<const std::string&, const std::vector<std::pair<std::string, int>>&,
