@@ -161,6 +161,39 @@ class TracingSettings(BaseModel):
         return self.service_name or os.environ.get("OTEL_SERVICE_NAME") or "recserve"
 
 
+StateBackend = Literal["memory", "redis"]
+FsyncPolicy = Literal["always", "everysec"]
+
+
+class StateSettings(BaseModel):
+    """Where live state is kept: user events (history) and catalog changes since the version was built."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: StateBackend = Field(
+        "memory",
+        description="memory: in this process, durable through an append-only log under state_dir; "
+        "redis: shared by every replica through the Redis server at redis_url.",
+    )
+    state_dir: Path = Field(Path("state"), description="memory backend: directory of the log and snapshots.")
+    fsync: FsyncPolicy = Field(
+        "everysec",
+        description="memory backend: always (fsync before a write is acknowledged: nothing acknowledged is "
+        "lost) or everysec (fsync once a second: a crash loses at most the last second).",
+    )
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis backend: the server to use.")
+    redis_key_prefix: str = Field("recserve:", description="redis backend: prefix of recserve's keys.")
+    redis_timeout_seconds: float = Field(
+        0.5, gt=0, description="redis backend: a command slower than this counts as Redis being down."
+    )
+    max_history_events: int = Field(
+        1000, ge=1, description="Events kept per user; older ones are dropped when new ones arrive."
+    )
+    max_events_per_call: int = Field(1000, ge=1, description="Most events in one RecordEvents call.")
+    max_items_per_call: int = Field(1000, ge=1, description="Most items in one UpsertItems/DeleteItems.")
+    max_tags_per_item: int = Field(32, ge=1, description="Most tags on one item.")
+
+
 class ServerSettings(BaseSettings):
     """Process-wide settings. Every field is also `RECSERVE_<FIELD>` in the environment."""
 
@@ -207,6 +240,13 @@ class ServerSettings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", description="Address the metrics endpoint binds to.")
     metrics_port: int = Field(8002, ge=0, le=65535, description="Metrics HTTP port (/metrics); 0 picks one.")
     tracing: TracingSettings = TracingSettings()
+    state: StateSettings = StateSettings()
+    events_enabled: bool = Field(
+        False, description="Serve recserve.v1.Events (RecordEvents, ...); off: PERMISSION_DENIED."
+    )
+    catalog_enabled: bool = Field(
+        False, description="Serve recserve.v1.Catalog (UpsertItems, ...); off: PERMISSION_DENIED."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one object per line with trace and span ids."

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from pydantic import BaseModel
 
 from recserve.server.cli import build_parser
@@ -12,6 +13,7 @@ from recserve.server.settings import (
     LimitSettings,
     RetrievalSettings,
     ServerSettings,
+    StateSettings,
     TracingSettings,
 )
 
@@ -36,9 +38,10 @@ def documented_keys(prefix: str, model: type[BaseModel]) -> list[str]:
     return keys
 
 
-def test_every_tracing_setting_is_documented() -> None:
-    missing = [key for key in documented_keys("tracing", TracingSettings) if f"`{key}`" not in README]
-    assert not missing, f"README lacks tracing settings {missing}"
+@pytest.mark.parametrize("section, model", [("tracing", TracingSettings), ("state", StateSettings)])
+def test_every_nested_server_setting_is_documented(section: str, model: type[BaseModel]) -> None:
+    missing = [key for key in documented_keys(section, model) if f"`{key}`" not in README]
+    assert not missing, f"README lacks {section} settings {missing}"
 
 
 def test_every_model_setting_is_documented() -> None:
