@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # perf_analyzer (bench/perf_analyzer.py) lives in a venv of its own: bench/requirements-perf-analyzer.txt.
 PERF_VENV := .venv-perf
 
-.PHONY: help install native-deps proto model serve test lint bench bench-perf-analyzer bench-report clean
+.PHONY: help install native-deps redis-deps proto model serve test lint bench bench-perf-analyzer bench-report clean
 
 help:
 	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
@@ -44,6 +44,19 @@ native-deps:
 			"for the native front end: sudo apt-get install libgrpc++-dev pkg-config, then make install"; \
 	fi
 
+# redis-server for the tests of the shared state backend (state.backend: redis); they start a real server.
+# Installed from Debian/Ubuntu packages when we are root; under CI a missing redis-server fails those tests.
+redis-deps:
+	@if command -v redis-server >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing redis-server for the tests"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install --yes --quiet redis-server >/dev/null 2>&1 \
+		|| { apt-get update --quiet >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install --yes --quiet redis-server >/dev/null 2>&1; } \
+		|| echo "could not install redis-server: the Redis tests will fail under CI and skip elsewhere"; \
+	else \
+		echo "note: redis-server is not installed, so the Redis tests skip; sudo apt-get install redis-server"; \
+	fi
+
 proto: $(STAMP)
 	$(BIN)/python protos/generate.py
 
@@ -57,7 +70,7 @@ model: $(STAMP)
 serve: proto model
 	$(BIN)/recserve serve --grpc-port $(GRPC_PORT) --model-repository $(MODEL_REPOSITORY)
 
-test: $(STAMP)
+test: $(STAMP) redis-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: model

@@ -181,6 +181,11 @@ class StateSettings(BaseModel):
         description="memory backend: always (fsync before a write is acknowledged: nothing acknowledged is "
         "lost) or everysec (fsync once a second: a crash loses at most the last second).",
     )
+    compact_log_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=4096,
+        description="memory backend: a log segment past this size is folded into a new snapshot.",
+    )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="redis backend: the server to use.")
     redis_key_prefix: str = Field("recserve:", description="redis backend: prefix of recserve's keys.")
     redis_timeout_seconds: float = Field(

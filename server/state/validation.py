@@ -1,0 +1,135 @@
+"""Checks on writes before anything is stored: a rejected call changes nothing.
+
+Messages name the API's fields (`events[3].item_id`), since they are shown to the caller as they are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from recserve.server.exceptions import InvalidArgumentError
+from recserve.server.state.events import EventType, ItemDelete, ItemUpsert, UserEvent
+
+MAX_ID_BYTES = 256
+MAX_TAG_BYTES = 256
+
+
+@dataclass(frozen=True, slots=True)
+class WriteLimits:
+    """How much one write call may carry."""
+
+    max_events_per_call: int
+    max_items_per_call: int
+    max_tags_per_item: int
+
+
+@dataclass(frozen=True, slots=True)
+class RawEvent:
+    """An event as the caller sent it: the type as a number, the time in ms or None for "now"."""
+
+    user_id: str
+    item_id: str
+    type: int
+    time_ms: int | None
+
+
+def check_id(value: str, field: str) -> str:
+    """`value` if it is a usable id: not empty, at most 256 bytes of UTF-8.
+
+    Raises:
+        InvalidArgumentError: naming `field`.
+    """
+    if not value:
+        raise InvalidArgumentError(f"{field} is empty")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > MAX_ID_BYTES:
+        raise InvalidArgumentError(f"{field} is {size} bytes long; ids are at most {MAX_ID_BYTES} bytes")
+    return value
+
+
+def checked_events(events: Sequence[RawEvent], limits: WriteLimits, now_ms: int) -> list[UserEvent]:
+    """The events to store, every one valid, unset times set to `now_ms`.
+
+    Raises:
+        InvalidArgumentError: too many events, or one is invalid (named by its position).
+    """
+    _check_count(len(events), limits.max_events_per_call, "events")
+    checked = []
+    for position, event in enumerate(events):
+        field = f"events[{position}]"
+        check_id(event.user_id, f"{field}.user_id")
+        check_id(event.item_id, f"{field}.item_id")
+        checked.append(
+            UserEvent(
+                event.user_id,
+                event.item_id,
+                _event_type(event.type, f"{field}.type"),
+                event.time_ms or now_ms,
+            )
+        )
+    return checked
+
+
+def _event_type(value: int, field: str) -> EventType:
+    if value == 0:
+        raise InvalidArgumentError(f"{field} is EVENT_TYPE_UNSPECIFIED; say what happened (VIEW, CLICK, ...)")
+    try:
+        return EventType(value)
+    except ValueError:
+        names = ", ".join(member.name for member in EventType)
+        raise InvalidArgumentError(f"{field} is {value}, not an event type ({names})") from None
+
+
+def checked_upserts(items: Sequence[tuple[str, Sequence[str]]], limits: WriteLimits) -> list[ItemUpsert]:
+    """(item_id, tags) pairs as upserts; tags keep their order, repeats dropped.
+
+    Raises:
+        InvalidArgumentError: too many items or tags, an invalid id or tag, or an item given twice.
+    """
+    _check_count(len(items), limits.max_items_per_call, "items")
+    upserts = []
+    for position, (item_id, tags) in enumerate(items):
+        field = f"items[{position}]"
+        check_id(item_id, f"{field}.item_id")
+        _check_count(len(tags), limits.max_tags_per_item, f"{field}.tags")
+        for tag_position, tag in enumerate(tags):
+            _check_tag(tag, f"{field}.tags[{tag_position}]")
+        upserts.append(ItemUpsert(item_id, tuple(dict.fromkeys(tags))))
+    _check_unique([upsert.item_id for upsert in upserts], "items", "item_id")
+    return upserts
+
+
+def checked_deletes(item_ids: Sequence[str], limits: WriteLimits) -> list[ItemDelete]:
+    """The deletes of `item_ids`, each id checked; a repeated id counts once.
+
+    Raises:
+        InvalidArgumentError: too many ids, or an invalid one.
+    """
+    _check_count(len(item_ids), limits.max_items_per_call, "item_ids")
+    for position, item_id in enumerate(item_ids):
+        check_id(item_id, f"item_ids[{position}]")
+    return [ItemDelete(item_id) for item_id in dict.fromkeys(item_ids)]
+
+
+def _check_tag(tag: str, field: str) -> None:
+    if not tag:
+        raise InvalidArgumentError(f"{field} is empty")
+    size = len(tag.encode("utf-8", "surrogatepass"))
+    if size > MAX_TAG_BYTES:
+        raise InvalidArgumentError(f"{field} is {size} bytes long; tags are at most {MAX_TAG_BYTES} bytes")
+
+
+def _check_count(count: int, limit: int, field: str) -> None:
+    if count > limit:
+        raise InvalidArgumentError(f"{field} has {count} entries; at most {limit} are allowed per call")
+
+
+def _check_unique(values: Sequence[str], field: str, key: str) -> None:
+    seen: dict[str, int] = {}
+    for position, value in enumerate(values):
+        if value in seen:
+            raise InvalidArgumentError(
+                f"{field}[{position}].{key} {value!r} is also {field}[{seen[value]}].{key}; give each once"
+            )
+        seen[value] = position
