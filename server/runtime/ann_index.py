@@ -44,3 +44,17 @@ class AnnIndex:
     def unload(self) -> None:
         """Release the memory map."""
         self._index.unload()
+
+
+def build_index(path: Path, embeddings: np.ndarray, n_trees: int, seed: int) -> None:
+    """Write an angular Annoy index of `embeddings` to `path`: Annoy id r is row r.
+
+    One build job, so the same seed gives the same trees.
+    """
+    index = AnnoyIndex(embeddings.shape[1], "angular")
+    index.set_seed(seed)
+    for row, vector in enumerate(embeddings):
+        index.add_item(row, vector)
+    index.build(n_trees, n_jobs=1)
+    index.save(str(path))
+    index.unload()

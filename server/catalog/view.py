@@ -1,0 +1,158 @@
+"""What one batch sees of the live catalog, and retrieval over it: the Annoy index plus the exact delta.
+
+Rows the index covers are searched through Annoy (approximately), the rows appended since it was built (the
+delta) exactly, with one matrix product for the whole batch. Dead rows (deleted items, or items whose
+features changed) and each query's excluded rows are dropped from both, fetching more from the index when
+too few are left, so a query still gets `wanted` candidates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from recserve.server.runtime.ann_index import AnnIndex
+
+MAX_REFETCHES = 3
+NO_ROWS = np.zeros(0, dtype=np.int32)
+
+Mapper = Callable[[Callable[[int], np.ndarray], Sequence[int]], list[np.ndarray]]
+"""Runs a per-query function over query positions (perhaps on several threads), results in order."""
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    """One query's retrieval: its user embedding's row in the batch, how many rows, which never."""
+
+    position: int
+    wanted: int
+    excluded: np.ndarray = field(default_factory=lambda: NO_ROWS)
+
+
+@dataclass(frozen=True)
+class CatalogView:
+    """The catalog as of one moment. Rows below `size` never change, except for dying."""
+
+    embeddings: np.ndarray
+    model_indices: np.ndarray
+    live: np.ndarray
+    ids: list[str]
+    size: int
+    index: AnnIndex
+    index_rows: np.ndarray
+    """Row of each Annoy id."""
+    delta_start: int
+    """Rows from here on are not in the index: the delta, searched exactly."""
+    popular_rows: np.ndarray
+    """Base rows, most popular first."""
+
+    @property
+    def delta_size(self) -> int:
+        """Rows searched exactly (dead ones included)."""
+        return self.size - self.delta_start
+
+    def retrieve(
+        self, user_embeddings: np.ndarray, queries: Sequence[Retrieval], mapper: Mapper
+    ) -> list[np.ndarray]:
+        """Per query, up to `wanted` live rows closest to its user embedding by cosine, none excluded.
+
+        The Annoy lookups run through `mapper`; the delta is searched for all queries at once.
+        """
+        from_index = mapper(
+            lambda q: self._from_index(user_embeddings[queries[q].position], queries[q]), range(len(queries))
+        )
+        if self.delta_size == 0:
+            return from_index
+        positions = np.fromiter((query.position for query in queries), dtype=np.int64, count=len(queries))
+        vectors = user_embeddings[positions]
+        delta_rows, delta_scores = self._from_delta(vectors, queries)
+        return [
+            _best(rows, self._cosines(rows, vector), extra, extra_scores, query.wanted)
+            for rows, vector, extra, extra_scores, query in zip(
+                from_index, vectors, delta_rows, delta_scores, queries, strict=True
+            )
+        ]
+
+    def popular(self, query: Retrieval) -> np.ndarray:
+        """The `wanted` most popular live rows not excluded (for users with nothing to go on)."""
+        count = query.wanted + query.excluded.size
+        while True:
+            pool = self.popular_rows[:count]
+            kept = pool[self._usable(pool, query.excluded)]
+            if kept.size >= query.wanted or count >= self.popular_rows.size:
+                return kept[: query.wanted]
+            count *= 2
+
+    def similar(self, row: int, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The `count` live rows closest to `row` (itself excluded), with their cosine, closest first."""
+        query = Retrieval(0, count, np.array([row], dtype=np.int32))
+        vector = self.embeddings[row][None, :]
+        (rows,) = self.retrieve(vector, [query], lambda function, positions: [function(p) for p in positions])
+        scores = self._cosines(rows, vector[0])
+        order = np.argsort(-scores, kind="stable")
+        return rows[order], scores[order]
+
+    def _from_index(self, vector: np.ndarray, query: Retrieval) -> np.ndarray:
+        """Live, not excluded rows from Annoy, nearest first; asks for more while dead ones leave too few."""
+        count = query.wanted + query.excluded.size
+        for _ in range(MAX_REFETCHES + 1):
+            found = self.index.nearest_ids_to_vector(vector, count)
+            rows = self.index_rows[np.asarray(found, dtype=np.int64)] if found else NO_ROWS
+            kept = rows[self._usable(rows, query.excluded)]
+            if kept.size >= query.wanted or len(found) < count:
+                break
+            count *= 2
+        return kept[: query.wanted]
+
+    def _from_delta(
+        self, vectors: np.ndarray, queries: Sequence[Retrieval]
+    ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per query, its best `wanted` live delta rows (exact cosine) and their cosines."""
+        start = self.delta_start
+        scores = vectors @ self.embeddings[start : self.size].T
+        scores[:, ~self.live[start : self.size]] = -np.inf
+        rows_out, scores_out = [], []
+        for row, query in enumerate(queries):
+            excluded = query.excluded[query.excluded >= start] - start
+            scores[row, excluded] = -np.inf
+            take = min(query.wanted, scores.shape[1])
+            best = np.argpartition(-scores[row], take - 1)[:take]
+            best = best[np.isfinite(scores[row, best])]
+            rows_out.append((best + start).astype(np.int32))
+            scores_out.append(scores[row, best])
+        return rows_out, scores_out
+
+    def _usable(self, rows: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+        """Mask of `rows` that are live and not in `excluded`."""
+        mask = self.live[rows]
+        if excluded.size:
+            mask &= _not_in(rows, excluded)
+        return mask
+
+    def _cosines(self, rows: np.ndarray, vector: np.ndarray) -> np.ndarray:
+        return self.embeddings[rows] @ vector
+
+
+def _best(
+    rows: np.ndarray, scores: np.ndarray, more: np.ndarray, more_scores: np.ndarray, wanted: int
+) -> np.ndarray:
+    """The `wanted` rows of highest score among both sets (they never share a row)."""
+    if more.size == 0:
+        return rows
+    every, every_score = np.concatenate([rows, more]), np.concatenate([scores, more_scores])
+    if every.size > wanted:
+        every = every[np.argpartition(-every_score, wanted - 1)[:wanted]]
+    return every
+
+
+def _not_in(values: np.ndarray, excluded: np.ndarray) -> np.ndarray:
+    """Mask of `values` not in `excluded`.
+
+    For the usual handful of excluded items a broadcast compare costs a third of np.isin (which sorts);
+    it runs once per query, holding the GIL.
+    """
+    if excluded.size > 32:
+        return ~np.isin(values, excluded)
+    return ~(values[:, None] == excluded[None, :]).any(axis=1)

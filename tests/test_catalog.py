@@ -1,0 +1,150 @@
+"""The live catalog over a real Annoy index: upserts found at once, deletes never returned, rebuilds."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recserve.server.catalog.live import BaseCatalog, LiveCatalog
+from recserve.server.catalog.rebuild import IndexRebuilder, RebuildPolicy
+from recserve.server.catalog.view import Retrieval
+from recserve.server.runtime.ann_index import AnnIndex, build_index
+from recserve.server.state.events import ItemDelete, ItemUpsert
+
+DIMENSION = 16
+BASE_ITEMS = 400
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def tag_embedding(model_indices: np.ndarray, tags: Sequence[tuple[str, ...]]) -> np.ndarray:
+    """Stands in for the item tower: one fixed direction per tag, averaged (the real one: test_live_state)."""
+    vectors = [
+        sum(np.random.default_rng(abs(hash(tag)) % 2**32).normal(size=DIMENSION) for tag in t) for t in tags
+    ]
+    return unit(np.array(vectors, dtype=np.float64))
+
+
+def serial(function, positions):  # noqa: ANN001, ANN201 - a Mapper that runs on the caller's thread
+    return [function(position) for position in positions]
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> BaseCatalog:
+    embeddings = unit(np.random.default_rng(3).normal(size=(BASE_ITEMS, DIMENSION)))
+    build_index(tmp_path / "base.ann", embeddings, n_trees=10, seed=1)
+    return BaseCatalog(
+        ids=[f"item-{n}" for n in range(1, BASE_ITEMS + 1)],
+        embeddings=embeddings,
+        tags=[("base",)] * BASE_ITEMS,
+        popularity=np.arange(BASE_ITEMS, 0, -1),
+        index=AnnIndex(tmp_path / "base.ann", DIMENSION, search_k=4000),  # exact at this size
+    )
+
+
+@pytest.fixture
+def catalog(base: BaseCatalog) -> LiveCatalog:
+    return LiveCatalog(base, tag_embedding)
+
+
+def commit(
+    catalog: LiveCatalog, *changes: ItemUpsert | ItemDelete, version: tuple[int, int] | None = None
+) -> int:
+    return catalog.commit(catalog.prepare([(change, version) for change in changes]))
+
+
+def retrieve(
+    catalog: LiveCatalog, vector: np.ndarray, wanted: int, excluded: Sequence[int] = ()
+) -> list[str]:
+    view = catalog.view()
+    query = Retrieval(0, wanted, np.array(excluded, dtype=np.int32))
+    (rows,) = view.retrieve(vector[None, :], [query], serial)
+    return [view.ids[row] for row in rows]
+
+
+def test_an_upserted_item_is_found_at_once(catalog: LiveCatalog) -> None:
+    vector = tag_embedding(np.zeros(1), [("fresh",)])[0]
+    assert "new-1" not in retrieve(catalog, vector, 10)
+    assert commit(catalog, ItemUpsert("new-1", ("fresh",))) == 1
+    assert retrieve(catalog, vector, 10)[0] == "new-1"
+    assert catalog.row_of("new-1") == BASE_ITEMS + 1
+    assert catalog.tags_of("new-1") == ("fresh",)
+
+
+def test_a_deleted_item_is_never_returned_and_k_stays_full(catalog: LiveCatalog, base: BaseCatalog) -> None:
+    vector = base.embeddings[0]
+    before = retrieve(catalog, vector, 20)
+    assert before[0] == "item-1"
+    commit(catalog, *(ItemDelete(item) for item in before[:15]))
+    after = retrieve(catalog, vector, 20)
+    assert len(after) == 20 and not set(after) & set(before[:15])
+    assert catalog.row_of("item-1") == 0 and catalog.tags_of("item-1") is None
+
+
+def test_new_features_replace_the_old_row_and_keep_the_model_index(catalog: LiveCatalog) -> None:
+    commit(catalog, ItemUpsert("item-5", ("changed",)))
+    row = catalog.row_of("item-5")
+    view = catalog.view()
+    assert row > BASE_ITEMS and view.model_indices[row] == 5 and not view.live[5]
+    assert retrieve(catalog, tag_embedding(np.zeros(1), [("changed",)])[0], 5)[0] == "item-5"
+    assert commit(catalog, ItemUpsert("item-5", ("changed",))) == 0, "the same upsert again changes nothing"
+
+
+def test_an_older_version_does_not_overwrite_a_newer_one(catalog: LiveCatalog) -> None:
+    commit(catalog, ItemUpsert("x", ("second",)), version=(2, 0))
+    commit(catalog, ItemUpsert("x", ("first",)), version=(1, 5))
+    assert catalog.tags_of("x") == ("second",)
+    commit(catalog, ItemDelete("x"), version=(3, 0))
+    assert catalog.row_of("x") == 0
+
+
+def test_a_view_keeps_its_rows_but_sees_deletes(catalog: LiveCatalog, base: BaseCatalog) -> None:
+    view = catalog.view()
+    commit(catalog, ItemUpsert("later", ("fresh",)), ItemDelete("item-1"))
+    assert view.size == BASE_ITEMS + 1 and "later" not in view.ids[: view.size]
+    assert not view.live[1]
+
+
+def test_excluded_rows_are_skipped_in_the_index_and_the_delta(
+    catalog: LiveCatalog, base: BaseCatalog
+) -> None:
+    commit(catalog, ItemUpsert("new", ("fresh",)))
+    vector = unit(base.embeddings[0] + tag_embedding(np.zeros(1), [("fresh",)])[0])
+    found = retrieve(catalog, vector, 10)
+    assert {"item-1", "new"} <= set(found)
+    excluded = retrieve(catalog, vector, 10, excluded=[1, catalog.row_of("new")])
+    assert len(excluded) == 10 and not {"item-1", "new"} & set(excluded)
+
+
+def test_popular_and_similar_skip_dead_items(catalog: LiveCatalog) -> None:
+    commit(catalog, ItemDelete("item-2"))
+    view = catalog.view()
+    popular = view.popular(Retrieval(0, 3))
+    assert [view.ids[row] for row in popular] == ["item-1", "item-3", "item-4"]
+    rows, scores = view.similar(1, 5)
+    assert 1 not in rows and 2 not in rows and np.all(np.diff(scores) <= 1e-6)
+
+
+async def test_a_rebuild_folds_the_delta_into_the_index(catalog: LiveCatalog, base: BaseCatalog) -> None:
+    commit(catalog, *(ItemUpsert(f"new-{n}", (f"t{n}",)) for n in range(30)), ItemDelete("item-1"))
+    vector = base.embeddings[1]
+    before = retrieve(catalog, vector, 10)
+    rebuilder = IndexRebuilder(
+        catalog, RebuildPolicy(delta_rows=10**9, interval_s=0, n_trees=10, search_k=4000)
+    )
+    rebuilding = rebuilder.trigger()
+    await asyncio.sleep(0.05)  # the rebuild has taken its snapshot and is building in the child
+    commit(catalog, ItemUpsert("during", ("fresh",)))  # a write while the child builds
+    await asyncio.wait_for(rebuilding, 60)
+    assert catalog.index_generation == 1 and rebuilder.statistics.completed == 1
+    assert catalog.delta_size == 1, "the item written during the rebuild stays in the delta"
+    assert catalog.dead_in_index == 0
+    assert retrieve(catalog, vector, 10) == before
+    assert retrieve(catalog, tag_embedding(np.zeros(1), [("fresh",)])[0], 1) == ["during"]
+    await rebuilder.close()
