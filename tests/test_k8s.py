@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -41,6 +42,9 @@ SERVER = "recserve"
 HEADLESS = "recserve-headless"
 METRICS_PORT = 8002  # `--metrics-port`, the contract of the metrics issue
 SERVER_USER_ID = 10001
+REDIS = "recserve-redis"  # components/redis: StatefulSet and headless Service
+REDIS_USER_ID = 999  # the redis image's `redis` user
+MEMORY_STATE_RENDERS = ("base", "dev", "model-pvc")  # prod keeps its state in Redis
 
 VALIDATOR_MISSING = "kubernetes-validate not installed: `pip install -e '.[test]'` installs it"
 
@@ -113,8 +117,14 @@ def named_ports(container: Manifest) -> dict[str, int]:
 
 def pod_templates(manifests: list[Manifest]) -> Iterator[tuple[str, Manifest]]:
     for m in manifests:
-        if m["kind"] in ("Deployment", "Job"):
+        if m["kind"] in ("Deployment", "StatefulSet", "Job"):
             yield f"{m['kind']}/{m['metadata']['name']}", m["spec"]["template"]
+
+
+def selects(selector: Manifest, labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels only: these manifests use nothing else) matches `labels`."""
+    assert set(selector) <= {"matchLabels"}, f"unexpected selector {selector}"
+    return selector.get("matchLabels", {}).items() <= labels.items()
 
 
 def quantity(value: str | int) -> float:
@@ -329,8 +339,21 @@ def test_the_validator_rejects_unknown_fields() -> None:
 # --- the server Deployment -------------------------------------------------------------------------------
 
 
+def server_environment(container: Manifest) -> dict[str, str]:
+    """The container's RECSERVE_* variables; literal values only, so the test reads what the server reads."""
+    env = {}
+    for variable in container.get("env", []):
+        if variable["name"].startswith("RECSERVE_"):
+            assert "value" in variable and "$(" not in variable["value"], f"{variable['name']}: not a literal"
+            env[variable["name"]] = variable["value"]
+    return env
+
+
 def server_settings_from(manifests: list[Manifest], tmp_path: Path) -> ServerSettings:
-    """The settings the server would load from the ConfigMap mounted at its --config path."""
+    """The settings the server would load: the ConfigMap mounted at its --config path, under its environment.
+
+    Callers clear this process's own RECSERVE_* variables first (the clean_environment fixture).
+    """
     pod = one(manifests, "Deployment", SERVER)["spec"]["template"]["spec"]
     container = server_container(manifests)
     args = build_parser().parse_args(container["args"])
@@ -339,7 +362,10 @@ def server_settings_from(manifests: list[Manifest], tmp_path: Path) -> ServerSet
     config_map = one(manifests, "ConfigMap", volume["configMap"]["name"])
     path = tmp_path / args.config.name
     path.write_text(config_map["data"][args.config.name])
-    return load_server_settings(path)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in server_environment(container).items():
+            patch.setenv(name, value)
+        return load_server_settings(path)
 
 
 @pytest.fixture
@@ -381,8 +407,8 @@ def test_every_probe_port_is_a_container_port(rendered: dict[str, list[Manifest]
             for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
                 action = {k: v for k, v in container.get(probe, {}).items() if isinstance(v, dict)}
                 for handler in action.values():
-                    port = handler["port"]
-                    assert port in names or port in names.values(), f"{where} {probe} port {port}"
+                    port = handler.get("port")  # exec handlers have none
+                    assert port is None or port in names or port in names.values(), f"{where} {probe} {port}"
 
 
 @pytest.mark.usefixtures("clean_environment")
@@ -465,14 +491,12 @@ def test_resources_follow_the_measurements(rendered: dict[str, list[Manifest]], 
 
 @pytest.mark.parametrize("render", ("base", "dev", "prod"))
 def test_services_select_pods_and_ports(rendered: dict[str, list[Manifest]], render: str) -> None:
-    deployments = objects(rendered[render], "Deployment")
+    templates = [template for _, template in pod_templates(rendered[render])]
     for service in objects(rendered[render], "Service"):
         selector = service["spec"]["selector"]
-        matches = [
-            d for d in deployments if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()
-        ]
-        assert len(matches) == 1, f"Service {service['metadata']['name']} selects {len(matches)} Deployments"
-        containers = matches[0]["spec"]["template"]["spec"]["containers"]
+        matches = [t for t in templates if selector.items() <= t["metadata"]["labels"].items()]
+        assert len(matches) == 1, f"Service {service['metadata']['name']} selects {len(matches)} workloads"
+        containers = matches[0]["spec"]["containers"]
         names = {name for c in containers for name in named_ports(c)}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in names, f"{service['metadata']['name']}: no port {port['targetPort']}"
@@ -500,6 +524,42 @@ def test_network_policy(rendered: dict[str, list[Manifest]], render: str) -> Non
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     assert policy_ports(policy["ingress"]) == {(ServerSettings().grpc_port, "TCP"), (METRICS_PORT, "TCP")}
     assert {(53, "UDP"), (53, "TCP"), (4317, "TCP"), (4318, "TCP")} <= policy_ports(policy["egress"])
+
+
+def policies_selecting(manifests: list[Manifest], labels: dict[str, str]) -> list[Manifest]:
+    return [p for p in objects(manifests, "NetworkPolicy") if selects(p["spec"]["podSelector"], labels)]
+
+
+def test_only_the_server_reaches_redis(rendered: dict[str, list[Manifest]]) -> None:
+    prod = rendered["prod"]
+    redis_pod = one(prod, "StatefulSet", REDIS)["spec"]["template"]
+    redis_port = named_ports(redis_pod["spec"]["containers"][0])["redis"]
+    server = one(prod, "Deployment", SERVER)["spec"]
+    server_labels = server["template"]["metadata"]["labels"]
+    others = [(where, t) for render in ("prod", "loadtest") for where, t in pod_templates(rendered[render])]
+    policies = policies_selecting(prod, redis_pod["metadata"]["labels"])
+    assert {"Ingress", "Egress"} <= {kind for p in policies for kind in p["spec"]["policyTypes"]}
+    assert not [rule for p in policies for rule in p["spec"].get("egress", [])], "Redis needs nothing out"
+    ingress = [rule for p in policies for rule in p["spec"].get("ingress", [])]
+    assert ingress
+    for rule in ingress:
+        assert policy_ports([rule]) == {(redis_port, "TCP")}
+        assert rule.get("from"), "a rule without `from` admits every source"
+        for peer in rule["from"]:
+            assert set(peer) == {"podSelector"}, "pods of Redis's own namespace only"
+            assert peer["podSelector"] == server["selector"], "exactly the server Deployment's pods"
+            admitted = [where for where, t in others if selects(peer["podSelector"], t["metadata"]["labels"])]
+            assert admitted == [f"Deployment/{SERVER}"]
+    # The base policy restricts the server's egress; some policy must let it out to Redis.
+    egress = [rule for p in policies_selecting(prod, server_labels) for rule in p["spec"].get("egress", [])]
+    assert any(
+        (redis_port, "TCP") in policy_ports([rule])
+        and any(
+            set(peer) == {"podSelector"} and selects(peer["podSelector"], redis_pod["metadata"]["labels"])
+            for peer in rule.get("to", [])
+        )
+        for rule in egress
+    ), "the server's egress to Redis is closed"
 
 
 def test_service_account_has_no_token(rendered: dict[str, list[Manifest]]) -> None:
@@ -573,6 +633,109 @@ def test_model_pvc_component(rendered: dict[str, list[Manifest]]) -> None:
     volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
     claim = one(manifests, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
     assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+
+
+# --- live state ------------------------------------------------------------------------------------------
+
+
+def redis_options(container: Manifest) -> dict[str, str]:
+    """`redis-server --key value ...` as {key: value}, read as redis-server reads its command line."""
+    command = container.get("command", []) + container.get("args", [])
+    assert command[0] == "redis-server" and command[1].startswith("--"), "flags only, no config file"
+    options: dict[str, list[str]] = {}
+    for word in command[1:]:
+        if word.startswith("--"):
+            current = options.setdefault(word[2:], [])
+        else:
+            current.append(word)
+    return {key: " ".join(values) for key, values in options.items()}
+
+
+def redis_bytes(value: str) -> int:
+    """A Redis memory size ("640mb", "1gb", "100000") in bytes: kb/mb/gb are powers of 1024, k/m/g of 1000."""
+    units = {"": 1, "k": 10**3, "kb": 2**10, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}
+    match = re.fullmatch(r"(\d+)([kmg]?b?)", value.lower())
+    assert match and match.group(2) != "b", f"unexpected Redis memory size {value!r}"
+    return int(match.group(1)) * units[match.group(2)]
+
+
+def test_prod_redis_keeps_state_durably(rendered: dict[str, list[Manifest]]) -> None:
+    spec = one(rendered["prod"], "StatefulSet", REDIS)["spec"]
+    (container,) = spec["template"]["spec"]["containers"]
+    options = redis_options(container)
+    assert spec["replicas"] == 1, "one Redis: no replication is configured"
+    assert options["appendonly"] == "yes" and options["appendfsync"] in ("everysec", "always")
+    assert options["maxmemory-policy"] == "noeviction", "state, not a cache: never evict"
+    maxmemory = redis_bytes(options["maxmemory"])
+    # An AOF rewrite forks: copy-on-write pages and buffers need room under the container limit.
+    assert maxmemory <= 0.75 * quantity(container["resources"]["limits"]["memory"])
+    (claim,) = spec["volumeClaimTemplates"]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == claim["metadata"]["name"])
+    assert options["dir"] == mount["mountPath"] and not mount.get("readOnly"), "the AOF goes to the claim"
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert quantity(claim["spec"]["resources"]["requests"]["storage"]) >= 4 * maxmemory
+    assert spec["persistentVolumeClaimRetentionPolicy"] == {"whenDeleted": "Retain", "whenScaled": "Retain"}
+
+
+def test_prod_redis_pod(rendered: dict[str, list[Manifest]]) -> None:
+    statefulset = one(rendered["prod"], "StatefulSet", REDIS)["spec"]
+    pod = statefulset["template"]["spec"]
+    (container,) = pod["containers"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-alpine(@sha256:[0-9a-f]{64})?", container["image"]), "pin it"
+    assert pod["securityContext"]["runAsUser"] == REDIS_USER_ID  # the rest: test_pods_are_locked_down
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    readiness = container["readinessProbe"]["exec"]["command"]
+    assert "redis-cli" in readiness[-1] and "PONG" in readiness[-1], "ready only once it answers PONG"
+    assert container["livenessProbe"]["tcpSocket"]["port"] == "redis", "a long AOF replay is not a failure"
+    assert set(container["resources"]["requests"]) == {"cpu", "memory"}
+    assert container["resources"]["limits"]["memory"] == container["resources"]["requests"]["memory"]
+    headless = one(rendered["prod"], "Service", statefulset["serviceName"])["spec"]
+    assert headless["clusterIP"] == "None"
+    assert headless["selector"] == statefulset["selector"]["matchLabels"]
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_prod_server_state_is_the_redis_service(rendered: dict[str, list[Manifest]], tmp_path: Path) -> None:
+    prod = rendered["prod"]
+    state = server_settings_from(prod, tmp_path).state
+    assert state.backend == "redis"
+    service = one(prod, "Service", one(prod, "StatefulSet", REDIS)["spec"]["serviceName"])
+    name, namespace = service["metadata"]["name"], service["metadata"]["namespace"]
+    assert namespace == one(prod, "Deployment", SERVER)["metadata"]["namespace"], "short names resolve here"
+    url = urlsplit(state.redis_url)
+    assert url.scheme == "redis"
+    assert url.hostname in (name, f"{name}.{namespace}", f"{name}.{namespace}.svc.cluster.local")
+    (port,) = service["spec"]["ports"]
+    assert url.port == port["port"]
+    redis_container = one(prod, "StatefulSet", REDIS)["spec"]["template"]["spec"]["containers"][0]
+    assert named_ports(redis_container)[port["targetPort"]] == int(redis_options(redis_container)["port"])
+
+
+@pytest.mark.usefixtures("clean_environment")
+@pytest.mark.parametrize("render", MEMORY_STATE_RENDERS)
+def test_memory_state_is_on_a_writable_volume(
+    rendered: dict[str, list[Manifest]], render: str, tmp_path: Path
+) -> None:
+    manifests = rendered[render]
+    state = server_settings_from(manifests, tmp_path).state
+    assert state.backend == "memory"
+    assert not [f"{m['kind']}/{m['metadata']['name']}" for m in manifests if "redis" in m["metadata"]["name"]]
+    container = server_container(manifests)
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert state.state_dir.is_absolute(), "a relative state_dir lands in the read-only image"
+    mounts = [m for m in container["volumeMounts"] if state.state_dir.is_relative_to(m["mountPath"])]
+    assert mounts, f"{state.state_dir} is on no volume: the root filesystem is read-only"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    assert not mount.get("readOnly") and mount["mountPath"] != "/tmp", "a volume of its own, writable"
+    pod = one(manifests, "Deployment", SERVER)["spec"]["template"]["spec"]
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+@pytest.mark.usefixtures("clean_environment")
+@pytest.mark.parametrize("render", SERVER_RENDERS)
+def test_write_services_stay_off(rendered: dict[str, list[Manifest]], render: str, tmp_path: Path) -> None:
+    settings = server_settings_from(rendered[render], tmp_path)
+    assert not settings.events_enabled and not settings.catalog_enabled, "no authentication yet"
 
 
 # --- load testing ----------------------------------------------------------------------------------------
