@@ -19,6 +19,7 @@ from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
 
 from recserve.server import exceptions
+from recserve.server.decoding import invalid_utf8_field
 from recserve.server.statistics import RpcStatistics
 from recserve.server.telemetry.grpc_tracing import RpcTracing, status_code, traced
 
@@ -32,6 +33,7 @@ STATUS_BY_ERROR: dict[type[exceptions.RecserveError], grpc.StatusCode] = {
     exceptions.UnavailableError: grpc.StatusCode.UNAVAILABLE,
     exceptions.ModelExecutionError: grpc.StatusCode.INTERNAL,
     exceptions.UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
+    exceptions.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
 }
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
@@ -82,8 +84,7 @@ def _decoded(
             request = request_type.FromString(raw_request)
         except DecodeError as error:
             await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"request is not a valid {request_type.DESCRIPTOR.full_name}: {error}",
+                grpc.StatusCode.INVALID_ARGUMENT, _decode_failure(request_type, raw_request, error)
             )
         try:
             return await behavior(request, context)
@@ -97,6 +98,14 @@ def _decoded(
         raise AssertionError("unreachable: context.abort raises")
 
     return handle
+
+
+def _decode_failure(request_type: type[Message], raw_request: bytes, error: DecodeError) -> str:
+    """What to tell a caller whose request did not decode: the field with invalid UTF-8 when that is why."""
+    field = invalid_utf8_field(request_type.DESCRIPTOR, raw_request)
+    if field is not None:
+        return f"{field} is not valid UTF-8; string fields must be UTF-8"
+    return f"request is not a valid {request_type.DESCRIPTOR.full_name}: {error}"
 
 
 def unary_handlers(
@@ -126,4 +135,20 @@ def unary_handlers(
             request_deserializer=None,
             response_serializer=response_type.SerializeToString,
         )
+    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+
+
+def refusing_handlers(
+    service: ServiceDescriptor, code: grpc.StatusCode, details: str
+) -> grpc.GenericRpcHandler:
+    """A generic handler answering every method of `service` with `code` (a service that is switched off).
+
+    The service stays in reflection, so clients can see it exists and read why they are refused.
+    """
+
+    async def refuse(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:
+        await context.abort(code, details)
+        raise AssertionError("unreachable: context.abort raises")
+
+    handlers = {method.name: grpc.unary_unary_rpc_method_handler(refuse) for method in service.methods}
     return grpc.method_handlers_generic_handler(service.full_name, handlers)

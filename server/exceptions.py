@@ -31,5 +31,9 @@ class ModelExecutionError(RecserveError):
     """A model or index call failed; only the batch it ran in is affected."""
 
 
+class PermissionDeniedError(RecserveError):
+    """The operation is not allowed on this server (a service that is off, a missing role)."""
+
+
 class UnimplementedError(RecserveError):
     """The server does not implement the operation asked for (an optional part of a protocol)."""
