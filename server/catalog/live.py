@@ -46,6 +46,10 @@ class PreparedChanges:
     embeddings: np.ndarray
     """Row i: the embedding of the i-th upsert among `changes`."""
 
+    def versioned(self, version: Version | None) -> PreparedChanges:
+        """The same changes, every one at `version` (the version their write was stored at)."""
+        return PreparedChanges([(change, version) for change, _ in self.changes], self.embeddings)
+
 
 class LiveCatalog:
     """Base catalog + changes. Commit on one thread (the event loop); views may be read on any."""

@@ -60,13 +60,9 @@ def checked_events(events: Sequence[RawEvent], limits: WriteLimits, now_ms: int)
         field = f"events[{position}]"
         check_id(event.user_id, f"{field}.user_id")
         check_id(event.item_id, f"{field}.item_id")
+        time_ms = now_ms if event.time_ms is None else event.time_ms
         checked.append(
-            UserEvent(
-                event.user_id,
-                event.item_id,
-                _event_type(event.type, f"{field}.type"),
-                event.time_ms or now_ms,
-            )
+            UserEvent(event.user_id, event.item_id, _event_type(event.type, f"{field}.type"), time_ms)
         )
     return checked
 
