@@ -125,7 +125,7 @@ def start_server(repository: Path, flags: list[str], workdir: Path) -> ServerPro
     command = [
         sys.executable,
         "-m",
-        "server",
+        "recserve",
         "serve",
         "--grpc-host",
         "127.0.0.1",
