@@ -24,7 +24,8 @@ from annoy import AnnoyIndex
 from recserve.server.repository import resolve_version_dir
 from recserve.server.runtime.tf_model import SignatureRunner, configure_threads
 from recserve.training.config import load_demo_config
-from recserve.training.data import generate_demo, split_by_time
+from recserve.training.data import split_by_time
+from recserve.training.demo_data import generate_demo
 from recserve.training.evaluate import exact_top_k, sample_cases
 
 N_TREES = (8, 16, 32, 64)

@@ -12,8 +12,10 @@ import yaml
 
 from recserve.server.settings import load_model_config
 from recserve.training.config import DemoConfig, load_demo_config
-from recserve.training.data import generate_demo, read_movielens, split_by_time
+from recserve.training.data import split_by_time
+from recserve.training.demo_data import generate_demo
 from recserve.training.evaluate import ann_recall_at_k, ndcg_at_k, popularity_recommender, recall_at_k
+from recserve.training.movielens import read_movielens
 
 DATA = Path(__file__).parent / "data"
 TINY_DEMO = {
@@ -109,6 +111,62 @@ def test_read_movielens(path: Path, rows: int, users: tuple[str, ...]) -> None:
     assert interactions.item_rows.max() < interactions.num_items
     liked = read_movielens(path, min_rating=4)
     assert 0 < len(liked) < rows
+
+
+def test_demo_items_have_tags_that_tell_their_topic_approximately() -> None:
+    data, again = generate_demo(600, 1500, seed=3), generate_demo(600, 1500, seed=3)
+    assert (
+        data.item_tags == again.item_tags and data.tag_ids[:2] == ("tag-1", "tag-2") and data.num_tags == 100
+    )
+    assert all(1 <= len(tags) <= 4 and len(set(tags)) == len(tags) for tags in data.item_tags)
+    assert {tag for tags in data.item_tags for tag in tags} <= set(data.tag_ids)
+    assert data.item_tags != generate_demo(600, 1500, seed=4).item_tags
+    # Tags come from a stream of their own: the interactions are the same whatever the tags.
+    other_tags = generate_demo(600, 1500, seed=3, num_tags=40, tag_noise=0.5)
+    assert np.array_equal(data.item_rows, other_tags.item_rows)
+    # Consecutive items of a user mostly share a session's topic, so they share tags far more often
+    # than random pairs do; but tags are not the topic itself.
+    tags = [set(t) for t in data.item_tags]
+    order = np.lexsort((data.timestamps, data.user_rows))
+    users, items = data.user_rows[order], data.item_rows[order]
+    same_user = users[1:] == users[:-1]
+    pairs = zip(items[:-1], items[1:], same_user, strict=True)
+    consecutive = [tags[a] & tags[b] != set() for a, b, same in pairs if same]
+    rng = np.random.default_rng(0)
+    random_pairs = [tags[a] & tags[b] != set() for a, b in rng.integers(0, 1500, size=(5000, 2))]
+    assert np.mean(consecutive) > 0.5 and np.mean(random_pairs) < 0.15
+    assert data.item_tag_indices().shape == (1500, 4)
+
+
+@pytest.mark.parametrize(
+    ("path", "item", "tags"),
+    [
+        (DATA / "movielens-csv", "3", ("Comedy", "Drama", "Romance")),  # a quoted title with commas
+        (DATA / "movielens-csv", "5", ("Comedy",)),
+        (DATA / "movielens-csv", "55", ()),  # (no genres listed)
+        (DATA / "movielens-csv", "377", ()),  # not in movies.csv
+        (DATA / "movielens-100k", "4", ("Action", "Comedy", "Drama")),
+        (DATA / "movielens-100k", "15", ("Drama",)),  # a latin-1 title
+        (DATA / "movielens-100k", "19", ()),  # not in u.item
+        (DATA / "movielens-1m", "661", ("Animation", "Children's", "Musical")),
+        (DATA / "movielens-1m" / "ratings.dat", "1193", ("Drama",)),
+    ],
+)
+def test_read_movielens_genres_as_tags(path: Path, item: str, tags: tuple[str, ...]) -> None:
+    interactions = read_movielens(path)
+    assert interactions.item_tags[interactions.item_ids.index(item)] == tags
+    assert interactions.tag_ids == tuple(
+        sorted({t for item_tags in interactions.item_tags for t in item_tags})
+    )
+    indices = interactions.item_tag_indices()
+    assert indices.shape[0] == interactions.num_items and indices.max() == interactions.num_tags
+
+
+def test_read_movielens_without_a_movie_file_has_no_tags(tmp_path: Path) -> None:
+    (tmp_path / "u.data").write_bytes((DATA / "movielens-100k" / "u.data").read_bytes())
+    interactions = read_movielens(tmp_path)
+    assert interactions.tag_ids == () and all(tags == () for tags in interactions.item_tags)
+    assert interactions.item_tag_indices().shape == (interactions.num_items, 1)
 
 
 def test_read_movielens_missing_file(tmp_path: Path) -> None:

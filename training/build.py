@@ -15,7 +15,8 @@ import numpy as np
 
 from recserve.training import export
 from recserve.training.config import DemoConfig, load_demo_config
-from recserve.training.data import Interactions, Split, generate_demo, read_movielens, split_by_time
+from recserve.training.data import Interactions, Split, split_by_time
+from recserve.training.demo_data import generate_demo
 from recserve.training.evaluate import (
     RecommendFn,
     ann_recall_at_k,
@@ -23,6 +24,7 @@ from recserve.training.evaluate import (
     popularity_recommender,
     sample_cases,
 )
+from recserve.training.movielens import read_movielens
 from recserve.training.progress import BuildProgress
 from recserve.training.towers import Towers, build_ranker, build_towers
 from recserve.training.train import (
@@ -90,6 +92,8 @@ def _interactions(config: DemoConfig, ratings_path: Path | None) -> Interactions
         items_per_topic=config.items_per_topic,
         session_length=config.session_length,
         popularity_exponent=config.popularity_exponent,
+        num_tags=config.num_tags,
+        tag_noise=config.tag_noise,
     )
 
 

@@ -29,6 +29,10 @@ class DemoConfig(BaseModel):
     items_per_topic: int = Field(100, ge=2, description="Items per taste cluster; fewer means more topics.")
     session_length: float = Field(6.0, ge=1, description="Mean interactions in one single-topic session.")
     popularity_exponent: float = Field(0.8, gt=0, description="Zipf exponent of item popularity.")
+    num_tags: int = Field(100, ge=3, description="Demo tags (`tag-1`..); each topic has a signature of 2-3.")
+    tag_noise: float = Field(
+        0.1, ge=0, le=1, description="Share of a demo item's signature tags drawn at random instead."
+    )
     movielens_min_rating: float | None = Field(
         None, description="With a MovieLens file: ratings below this are not interactions; None keeps all."
     )
