@@ -5,6 +5,7 @@ Results are plain frozen dataclasses; gRPC failures surface as `grpc.RpcError`. 
 """
 
 from recserve.client.client import DEFAULT_TARGET, AsyncRecommenderClient, RecommenderClient
+from recserve.client.live import EVENT_TYPES, DeletedItems, Event, Item, RecordedEvents
 from recserve.client.results import (
     IndexInfo,
     ModelInfo,
@@ -18,10 +19,15 @@ from recserve.client.results import (
 
 __all__ = [
     "DEFAULT_TARGET",
+    "EVENT_TYPES",
     "AsyncRecommenderClient",
+    "DeletedItems",
+    "Event",
     "IndexInfo",
+    "Item",
     "ModelInfo",
     "ModelStatistics",
+    "RecordedEvents",
     "Recommendation",
     "RecommenderClient",
     "ScoreResult",

@@ -1,4 +1,4 @@
-"""The client half of the `recserve` CLI: recommend, score, similar, model-info, health.
+"""The client half of the `recserve` CLI: recommend, score, similar, model-info, health, live state.
 
 `recserve.server.cli` calls `add_client_commands` on its subparsers; every subcommand sets `func`, a handler
 `(args) -> int` that returns the process exit code: 0 on success, 1 on a gRPC error (reported on stderr
@@ -18,6 +18,7 @@ from rich.console import Console
 
 from recserve.client import formatting
 from recserve.client.client import DEFAULT_TARGET, SERVING, RecommenderClient
+from recserve.client.live_cli import add_live_commands
 from recserve.client.loadtest import add_loadtest_command
 
 TARGET_ENV = "RECSERVE_TARGET"
@@ -44,12 +45,14 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
         "--include-recent", action="store_true", help="allow the --recent items in the results"
     )
     _add_priority(recommend)
+    _add_ignore_history(recommend)
 
     score = _add_command(subparsers, "score", _score, "P(like) for given items, in the order given.")
     score.add_argument("--user", required=True, help="user id, e.g. user-3")
     score.add_argument("--items", nargs="+", required=True, metavar="ITEM", help="items to score")
     _add_recent(score)
     _add_priority(score)
+    _add_ignore_history(score)
 
     similar = _add_command(subparsers, "similar", _similar, "Items closest (cosine) to an item.")
     similar.add_argument("--item", required=True, help="item id, e.g. item-7")
@@ -62,6 +65,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
         subparsers, "health", _health, "Standard gRPC health check; exit code 0 only when SERVING."
     )
     health.add_argument("--service", default="", metavar="NAME", help="service to check; default the server")
+    add_live_commands(subparsers, _add_command)
     add_loadtest_command(subparsers)
 
 
@@ -103,6 +107,14 @@ def _add_priority(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ignore_history(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--ignore-history",
+        action="store_true",
+        help="leave the user's stored history out (as if they had none)",
+    )
+
+
 def _positive_seconds(value: str) -> float:
     seconds = float(value)
     if seconds <= 0:
@@ -137,6 +149,7 @@ def _recommend(args: argparse.Namespace, client: RecommenderClient, console: Con
         exclude_item_ids=args.exclude,
         include_recent_items=args.include_recent,
         priority=args.priority,
+        ignore_history=args.ignore_history,
     )
     if args.json:
         formatting.write_json(formatting.recommendation_json(result))
@@ -146,7 +159,13 @@ def _recommend(args: argparse.Namespace, client: RecommenderClient, console: Con
 
 
 def _score(args: argparse.Namespace, client: RecommenderClient, console: Console) -> int:
-    result = client.score(args.user, args.items, recent_item_ids=args.recent, priority=args.priority)
+    result = client.score(
+        args.user,
+        args.items,
+        recent_item_ids=args.recent,
+        priority=args.priority,
+        ignore_history=args.ignore_history,
+    )
     if args.json:
         formatting.write_json(formatting.score_json(args.items, result))
     else:

@@ -18,6 +18,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate
 
+from recserve.client.live import AsyncLiveStateCalls, LiveStateCalls
 from recserve.client.results import ModelInfo, ModelStatistics, Recommendation, ScoreResult, SimilarItems
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pb_grpc
@@ -56,6 +57,7 @@ def _recommend_request(
     exclude_item_ids: Iterable[str],
     include_recent_items: bool,
     priority: int,
+    ignore_history: bool,
 ) -> pb.RecommendRequest:
     return pb.RecommendRequest(
         user_id=user_id,
@@ -64,17 +66,19 @@ def _recommend_request(
         exclude_item_ids=_ids("exclude_item_ids", exclude_item_ids),
         include_recent_items=include_recent_items,
         priority=priority,
+        ignore_history=ignore_history,
     )
 
 
 def _score_request(
-    user_id: str, item_ids: Iterable[str], recent_item_ids: Iterable[str], priority: int
+    user_id: str, item_ids: Iterable[str], recent_item_ids: Iterable[str], priority: int, ignore_history: bool
 ) -> pb.ScoreRequest:
     return pb.ScoreRequest(
         user_id=user_id,
         item_ids=_ids("item_ids", item_ids),
         recent_item_ids=_ids("recent_item_ids", recent_item_ids),
         priority=priority,
+        ignore_history=ignore_history,
     )
 
 
@@ -105,8 +109,10 @@ class _ClientBase:
         )
 
 
-class RecommenderClient(_ClientBase):
-    """Blocking client. Use as a context manager to close the channel it created.
+class RecommenderClient(_ClientBase, LiveStateCalls):
+    """Blocking client for every recserve service. Use as a context manager to close the channel it created.
+
+    Recommendations here; events and catalog writes from `LiveStateCalls` (record_events, upsert_items, ...).
 
     Args:
         target: HOST:PORT of the server, dialled over an insecure channel with `CHANNEL_OPTIONS`; ignored
@@ -139,10 +145,11 @@ class RecommenderClient(_ClientBase):
         include_recent_items: bool = False,
         timeout_s: float | None = None,
         priority: int = 0,
+        ignore_history: bool = False,
     ) -> Recommendation:
         """Top-k items for the user (k=0: the server default); see RecommendRequest in the API."""
         request = _recommend_request(
-            user_id, k, recent_item_ids, exclude_item_ids, include_recent_items, priority
+            user_id, k, recent_item_ids, exclude_item_ids, include_recent_items, priority, ignore_history
         )
         return Recommendation.from_proto(self._stub.Recommend(request, **self._call_options(timeout_s)))
 
@@ -153,9 +160,10 @@ class RecommenderClient(_ClientBase):
         recent_item_ids: Iterable[str] = (),
         timeout_s: float | None = None,
         priority: int = 0,
+        ignore_history: bool = False,
     ) -> ScoreResult:
         """P(like) for each item, in order. An unknown item id is NOT_FOUND."""
-        request = _score_request(user_id, item_ids, recent_item_ids, priority)
+        request = _score_request(user_id, item_ids, recent_item_ids, priority, ignore_history)
         return ScoreResult.from_proto(self._stub.Score(request, **self._call_options(timeout_s)))
 
     def similar_items(self, item_id: str, k: int = 0, timeout_s: float | None = None) -> SimilarItems:
@@ -211,7 +219,7 @@ class RecommenderClient(_ClientBase):
         self.close()
 
 
-class AsyncRecommenderClient(_ClientBase):
+class AsyncRecommenderClient(_ClientBase, AsyncLiveStateCalls):
     """Asyncio client (grpc.aio) with the same methods as `RecommenderClient`, as coroutines.
 
     Create it inside a running event loop; use as an async context manager to close the channel it created.
@@ -240,10 +248,11 @@ class AsyncRecommenderClient(_ClientBase):
         include_recent_items: bool = False,
         timeout_s: float | None = None,
         priority: int = 0,
+        ignore_history: bool = False,
     ) -> Recommendation:
         """Top-k items for the user (k=0: the server default); see RecommendRequest in the API."""
         request = _recommend_request(
-            user_id, k, recent_item_ids, exclude_item_ids, include_recent_items, priority
+            user_id, k, recent_item_ids, exclude_item_ids, include_recent_items, priority, ignore_history
         )
         return Recommendation.from_proto(await self._stub.Recommend(request, **self._call_options(timeout_s)))
 
@@ -254,9 +263,10 @@ class AsyncRecommenderClient(_ClientBase):
         recent_item_ids: Iterable[str] = (),
         timeout_s: float | None = None,
         priority: int = 0,
+        ignore_history: bool = False,
     ) -> ScoreResult:
         """P(like) for each item, in order. An unknown item id is NOT_FOUND."""
-        request = _score_request(user_id, item_ids, recent_item_ids, priority)
+        request = _score_request(user_id, item_ids, recent_item_ids, priority, ignore_history)
         return ScoreResult.from_proto(await self._stub.Score(request, **self._call_options(timeout_s)))
 
     async def similar_items(self, item_id: str, k: int = 0, timeout_s: float | None = None) -> SimilarItems:
