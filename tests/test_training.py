@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from recserve.server.settings import load_model_config
+from recserve.training.cold_start import hold_out_items, random_items
 from recserve.training.config import DemoConfig, load_demo_config
 from recserve.training.data import split_by_time
 from recserve.training.demo_data import generate_demo
@@ -30,8 +31,8 @@ TINY_DEMO = {
 RETRIEVAL = {"candidate_count": 100, "search_k": 2000}
 VERSION_FILES = (
     "metadata.json", "evaluation.json", "items.ann", "item_embeddings.npy", "item_popularity.npy",
-    "item_ids.txt", "user_ids.txt", "user_tower/saved_model.pb", "item_tower/saved_model.pb",
-    "ranker/saved_model.pb",
+    "item_ids.txt", "user_ids.txt", "cold_start_items.jsonl",
+    "user_tower/saved_model.pb", "item_tower/saved_model.pb", "ranker/saved_model.pb",
 )  # fmt: skip
 EVALUATION_KEYS = {
     "recall@10", "ndcg@10", "popular_recall@10", "popular_ndcg@10", "ann_recall@100", "users_evaluated"
@@ -169,6 +170,29 @@ def test_read_movielens_without_a_movie_file_has_no_tags(tmp_path: Path) -> None
     assert interactions.item_tag_indices().shape == (interactions.num_items, 1)
 
 
+def test_held_out_items_leave_training_entirely() -> None:
+    data = generate_demo(400, 1000, seed=1)
+    held_out = random_items(data.num_items, 0.1, seed=1)
+    warm, cold = hold_out_items(data, held_out, context_length=5)
+    assert len(cold) == 100 and cold.item_ids == tuple(data.item_ids[row] for row in held_out)
+    assert cold.item_tags == tuple(data.item_tags[row] for row in held_out)
+    assert warm.item_ids == tuple(item for item in data.item_ids if item not in cold.item_ids)
+    assert warm.item_tags == tuple(data.item_tags[data.item_ids.index(item)] for item in warm.item_ids)
+    assert len(warm) + len(cold.cases) == len(data)
+    events = zip(data.user_rows, data.item_rows, data.timestamps, strict=True)
+    history: dict[int, list[tuple[int, str]]] = {}
+    for user, item, when in events:
+        history.setdefault(int(user), []).append((int(when), data.item_ids[item]))
+    # A case's context: the user's latest kept items strictly before it, most recent last.
+    for case in range(0, len(cold.cases), 37):
+        target = cold.item_ids[cold.cases.targets[case] - 1]
+        mine = sorted(history[int(cold.cases.user_indices[case]) - 1])
+        when = next(t for t, item in mine if item == target)
+        before = [item for t, item in mine if t < when and item not in cold.item_ids][-5:]
+        assert [warm.item_ids[i - 1] for i in cold.cases.contexts[case] if i > 0] == before
+    assert hold_out_items(data, random_items(data.num_items, 0.0, seed=1), 5) == (data, None)
+
+
 def test_read_movielens_missing_file(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError):
         read_movielens(tmp_path)
@@ -302,6 +326,16 @@ def test_annoy_index_holds_every_item(built: Path) -> None:
     assert ann_recall_at_k(index, embeddings, k=100, search_k=default_search_k, n_queries=100).recall >= 0.9
 
 
+def test_held_out_items_are_written_but_not_in_the_vocabulary(built: Path, metadata: dict) -> None:
+    lines = (built / "cold_start_items.jsonl").read_text().splitlines()
+    cold = [json.loads(line) for line in lines]
+    assert len(cold) == metadata["dataset"]["cold_start_items"] == 132  # 5% of 2632 generated items
+    assert metadata["dataset"]["cold_start_interactions"] > 1000
+    assert [item["item_id"] for item in cold[:2]] == ["item-2501", "item-2502"]  # the newest ids
+    assert all(1 <= len(item["tags"]) <= 4 for item in cold)
+    assert not {item["item_id"] for item in cold} & set((built / "item_ids.txt").read_text().splitlines())
+
+
 def test_model_clearly_beats_popularity(evaluation: dict) -> None:
     assert evaluation["users_evaluated"] >= 1000
     assert evaluation["recall@10"] >= 1.5 * evaluation["popular_recall@10"]
@@ -314,9 +348,9 @@ def test_ann_recall_at_default_index_settings(evaluation: dict) -> None:
 
 
 def test_recent_items_change_recommendations(built: Path) -> None:
-    from recserve.training.build import pipeline_recommender
+    from recserve.training.build import pipeline_recommender, training_data
 
-    split = split_by_time(generate_demo(1500, 2500, seed=7), context_length=20)
+    split = training_data(DemoConfig(**TINY_DEMO)).split
     recommend = pipeline_recommender(built)
     users, contexts = split.test.user_indices[:30], split.test.contexts[:30]
     own = recommend(users, contexts, 10)

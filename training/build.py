@@ -6,6 +6,7 @@ import logging
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import keras
 import numpy as np
 
 from recserve.training import export
+from recserve.training.cold_start import ColdStartItems, held_out_count, hold_out_items, random_items
 from recserve.training.config import DemoConfig, load_demo_config
 from recserve.training.data import Interactions, Split, split_by_time
 from recserve.training.demo_data import generate_demo
@@ -38,6 +40,15 @@ from recserve.training.train import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """What a build learns from: the training vocabulary's interactions, split, and the held-out items."""
+
+    interactions: Interactions  # without the held-out items: its items are the version's vocabulary
+    split: Split
+    cold: ColdStartItems | None
+
+
 def build_demo(
     repository: Path,
     model_name: str = "recommender",
@@ -57,8 +68,8 @@ def build_demo(
     configure_tensorflow(config.seed, config.threads)
     with BuildProgress(show_progress) as progress:
         with progress.stage("data"):
-            interactions = _interactions(config, ratings_path)
-            split = split_by_time(interactions, config.context_length, config.ranker_holdout_per_user)
+            data = training_data(config, ratings_path)
+            interactions, split = data.interactions, data.split
         start = time.perf_counter()
         towers, ranker, losses = _train(interactions, split, config, progress)
         training_seconds = time.perf_counter() - start
@@ -66,9 +77,12 @@ def build_demo(
         try:
             with progress.stage("export"):
                 item_embeddings = _write_version(staging, towers, ranker, interactions, split, config)
-                metadata = _metadata(
-                    model_name, model_dir, interactions, split, config, losses, training_seconds
-                )
+                if data.cold is not None:
+                    cold = data.cold
+                    export.write_cold_start_items(
+                        staging / "cold_start_items.jsonl", cold.item_ids, cold.item_tags
+                    )
+                metadata = _metadata(model_name, model_dir, data, config, losses, training_seconds)
                 export.write_json(staging / "metadata.json", metadata)
             with progress.stage("evaluate"):
                 evaluation = _evaluate(staging, towers, item_embeddings, split, config)
@@ -81,20 +95,34 @@ def build_demo(
     return version_dir
 
 
-def _interactions(config: DemoConfig, ratings_path: Path | None) -> Interactions:
+def training_data(config: DemoConfig, ratings_path: Path | None = None) -> TrainingData:
+    """The demo data (or a MovieLens file's), less the held-out items, split by time.
+
+    Generated data gets `cold_start_holdout` more items than `num_items`, and those newest ids
+    (`item-<num_items + 1>`...) are the held-out ones, so the vocabulary stays `item-1`..`item-<num_items>`
+    (demo item rows are in random order of popularity and topic). From a file, a random share of the
+    items is held out.
+    """
     if ratings_path is not None:
-        return read_movielens(ratings_path, config.movielens_min_rating)
-    return generate_demo(
-        num_users=config.num_users,
-        num_items=config.num_items,
-        seed=config.seed,
-        interactions_per_user=config.interactions_per_user,
-        items_per_topic=config.items_per_topic,
-        session_length=config.session_length,
-        popularity_exponent=config.popularity_exponent,
-        num_tags=config.num_tags,
-        tag_noise=config.tag_noise,
-    )
+        interactions = read_movielens(ratings_path, config.movielens_min_rating)
+        held_out = random_items(interactions.num_items, config.cold_start_holdout, config.seed)
+    else:
+        extra = held_out_count(config.num_items, config.cold_start_holdout)
+        interactions = generate_demo(
+            num_users=config.num_users,
+            num_items=config.num_items + extra,
+            seed=config.seed,
+            interactions_per_user=config.interactions_per_user,
+            items_per_topic=config.items_per_topic,
+            session_length=config.session_length,
+            popularity_exponent=config.popularity_exponent,
+            num_tags=config.num_tags,
+            tag_noise=config.tag_noise,
+        )
+        held_out = np.arange(config.num_items, config.num_items + extra)
+    interactions, cold = hold_out_items(interactions, held_out, config.context_length)
+    split = split_by_time(interactions, config.context_length, config.ranker_holdout_per_user)
+    return TrainingData(interactions, split, cold)
 
 
 def _train(
@@ -154,12 +182,12 @@ def _write_version(
 def _metadata(
     name: str,
     model_dir: Path,
-    interactions: Interactions,
-    split: Split,
+    data: TrainingData,
     config: DemoConfig,
     losses: dict[str, list[float]],
     training_seconds: float,
 ) -> dict[str, Any]:
+    interactions, split = data.interactions, data.split
     dataset: dict[str, Any] = {
         "source": interactions.source.split(":", 1)[0],
         "num_interactions": len(interactions),
@@ -168,6 +196,8 @@ def _metadata(
         dataset["seed"] = config.seed
     else:
         dataset["path"] = interactions.source.split(":", 1)[1]
+    dataset["cold_start_items"] = len(data.cold) if data.cold is not None else 0
+    dataset["cold_start_interactions"] = len(data.cold.cases) if data.cold is not None else 0
     return {
         "name": name,
         "version": str(export.next_version(model_dir)),

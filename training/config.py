@@ -36,6 +36,12 @@ class DemoConfig(BaseModel):
     movielens_min_rating: float | None = Field(
         None, description="With a MovieLens file: ratings below this are not interactions; None keeps all."
     )
+    cold_start_holdout: float = Field(
+        0.05,
+        ge=0,
+        lt=1,
+        description="Share of items held out of training entirely, to evaluate cold start; 0 turns it off.",
+    )
     # Model.
     embedding_dim: int = Field(32, ge=2, description="Size of user and item embeddings.")
     context_length: int = Field(20, ge=1, description="Recent items the user tower sees when training.")

@@ -138,6 +138,15 @@ def write_item_arrays(directory: Path, item_embeddings: np.ndarray, item_popular
     np.save(directory / "item_popularity.npy", item_popularity.astype(np.int64))
 
 
+def write_cold_start_items(path: Path, item_ids: Sequence[str], item_tags: Sequence[Sequence[str]]) -> None:
+    """One `{"item_id": ..., "tags": [...]}` per line: items held out of training, ready to upsert."""
+    lines = (
+        json.dumps({"item_id": item_id, "tags": list(tags)}) + "\n"
+        for item_id, tags in zip(item_ids, item_tags, strict=True)
+    )
+    path.write_text("".join(lines))
+
+
 def write_ids(path: Path, ids: Sequence[str]) -> None:
     """One id per line; line `r` is index `r + 1`.
 
