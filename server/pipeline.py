@@ -111,21 +111,29 @@ class BatchPipeline:
         return results
 
     def embed_users(self, users: Sequence[UserQuery]) -> np.ndarray:
-        """One user-tower pass for all users; contexts are left-padded with 0 so the latest is last."""
+        """One user-tower pass for all users over their context items' stored embeddings.
+
+        Contexts are left-padded with 0 (zero rows) so the latest is last.
+        """
         width = max(1, max(user.context.size for user in users))
         contexts = np.zeros((len(users), width), dtype=np.int32)
         for row, user in enumerate(users):
             if user.context.size:
                 contexts[row, width - user.context.size :] = user.context
         user_indices = np.fromiter((user.user_index for user in users), dtype=np.int32, count=len(users))
-        outputs = self.model.user_tower(user_index=user_indices, recent_item_indices=contexts)
+        recent = gather_item_embeddings(self.model.item_embeddings, contexts)
+        outputs = self.model.user_tower(user_index=user_indices, recent_item_embeddings=recent)
         return outputs["embedding"]
 
     def rank(self, user_embeddings: np.ndarray, item_indices: np.ndarray) -> np.ndarray:
         """One ranker pass over (user embedding, item) pairs: P(like) per pair."""
         if item_indices.size == 0:
             return np.zeros(0, dtype=np.float32)
-        outputs = self.model.ranker(user_embedding=user_embeddings, item_index=item_indices)
+        outputs = self.model.ranker(
+            user_embedding=user_embeddings,
+            item_embedding=gather_item_embeddings(self.model.item_embeddings, item_indices),
+            item_index=item_indices,
+        )
         return outputs["probability"].reshape(-1)
 
     def candidates(self, query: RecommendQuery, user_embedding: np.ndarray) -> np.ndarray:
@@ -160,6 +168,16 @@ class BatchPipeline:
         if isinstance(query, RecommendQuery):
             return self.candidates(query, user_embedding)
         return query.item_indices
+
+
+def gather_item_embeddings(item_embeddings: np.ndarray, item_indices: np.ndarray) -> np.ndarray:
+    """Rows of `item_embeddings` (row r = item index r + 1) for `item_indices` of any shape, in one gather.
+
+    Index 0 (padding) gives a zero row, which is how the user tower tells padding apart.
+    """
+    rows = item_embeddings[np.maximum(item_indices, 1) - 1]
+    rows[item_indices == 0] = 0.0
+    return rows
 
 
 def _not_in(values: np.ndarray, excluded: np.ndarray) -> np.ndarray:

@@ -162,7 +162,7 @@ class RecommenderService:
         return await asyncio.get_running_loop().run_in_executor(None, self.pipeline.embed_users, queries)
 
     async def embed_items(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Item-tower embeddings [len(item_ids), D], one forward pass.
+        """Item-tower embeddings [len(item_ids), D] from each item's index and tags, one forward pass.
 
         Raises:
             NotFoundError: an unknown item id (named).
@@ -172,8 +172,9 @@ class RecommenderService:
         tower = self.model.item_tower
         if tower is None:
             raise UnavailableError(f"model version {self.model.version} was built without an item tower")
+        tags = self.model.item_tags[indices - 1]
         outputs = await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(tower, item_index=indices)
+            None, functools.partial(tower, item_index=indices, item_tags=tags)
         )
         return outputs["embedding"]
 

@@ -1,7 +1,7 @@
 """The model repository: finds a model's versions on disk and loads one into memory.
 
-A version directory holds SavedModels, an Annoy index and id maps (see docs/model-repository.md). Loading
-reads everything once; the index is memory-mapped.
+A version directory holds SavedModels, an Annoy index, the item embeddings and tags, and id maps (see
+docs/model-repository.md). Loading reads everything once; the index is memory-mapped.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ class LoadedModel:
     ranker: SignatureRunner
     index: AnnIndex
     item_popularity: np.ndarray  # by item row
+    item_embeddings: np.ndarray  # float32 [num_items, D] by item row: what the index holds, in memory
+    tags: Vocabulary
+    item_tags: np.ndarray  # int32 [num_items, T] by item row: 1-based tag indices, 0-padded
     item_tower: SignatureRunner | None = None  # None for a version built without one
 
     @property
@@ -88,10 +91,11 @@ def resolve_version_dir(model_dir: Path, version: str | None = None) -> Path:
 
 
 def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:
-    """Load one version directory (TensorFlow graphs, Annoy index, id maps).
+    """Load one version directory (TensorFlow graphs, Annoy index, item arrays, id maps).
 
-    The item tower is not on the Recommend path (the index holds its outputs); it is loaded for the inference
-    protocol's `item_tower` model.
+    The item tower is not on the Recommend path (the stored embeddings hold its outputs); it is loaded for
+    the inference protocol's `item_tower` model. The item embeddings are read into a float32 array of
+    their own, not memory-mapped: the server gathers context and ranked items from it.
     """
     metadata = json.loads((version_dir / "metadata.json").read_text())
     evaluation_path = version_dir / "evaluation.json"
@@ -109,6 +113,9 @@ def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:
         ranker=SignatureRunner(version_dir / "ranker"),
         index=AnnIndex(version_dir / "items.ann", dimension, search_k=search_k),
         item_popularity=np.load(version_dir / "item_popularity.npy"),
+        item_embeddings=np.load(version_dir / "item_embeddings.npy").astype(np.float32),
+        tags=Vocabulary.from_file(version_dir / "tag_ids.txt"),
+        item_tags=np.load(version_dir / "item_tags.npy").astype(np.int32),
         item_tower=_optional_runner(version_dir / "item_tower"),
     )
 

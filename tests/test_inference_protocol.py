@@ -232,7 +232,8 @@ def test_user_tower_is_the_embedding_recommend_searches_with(triton, server: Ser
     embedding = result.as_numpy("embedding")
     context = np.array([[model.items.index_of(i) for i in CONTEXT], [0, 0]], dtype=np.int32)
     users = np.array([model.users.index_of(USER), 0], dtype=np.int32)
-    expected = model.user_tower(user_index=users, recent_item_indices=context)["embedding"]
+    recent = np.where((context > 0)[..., None], model.item_embeddings[context - 1], 0.0)
+    expected = model.user_tower(user_index=users, recent_item_embeddings=recent)["embedding"]
     np.testing.assert_allclose(embedding, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-5)
 

@@ -28,14 +28,15 @@ TINY_DEMO = {
     "n_trees": 32,
     "epochs": 3,
 }
-RETRIEVAL = {"candidate_count": 100, "search_k": 2000}
+RETRIEVAL = {"candidate_count": 100, "search_k": 3000}  # the committed config's
 VERSION_FILES = (
     "metadata.json", "evaluation.json", "items.ann", "item_embeddings.npy", "item_popularity.npy",
-    "item_ids.txt", "user_ids.txt", "cold_start_items.jsonl",
+    "item_ids.txt", "user_ids.txt", "tag_ids.txt", "item_tags.npy", "cold_start_items.jsonl",
     "user_tower/saved_model.pb", "item_tower/saved_model.pb", "ranker/saved_model.pb",
 )  # fmt: skip
 EVALUATION_KEYS = {
-    "recall@10", "ndcg@10", "popular_recall@10", "popular_ndcg@10", "ann_recall@100", "users_evaluated"
+    "recall@10", "ndcg@10", "popular_recall@10", "popular_ndcg@10", "ann_recall@100", "users_evaluated",
+    "cold_start_recall@10", "cold_start_random_recall@10", "cold_start_items", "cold_start_cases",
 }  # fmt: skip
 
 
@@ -266,7 +267,8 @@ def test_version_directory_matches_contract(built: Path, metadata: dict, evaluat
     assert (metadata["num_users"], metadata["num_items"], metadata["embedding_dim"]) == (1500, 2500, 32)
     assert metadata["index"] == {"library": "annoy", "metric": "angular", "n_trees": 32}
     assert metadata["dataset"]["source"] == "demo" and metadata["dataset"]["seed"] == 7
-    assert {"epochs", "batch_size", "wall_seconds"} <= set(metadata["training"])
+    assert {"epochs", "id_dropout", "batch_size", "wall_seconds"} <= set(metadata["training"])
+    assert metadata["num_tags"] == 100 and metadata["max_item_tags"] == 4
     assert set(evaluation) == EVALUATION_KEYS
     assert len((built / "item_ids.txt").read_text().splitlines()) == 2500
     assert (built / "user_ids.txt").read_text().splitlines()[16] == "user-17"
@@ -275,16 +277,19 @@ def test_version_directory_matches_contract(built: Path, metadata: dict, evaluat
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     popularity = np.load(built / "item_popularity.npy")
     assert popularity.shape == (2500,) and popularity.dtype == np.int64
+    tags = np.load(built / "item_tags.npy")
+    assert tags.shape == (2500, 4) and tags.dtype == np.int32
+    assert tags.min() == 0 and tags.max() <= 100 and np.all(tags[:, 0] > 0)  # every demo item has a tag
+    assert (built / "tag_ids.txt").read_text().splitlines()[:2] == ["tag-1", "tag-2"]
 
 
 @pytest.mark.parametrize(("batch", "length"), [(1, 1), (7, 5), (7, 33)])
 def test_user_tower_signature(built: Path, batch: int, length: int) -> None:
     user_tower = _signature(built / "user_tower")
     rng = np.random.default_rng(batch)
-    outputs = user_tower(
-        user_index=np.arange(batch, dtype=np.int32),
-        recent_item_indices=rng.integers(0, 2501, size=(batch, length)).astype(np.int32),
-    )
+    recent = np.load(built / "item_embeddings.npy")[rng.integers(0, 2500, size=(batch, length))]
+    recent[:, 0] = 0.0  # padding
+    outputs = user_tower(user_index=np.arange(batch, dtype=np.int32), recent_item_embeddings=recent)
     assert set(outputs) == {"embedding"}
     embedding = outputs["embedding"].numpy()
     assert embedding.shape == (batch, 32) and embedding.dtype == np.float32
@@ -293,23 +298,42 @@ def test_user_tower_signature(built: Path, batch: int, length: int) -> None:
 
 def test_unknown_user_without_context_gets_a_unit_embedding(built: Path) -> None:
     user_tower = _signature(built / "user_tower")
-    embedding = user_tower(user_index=np.zeros(2, np.int32), recent_item_indices=np.zeros((2, 4), np.int32))
-    embedding = embedding["embedding"].numpy()
+    padding = np.zeros((2, 4, 32), np.float32)
+    embedding = user_tower(user_index=np.zeros(2, np.int32), recent_item_embeddings=padding)[
+        "embedding"
+    ].numpy()
     assert np.all(np.isfinite(embedding))
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)
 
 
 def test_item_tower_and_ranker_signatures(built: Path) -> None:
     item_tower, ranker = _signature(built / "item_tower"), _signature(built / "ranker")
+    tags = np.load(built / "item_tags.npy")
     for batch in (1, 7):
         items = np.arange(1, batch + 1, dtype=np.int32)
-        embedding = item_tower(item_index=items)["embedding"].numpy()
+        embedding = item_tower(item_index=items, item_tags=tags[:batch])["embedding"].numpy()
         np.testing.assert_allclose(embedding, np.load(built / "item_embeddings.npy")[:batch], atol=1e-5)
-        outputs = ranker(user_embedding=embedding, item_index=items[::-1].copy())
+        outputs = ranker(user_embedding=embedding[::-1].copy(), item_embedding=embedding, item_index=items)
         assert set(outputs) == {"probability"}
         probability = outputs["probability"].numpy()
         assert probability.shape == (batch, 1) and probability.dtype == np.float32
         assert np.all((probability > 0) & (probability < 1))
+    cold = ranker(user_embedding=embedding, item_embedding=embedding, item_index=np.zeros(7, np.int32))
+    assert np.all(np.isfinite(cold["probability"].numpy()))
+
+
+@pytest.mark.parametrize("width", [1, 3, 9])
+def test_item_tower_embeds_an_unknown_item_from_its_tags(built: Path, width: int) -> None:
+    item_tower = _signature(built / "item_tower")
+    tags = np.zeros((4, width), np.int32)
+    tags[0, 0], tags[1, 0], tags[2, : min(width, 2)] = 5, 6, [5, 6][: min(width, 2)]
+    embedding = item_tower(item_index=np.zeros(4, np.int32), item_tags=tags)["embedding"].numpy()
+    np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, atol=1e-5)  # row 3: no id, no tags
+    assert not np.allclose(embedding[0], embedding[1])  # the tags decide
+    stored = np.load(built / "item_tags.npy")
+    padded = np.pad(stored[:3], ((0, 0), (0, 2)))  # extra padding columns change nothing
+    known = item_tower(item_index=np.arange(1, 4, dtype=np.int32), item_tags=padded)["embedding"].numpy()
+    np.testing.assert_allclose(known, np.load(built / "item_embeddings.npy")[:3], atol=1e-5)
 
 
 def test_annoy_index_holds_every_item(built: Path) -> None:
@@ -334,6 +358,12 @@ def test_held_out_items_are_written_but_not_in_the_vocabulary(built: Path, metad
     assert [item["item_id"] for item in cold[:2]] == ["item-2501", "item-2502"]  # the newest ids
     assert all(1 <= len(item["tags"]) <= 4 for item in cold)
     assert not {item["item_id"] for item in cold} & set((built / "item_ids.txt").read_text().splitlines())
+
+
+def test_cold_start_clearly_beats_random(evaluation: dict) -> None:
+    assert evaluation["cold_start_cases"] >= 1000
+    assert evaluation["cold_start_random_recall@10"] == round(10 / 132, 4)
+    assert evaluation["cold_start_recall@10"] > 3 * evaluation["cold_start_random_recall@10"]
 
 
 def test_model_clearly_beats_popularity(evaluation: dict) -> None:

@@ -7,18 +7,23 @@ import math
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 import keras
 import numpy as np
 
 from recserve.training import export
-from recserve.training.cold_start import ColdStartItems, held_out_count, hold_out_items, random_items
+from recserve.training.cold_start import (
+    ColdStartItems,
+    evaluate_cold_start,
+    held_out_count,
+    hold_out_items,
+    random_items,
+)
 from recserve.training.config import DemoConfig, load_demo_config
 from recserve.training.data import Interactions, Split, split_by_time
 from recserve.training.demo_data import generate_demo
+from recserve.training.embed import embed_items, embed_users
 from recserve.training.evaluate import (
     RecommendFn,
     ann_recall_at_k,
@@ -26,16 +31,12 @@ from recserve.training.evaluate import (
     popularity_recommender,
     sample_cases,
 )
+from recserve.training.metadata import version_metadata
 from recserve.training.movielens import read_movielens
 from recserve.training.progress import BuildProgress
 from recserve.training.towers import Towers, build_ranker, build_towers
-from recserve.training.train import (
-    configure_tensorflow,
-    embed_users,
-    tower_steps_per_epoch,
-    train_ranker,
-    train_towers,
-)
+from recserve.training.train import configure_tensorflow, tower_steps_per_epoch, train_towers
+from recserve.training.train_ranker import ItemVectors, train_ranker
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,19 @@ class TrainingData:
     interactions: Interactions  # without the held-out items: its items are the version's vocabulary
     split: Split
     cold: ColdStartItems | None
+    item_tags: np.ndarray  # int32 [num_items + 1, T]: tag indices by item index, row 0 empty
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """The trained models, the item-tower outputs the version stores, and how training went."""
+
+    towers: Towers
+    ranker: keras.Model
+    items: ItemVectors
+    tower_loss: list[float]
+    ranker_loss: list[float]
+    seconds: float
 
 
 def build_demo(
@@ -69,23 +83,15 @@ def build_demo(
     with BuildProgress(show_progress) as progress:
         with progress.stage("data"):
             data = training_data(config, ratings_path)
-            interactions, split = data.interactions, data.split
-        start = time.perf_counter()
-        towers, ranker, losses = _train(interactions, split, config, progress)
-        training_seconds = time.perf_counter() - start
+        trained = _train(data, config, progress)
         staging = export.staging_directory(model_dir)
         try:
             with progress.stage("export"):
-                item_embeddings = _write_version(staging, towers, ranker, interactions, split, config)
-                if data.cold is not None:
-                    cold = data.cold
-                    export.write_cold_start_items(
-                        staging / "cold_start_items.jsonl", cold.item_ids, cold.item_tags
-                    )
-                metadata = _metadata(model_name, model_dir, data, config, losses, training_seconds)
+                _write_version(staging, trained, data, config)
+                metadata = version_metadata(model_name, export.next_version(model_dir), data, trained, config)
                 export.write_json(staging / "metadata.json", metadata)
             with progress.stage("evaluate"):
-                evaluation = _evaluate(staging, towers, item_embeddings, split, config)
+                evaluation = _evaluate(staging, trained, data, config)
                 export.write_json(staging / "evaluation.json", evaluation)
             version_dir = export.publish_version(staging, model_dir)
         except BaseException:
@@ -122,126 +128,68 @@ def training_data(config: DemoConfig, ratings_path: Path | None = None) -> Train
         held_out = np.arange(config.num_items, config.num_items + extra)
     interactions, cold = hold_out_items(interactions, held_out, config.context_length)
     split = split_by_time(interactions, config.context_length, config.ranker_holdout_per_user)
-    return TrainingData(interactions, split, cold)
+    tags = interactions.item_tag_indices()
+    item_tags = np.concatenate([np.zeros((1, tags.shape[1]), dtype=np.int32), tags])
+    return TrainingData(interactions, split, cold, item_tags)
 
 
-def _train(
-    interactions: Interactions, split: Split, config: DemoConfig, progress: BuildProgress
-) -> tuple[Towers, keras.Model, dict[str, list[float]]]:
-    """The towers, then the ranker on top of the frozen item tower; returns the models and loss curves."""
+def _train(data: TrainingData, config: DemoConfig, progress: BuildProgress) -> TrainedModel:
+    """The towers, then the ranker on top of the frozen towers' outputs."""
+    start = time.perf_counter()
+    interactions = data.interactions
     towers = build_towers(
-        interactions.num_users, interactions.num_items, config.embedding_dim, config.hidden_units
-    )
-    steps = config.epochs * tower_steps_per_epoch(len(split.train), config.batch_size)
-    with progress.stage("train towers", total=steps) as advance:
-        tower_loss = train_towers(towers, split.train, config, on_step=advance)
-    ranker = build_ranker(
-        towers.item_tower,
+        interactions.num_users,
         interactions.num_items,
+        interactions.num_tags,
+        config.embedding_dim,
+        config.hidden_units,
+    )
+    steps = config.epochs * tower_steps_per_epoch(len(data.split.train), config.batch_size)
+    with progress.stage("train towers", total=steps) as advance:
+        tower_loss = train_towers(towers, data.split.train, data.item_tags, config, advance)
+    item_tower = towers.item_tower
+    items = ItemVectors(
+        embed_items(item_tower, data.item_tags), embed_items(item_tower, data.item_tags, True)
+    )
+    ranker = build_ranker(
+        interactions.num_items,
+        config.embedding_dim,
         1.0 / config.temperature,
         -math.log(config.ranker_negatives),
     )
     with progress.stage("train ranker", total=config.ranker_epochs) as advance:
         ranker_loss = train_ranker(
-            ranker,
-            towers.user_tower,
-            _item_embeddings(towers, interactions.num_items),
-            split.ranker,
-            split.item_popularity,
-            config,
-            on_step=advance,
+            ranker, towers.user_tower, items, data.split.ranker, data.split.item_popularity, config, advance
         )
-    return towers, ranker, {"tower_loss": tower_loss, "ranker_loss": ranker_loss}
+    seconds = time.perf_counter() - start
+    return TrainedModel(towers, ranker, items, tower_loss, ranker_loss, seconds)
 
 
-def _item_embeddings(towers: Towers, num_items: int) -> np.ndarray:
-    """Item-tower outputs for item indices 1..num_items: row r is item index r + 1."""
-    return np.asarray(towers.item_tower(np.arange(1, num_items + 1, dtype=np.int32)), dtype=np.float32)
-
-
-def _write_version(
-    directory: Path,
-    towers: Towers,
-    ranker: keras.Model,
-    interactions: Interactions,
-    split: Split,
-    config: DemoConfig,
-) -> np.ndarray:
-    """Every file of a version but the JSON ones; returns the item embeddings it indexed."""
-    export.save_user_tower(towers.user_tower, directory / "user_tower")
-    export.save_item_tower(towers.item_tower, directory / "item_tower")
-    export.save_ranker(ranker, directory / "ranker", config.embedding_dim)
-    item_embeddings = _item_embeddings(towers, interactions.num_items)
+def _write_version(directory: Path, trained: TrainedModel, data: TrainingData, config: DemoConfig) -> None:
+    """Every file of a version but the JSON ones."""
+    export.save_user_tower(trained.towers.user_tower, directory / "user_tower", config.embedding_dim)
+    export.save_item_tower(trained.towers.item_tower, directory / "item_tower")
+    export.save_ranker(trained.ranker, directory / "ranker", config.embedding_dim)
+    item_embeddings = trained.items.known
     export.write_item_index(directory / "items.ann", item_embeddings, config.n_trees, config.seed)
-    export.write_item_arrays(directory, item_embeddings, split.item_popularity)
-    export.write_ids(directory / "item_ids.txt", interactions.item_ids)
-    export.write_ids(directory / "user_ids.txt", interactions.user_ids)
-    return item_embeddings
-
-
-def _metadata(
-    name: str,
-    model_dir: Path,
-    data: TrainingData,
-    config: DemoConfig,
-    losses: dict[str, list[float]],
-    training_seconds: float,
-) -> dict[str, Any]:
-    interactions, split = data.interactions, data.split
-    dataset: dict[str, Any] = {
-        "source": interactions.source.split(":", 1)[0],
-        "num_interactions": len(interactions),
-    }
-    if interactions.source == "demo":
-        dataset["seed"] = config.seed
-    else:
-        dataset["path"] = interactions.source.split(":", 1)[1]
-    dataset["cold_start_items"] = len(data.cold) if data.cold is not None else 0
-    dataset["cold_start_interactions"] = len(data.cold.cases) if data.cold is not None else 0
-    return {
-        "name": name,
-        "version": str(export.next_version(model_dir)),
-        "embedding_dim": config.embedding_dim,
-        "num_users": interactions.num_users,
-        "num_items": interactions.num_items,
-        "context_length": config.context_length,
-        "index": {"library": "annoy", "metric": "angular", "n_trees": config.n_trees},
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "dataset": dataset,
-        "training": {
-            **config.model_dump(include=_TRAINING_KEYS),
-            "train_examples": len(split.train),
-            "ranker_examples": len(split.ranker),
-            "test_examples": len(split.test),
-            **{key: [round(value, 4) for value in curve] for key, curve in losses.items()},
-            "wall_seconds": round(training_seconds, 1),
-        },
-    }
-
-
-_TRAINING_KEYS = {
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "temperature",
-    "user_dropout",
-    "context_dropout",
-    "hidden_units",
-    "ranker_epochs",
-    "ranker_negatives",
-    "ranker_learning_rate",
-    "ranker_holdout_per_user",
-}
+    export.write_item_arrays(directory, item_embeddings, data.split.item_popularity, data.item_tags[1:])
+    export.write_ids(directory / "item_ids.txt", data.interactions.item_ids)
+    export.write_ids(directory / "user_ids.txt", data.interactions.user_ids)
+    export.write_ids(directory / "tag_ids.txt", data.interactions.tag_ids)
+    if data.cold is not None:
+        cold = data.cold
+        export.write_cold_start_items(directory / "cold_start_items.jsonl", cold.item_ids, cold.item_tags)
 
 
 def _evaluate(
-    version_dir: Path, towers: Towers, item_embeddings: np.ndarray, split: Split, config: DemoConfig
+    version_dir: Path, trained: TrainedModel, data: TrainingData, config: DemoConfig
 ) -> dict[str, float | int]:
-    """The figures of evaluation.json, from a sample of users' last interactions."""
-    cases = sample_cases(split.test, config.eval_users, config.seed)
+    """The figures of evaluation.json: users' last interactions, and the held-out items' interactions."""
+    cases = sample_cases(data.split.test, config.eval_users, config.seed)
     model = evaluate_recommender(pipeline_recommender(version_dir), cases)
-    popular = evaluate_recommender(popularity_recommender(split.item_popularity), cases)
-    queries = embed_users(towers.user_tower, cases.user_indices, cases.contexts)
+    popular = evaluate_recommender(popularity_recommender(data.split.item_popularity), cases)
+    item_embeddings = trained.items.known
+    queries = embed_users(trained.towers.user_tower, item_embeddings, cases.user_indices, cases.contexts)
     ann = ann_recall_at_k(
         version_dir / "items.ann",
         item_embeddings,
@@ -251,7 +199,7 @@ def _evaluate(
         queries,
         config.seed,
     )
-    return {
+    evaluation: dict[str, float | int] = {
         "recall@10": round(model["recall@10"], 4),
         "ndcg@10": round(model["ndcg@10"], 4),
         "popular_recall@10": round(popular["recall@10"], 4),
@@ -259,6 +207,11 @@ def _evaluate(
         "ann_recall@100": round(ann.recall, 4),
         "users_evaluated": len(cases),
     }
+    if data.cold is not None:
+        tag_ids = data.interactions.tag_ids
+        cold = evaluate_cold_start(version_dir, data.cold, tag_ids, config.eval_users, config.seed)
+        evaluation.update(cold)
+    return evaluation
 
 
 def pipeline_recommender(version_dir: Path) -> RecommendFn:

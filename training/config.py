@@ -61,6 +61,13 @@ class DemoConfig(BaseModel):
     context_dropout: float = Field(
         0.2, ge=0, le=1, description="Share of examples trained without recent items, so a user alone works."
     )
+    id_dropout: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="Share of target, context and ranked items shown as item index 0 with their tags, so "
+        "that tags alone place an item the model never saw.",
+    )
     # Ranker training.
     ranker_holdout_per_user: int = Field(
         1, ge=1, description="Interactions before each user's last kept out of tower training for the ranker."
@@ -70,7 +77,7 @@ class DemoConfig(BaseModel):
     ranker_learning_rate: float = Field(0.002, gt=0, description="Adam learning rate for the ranker.")
     # Index and evaluation.
     n_trees: int = Field(32, ge=1, description="Annoy trees; more trees, better recall and a bigger file.")
-    search_k: int = Field(2000, ge=-1, description="Annoy nodes inspected per query; -1 = Annoy's default.")
+    search_k: int = Field(3000, ge=-1, description="Annoy nodes inspected per query; -1 = Annoy's default.")
     candidate_count: int = Field(100, ge=1, description="ANN candidates ranked per recommendation.")
     eval_users: int = Field(2000, ge=1, description="Users sampled for the offline evaluation.")
     ann_queries: int = Field(500, ge=1, description="Queries measuring ANN recall against exact search.")

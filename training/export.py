@@ -69,42 +69,50 @@ def _set_metadata_version(directory: Path, version: str) -> None:
             write_json(path, {**metadata, "version": version})
 
 
-def save_user_tower(model: keras.Model, path: Path) -> None:
-    """`user_index` int32 [B], `recent_item_indices` int32 [B, L] -> `embedding` float32 [B, D]."""
+def save_user_tower(model: keras.Model, path: Path, embedding_dim: int) -> None:
+    """`user_index` int32 [B], `recent_item_embeddings` float32 [B, L, D] -> `embedding` float32 [B, D]."""
 
     @tf.function(
         input_signature=[
             tf.TensorSpec([None], tf.int32, name="user_index"),
-            tf.TensorSpec([None, None], tf.int32, name="recent_item_indices"),
+            tf.TensorSpec([None, None, embedding_dim], tf.float32, name="recent_item_embeddings"),
         ]
     )
-    def serve(user_index: tf.Tensor, recent_item_indices: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"embedding": model([user_index, recent_item_indices], training=False)}
+    def serve(user_index: tf.Tensor, recent_item_embeddings: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"embedding": model([user_index, recent_item_embeddings], training=False)}
 
     _save(model, serve, path)
 
 
 def save_item_tower(model: keras.Model, path: Path) -> None:
-    """`item_index` int32 [B] -> `embedding` float32 [B, D]."""
+    """`item_index` int32 [B], `item_tags` int32 [B, T] -> `embedding` float32 [B, D]."""
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.int32, name="item_index")])
-    def serve(item_index: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"embedding": model(item_index, training=False)}
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None], tf.int32, name="item_index"),
+            tf.TensorSpec([None, None], tf.int32, name="item_tags"),
+        ]
+    )
+    def serve(item_index: tf.Tensor, item_tags: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"embedding": model([item_index, item_tags], training=False)}
 
     _save(model, serve, path)
 
 
 def save_ranker(model: keras.Model, path: Path, embedding_dim: int) -> None:
-    """`user_embedding` float32 [B, D], `item_index` int32 [B] -> `probability` float32 [B, 1]."""
+    """`user_embedding`, `item_embedding` float32 [B, D], `item_index` int32 [B] -> `probability` [B, 1]."""
 
     @tf.function(
         input_signature=[
             tf.TensorSpec([None, embedding_dim], tf.float32, name="user_embedding"),
+            tf.TensorSpec([None, embedding_dim], tf.float32, name="item_embedding"),
             tf.TensorSpec([None], tf.int32, name="item_index"),
         ]
     )
-    def serve(user_embedding: tf.Tensor, item_index: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {"probability": model([user_embedding, item_index], training=False)}
+    def serve(
+        user_embedding: tf.Tensor, item_embedding: tf.Tensor, item_index: tf.Tensor
+    ) -> dict[str, tf.Tensor]:
+        return {"probability": model([user_embedding, item_embedding, item_index], training=False)}
 
     _save(model, serve, path)
 
@@ -132,10 +140,16 @@ def write_item_index(path: Path, item_embeddings: np.ndarray, n_trees: int, seed
     index.unload()
 
 
-def write_item_arrays(directory: Path, item_embeddings: np.ndarray, item_popularity: np.ndarray) -> None:
-    """`item_embeddings.npy` (float32, unit rows) and `item_popularity.npy` (int64)."""
+def write_item_arrays(
+    directory: Path, item_embeddings: np.ndarray, item_popularity: np.ndarray, item_tags: np.ndarray
+) -> None:
+    """`item_embeddings.npy` (float32, unit rows), `item_popularity.npy` (int64), `item_tags.npy` (int32).
+
+    Row `r` of each is item row `r`; `item_tags` holds 1-based rows of `tag_ids.txt`, 0-padded.
+    """
     np.save(directory / "item_embeddings.npy", item_embeddings.astype(np.float32))
     np.save(directory / "item_popularity.npy", item_popularity.astype(np.int64))
+    np.save(directory / "item_tags.npy", item_tags.astype(np.int32))
 
 
 def write_cold_start_items(path: Path, item_ids: Sequence[str], item_tags: Sequence[Sequence[str]]) -> None:

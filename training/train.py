@@ -1,7 +1,7 @@
-"""Training: the two towers with in-batch negatives, then the ranker on held-out positives.
+"""Training: the two towers with in-batch negatives (the ranker: train_ranker.py).
 
-Both loops report progress through an optional `on_step` callback, so they know nothing about how
-progress is shown.
+The loop reports progress through an optional `on_step` callback, so it knows nothing about how progress
+is shown.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[], None]
 MASKED_LOGIT = -1e9
-EMBED_BATCH_SIZE = 4096
 MIN_STEPS_PER_EPOCH = 100
 
 
@@ -51,36 +50,61 @@ def tower_steps_per_epoch(num_examples: int, batch_size: int) -> int:
 
 
 def train_towers(
-    towers: Towers, examples: Examples, config: DemoConfig, on_step: ProgressCallback | None = None
+    towers: Towers,
+    examples: Examples,
+    item_tags: np.ndarray,
+    config: DemoConfig,
+    on_step: ProgressCallback | None = None,
 ) -> list[float]:
     """Train both towers with a softmax over in-batch negatives; returns the mean loss of each epoch.
 
     Each example's positive is its target; the other targets of the batch are its negatives. Popular
     items are negatives more often than their share of the catalogue, so their logits are corrected by
     `log q` (their frequency as targets); without it the towers learn to avoid popular items. Some
-    examples are shown as user 0 (`user_dropout`) or without their context (`context_dropout`), so the
-    tower also works from the context alone, or from the user alone.
+    examples are shown as user 0 (`user_dropout`) or without their context (`context_dropout`), and some
+    target and context items as item index 0 with only their tags (`id_dropout`), so the towers also work
+    from the context alone, the user alone, or an item's tags alone. `item_tags` is int32 [num_items + 1,
+    T] by item index (row 0: no tags).
     """
-    rng = np.random.default_rng(config.seed)
-    batch_size = batch_size_for(len(examples), config.batch_size)
-    target_counts = np.bincount(examples.targets, minlength=int(examples.targets.max()) + 1) + 1.0
-    log_q = np.log(target_counts / target_counts.sum()).astype(np.float32)
-    step = _tower_step(towers, keras.optimizers.Adam(config.learning_rate), config.temperature)
-    steps = tower_steps_per_epoch(len(examples), config.batch_size)
+    epoch = _TowerEpoch(towers, examples, item_tags, config)
     losses = []
     for _ in range(config.epochs):
-        order = rng.permutation(len(examples))
-        total = 0.0
-        for batch in range(steps):
-            rows = order[batch * batch_size : (batch + 1) * batch_size]
-            users, contexts = _dropped_out(rng, examples.user_indices[rows], examples.contexts[rows], config)
-            targets = examples.targets[rows]
-            total += float(step(users, contexts, targets, log_q[targets]))
-            if on_step is not None:
-                on_step()
-        losses.append(total / steps)
+        losses.append(epoch.run(on_step))
         logger.info("tower epoch %d: in-batch softmax loss %.4f", len(losses), losses[-1])
     return losses
+
+
+class _TowerEpoch:
+    """One pass over the training examples in shuffled, full batches."""
+
+    def __init__(self, towers: Towers, examples: Examples, item_tags: np.ndarray, config: DemoConfig) -> None:
+        self.examples = examples
+        self.config = config
+        self.rng = np.random.default_rng(config.seed)
+        self.batch_size = batch_size_for(len(examples), config.batch_size)
+        self.steps = tower_steps_per_epoch(len(examples), config.batch_size)
+        target_counts = np.bincount(examples.targets, minlength=len(item_tags)) + 1.0
+        self.log_q = np.log(target_counts / target_counts.sum()).astype(np.float32)
+        optimizer = keras.optimizers.Adam(config.learning_rate)
+        self.step = _tower_step(towers, optimizer, tf.constant(item_tags), config.temperature)
+
+    def run(self, on_step: ProgressCallback | None) -> float:
+        """Train one epoch; returns its mean loss."""
+        order = self.rng.permutation(len(self.examples))
+        total = 0.0
+        for batch in range(self.steps):
+            rows = order[batch * self.batch_size : (batch + 1) * self.batch_size]
+            users, contexts = _dropped_out(
+                self.rng, self.examples.user_indices[rows], self.examples.contexts[rows], self.config
+            )
+            targets = self.examples.targets[rows]
+            known_contexts = self.rng.random(contexts.shape) >= self.config.id_dropout
+            known_targets = self.rng.random(targets.shape) >= self.config.id_dropout
+            loss = self.step(users, contexts, known_contexts, targets, known_targets, self.log_q[targets])
+            total += float(loss)
+            if on_step is not None:
+                on_step()
+        return total / self.steps
 
 
 def _dropped_out(
@@ -94,19 +118,37 @@ def _dropped_out(
     return users, contexts
 
 
-def _tower_step(towers: Towers, optimizer: keras.optimizers.Optimizer, temperature: float) -> Callable:
-    """One compiled training step over a batch of (user, context, target, log q)."""
-    variables = list(
-        {
-            id(v): v for v in towers.user_tower.trainable_variables + towers.item_tower.trainable_variables
-        }.values()
-    )
+def _tower_step(
+    towers: Towers, optimizer: keras.optimizers.Optimizer, item_tags: tf.Tensor, temperature: float
+) -> Callable:
+    """One compiled training step over a batch of (user, context, target, log q).
+
+    `known_*` say which items keep their id; the others are shown as index 0 with their tags. The
+    context's embeddings are the item tower's outputs, padding zeroed, so both sides train the item tower.
+    """
+    variables = towers.user_tower.trainable_variables + towers.item_tower.trainable_variables
+
+    def embed(items: tf.Tensor, known: tf.Tensor) -> tf.Tensor:
+        # Each distinct (item, known) pair of the batch goes through the tower once: popular items recur.
+        pairs, positions = tf.unique(tf.reshape(items * 2 + tf.cast(known, tf.int32), [-1]))
+        distinct = pairs // 2
+        shown = tf.where(pairs % 2 == 1, distinct, 0)
+        vectors = towers.item_tower([shown, tf.gather(item_tags, distinct)], training=True)
+        return tf.reshape(tf.gather(vectors, positions), tf.concat([tf.shape(items), [-1]], axis=0))
 
     @tf.function(reduce_retracing=True)
-    def step(users: tf.Tensor, contexts: tf.Tensor, targets: tf.Tensor, log_q: tf.Tensor) -> tf.Tensor:
+    def step(
+        users: tf.Tensor,
+        contexts: tf.Tensor,
+        known_contexts: tf.Tensor,
+        targets: tf.Tensor,
+        known_targets: tf.Tensor,
+        log_q: tf.Tensor,
+    ) -> tf.Tensor:
         with tf.GradientTape() as tape:
-            user_vectors = towers.user_tower([users, contexts], training=True)
-            item_vectors = towers.item_tower(targets, training=True)
+            recent = embed(contexts, known_contexts) * tf.cast(contexts > 0, tf.float32)[:, :, None]
+            user_vectors = towers.user_tower([users, recent], training=True)
+            item_vectors = embed(targets, known_targets)
             logits = tf.matmul(user_vectors, item_vectors, transpose_b=True) / temperature - log_q[None, :]
             # A popular item can be the target of several rows; it is no negative for any of them.
             same_item = tf.equal(targets[:, None], targets[None, :])
@@ -117,91 +159,3 @@ def _tower_step(towers: Towers, optimizer: keras.optimizers.Optimizer, temperatu
         return loss
 
     return step
-
-
-def embed_users(user_tower: keras.Model, user_indices: np.ndarray, contexts: np.ndarray) -> np.ndarray:
-    """User-tower embeddings [N, D] for many examples, in large batches."""
-    parts = [
-        np.asarray(
-            user_tower(
-                [user_indices[start : start + EMBED_BATCH_SIZE], contexts[start : start + EMBED_BATCH_SIZE]]
-            )
-        )
-        for start in range(0, len(user_indices), EMBED_BATCH_SIZE)
-    ]
-    return np.concatenate(parts).astype(np.float32)
-
-
-def train_ranker(
-    ranker: keras.Model,
-    user_tower: keras.Model,
-    item_embeddings: np.ndarray,
-    examples: Examples,
-    item_popularity: np.ndarray,
-    config: DemoConfig,
-    on_step: ProgressCallback | None = None,
-) -> list[float]:
-    """Train the ranker with binary cross-entropy; returns the loss of each epoch.
-
-    Positives are the held-out interactions the towers never saw, scored from the frozen user tower's
-    embedding of the history before them. Negatives per positive are a mix of items retrieval would
-    offer (the user's nearest items: what the ranker must re-order at serving time), popular items and
-    uniformly drawn ones, so that neither closeness nor popularity alone predicts a like.
-    """
-    rng = np.random.default_rng(config.seed + 1)
-    user_vectors = embed_users(user_tower, examples.user_indices, examples.contexts)
-    negatives = _ranker_negatives(rng, user_vectors, item_embeddings, item_popularity, config)
-    clashes = negatives == examples.targets[:, None]
-    negatives[clashes] = rng.integers(1, len(item_embeddings) + 1, size=int(clashes.sum()))
-    repeats = negatives.shape[1] + 1
-    items = np.concatenate([examples.targets[:, None], negatives], axis=1).reshape(-1).astype(np.int32)
-    labels = np.tile(np.eye(1, repeats, dtype=np.float32), (len(examples), 1)).reshape(-1, 1)
-    ranker.compile(optimizer=keras.optimizers.Adam(config.ranker_learning_rate), loss="binary_crossentropy")
-    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: on_step())] if on_step else []
-    history = ranker.fit(
-        {"user_embedding": np.repeat(user_vectors, repeats, axis=0), "item_index": items},
-        labels,
-        batch_size=batch_size_for(len(labels), config.batch_size),
-        epochs=config.ranker_epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    )
-    losses = [float(loss) for loss in history.history["loss"]]
-    logger.info("ranker: binary cross-entropy %.4f after %d epochs", losses[-1], len(losses))
-    return losses
-
-
-def _ranker_negatives(
-    rng: np.random.Generator,
-    user_vectors: np.ndarray,
-    item_embeddings: np.ndarray,
-    item_popularity: np.ndarray,
-    config: DemoConfig,
-) -> np.ndarray:
-    """Negative item indices [N, ranker_negatives]: a third near the user, the rest popular or uniform."""
-    count = len(user_vectors)
-    near = max(1, config.ranker_negatives // 3)
-    popular = max(0, (config.ranker_negatives - near) // 2)
-    uniform = config.ranker_negatives - near - popular
-    neighbours = _nearest_items(user_vectors, item_embeddings, config.candidate_count)
-    picks = rng.integers(0, neighbours.shape[1], size=(count, near))
-    popularity = (item_popularity.astype(np.float64) + 1.0) ** 0.75
-    return np.concatenate(
-        [
-            np.take_along_axis(neighbours, picks, axis=1),
-            rng.choice(len(item_embeddings), size=(count, popular), p=popularity / popularity.sum()) + 1,
-            rng.integers(1, len(item_embeddings) + 1, size=(count, uniform)),
-        ],
-        axis=1,
-    ).astype(np.int32)
-
-
-def _nearest_items(user_vectors: np.ndarray, item_embeddings: np.ndarray, count: int) -> np.ndarray:
-    """The `count` items of highest cosine per user (1-based item indices, unordered), exact."""
-    count = min(count, len(item_embeddings))
-    parts = []
-    for start in range(0, len(user_vectors), 1024):
-        scores = user_vectors[start : start + 1024] @ item_embeddings.T
-        parts.append(np.argpartition(-scores, count - 1, axis=1)[:, :count] + 1)
-    return np.concatenate(parts)

@@ -1,0 +1,124 @@
+"""Ranker training: binary cross-entropy on held-out positives and sampled negatives."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from recserve.training.config import DemoConfig
+from recserve.training.data import Examples
+from recserve.training.embed import embed_users
+from recserve.training.train import batch_size_for
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class ItemVectors:
+    """Item-tower outputs by item row: with the item's id (`known`), and as index 0 with its tags (`cold`)."""
+
+    known: np.ndarray  # float32 [num_items, D]
+    cold: np.ndarray  # float32 [num_items, D]
+
+
+def train_ranker(
+    ranker: keras.Model,
+    user_tower: keras.Model,
+    items: ItemVectors,
+    examples: Examples,
+    item_popularity: np.ndarray,
+    config: DemoConfig,
+    on_step: ProgressCallback | None = None,
+) -> list[float]:
+    """Train the ranker with binary cross-entropy; returns the loss of each epoch.
+
+    Positives are the held-out interactions the towers never saw, scored from the frozen user tower's
+    embedding of the history before them. Negatives per positive are a mix of items retrieval would
+    offer (the user's nearest items: what the ranker must re-order at serving time), popular items and
+    uniformly drawn ones, so that neither closeness nor popularity alone predicts a like. `id_dropout` of
+    the pairs show their item as a cold one (index 0, its tag-only embedding), so index 0's bias is what
+    an item the model never saw gets.
+    """
+    rng = np.random.default_rng(config.seed + 1)
+    user_vectors = embed_users(user_tower, items.known, examples.user_indices, examples.contexts)
+    negatives = _ranker_negatives(rng, user_vectors, items.known, item_popularity, config)
+    clashes = negatives == examples.targets[:, None]
+    negatives[clashes] = rng.integers(1, len(items.known) + 1, size=int(clashes.sum()))
+    inputs, labels = _pairs(rng, user_vectors, examples.targets, negatives, items, config.id_dropout)
+    ranker.compile(optimizer=keras.optimizers.Adam(config.ranker_learning_rate), loss="binary_crossentropy")
+    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: on_step())] if on_step else []
+    history = ranker.fit(
+        inputs,
+        labels,
+        batch_size=batch_size_for(len(labels), config.batch_size),
+        epochs=config.ranker_epochs,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
+    losses = [float(loss) for loss in history.history["loss"]]
+    logger.info("ranker: binary cross-entropy %.4f after %d epochs", losses[-1], len(losses))
+    return losses
+
+
+def _pairs(
+    rng: np.random.Generator,
+    user_vectors: np.ndarray,
+    targets: np.ndarray,
+    negatives: np.ndarray,
+    items: ItemVectors,
+    id_dropout: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Ranker inputs and labels, one row per (example, positive or negative), an example's rows together."""
+    repeats = negatives.shape[1] + 1
+    indices = np.concatenate([targets[:, None], negatives], axis=1).reshape(-1).astype(np.int32)
+    known = rng.random(indices.size) >= id_dropout
+    embeddings = np.where(known[:, None], items.known[indices - 1], items.cold[indices - 1])
+    inputs = {
+        "user_embedding": np.repeat(user_vectors, repeats, axis=0),
+        "item_embedding": embeddings.astype(np.float32),
+        "item_index": np.where(known, indices, 0).astype(np.int32),
+    }
+    labels = np.tile(np.eye(1, repeats, dtype=np.float32), (len(targets), 1)).reshape(-1, 1)
+    return inputs, labels
+
+
+def _ranker_negatives(
+    rng: np.random.Generator,
+    user_vectors: np.ndarray,
+    item_embeddings: np.ndarray,
+    item_popularity: np.ndarray,
+    config: DemoConfig,
+) -> np.ndarray:
+    """Negative item indices [N, ranker_negatives]: a third near the user, the rest popular or uniform."""
+    count = len(user_vectors)
+    near = max(1, config.ranker_negatives // 3)
+    popular = max(0, (config.ranker_negatives - near) // 2)
+    uniform = config.ranker_negatives - near - popular
+    neighbours = _nearest_items(user_vectors, item_embeddings, config.candidate_count)
+    picks = rng.integers(0, neighbours.shape[1], size=(count, near))
+    popularity = (item_popularity.astype(np.float64) + 1.0) ** 0.75
+    return np.concatenate(
+        [
+            np.take_along_axis(neighbours, picks, axis=1),
+            rng.choice(len(item_embeddings), size=(count, popular), p=popularity / popularity.sum()) + 1,
+            rng.integers(1, len(item_embeddings) + 1, size=(count, uniform)),
+        ],
+        axis=1,
+    ).astype(np.int32)
+
+
+def _nearest_items(user_vectors: np.ndarray, item_embeddings: np.ndarray, count: int) -> np.ndarray:
+    """The `count` items of highest cosine per user (1-based item indices, unordered), exact."""
+    count = min(count, len(item_embeddings))
+    parts = []
+    for start in range(0, len(user_vectors), 1024):
+        scores = user_vectors[start : start + 1024] @ item_embeddings.T
+        parts.append(np.argpartition(-scores, count - 1, axis=1)[:, :count] + 1)
+    return np.concatenate(parts)
