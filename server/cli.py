@@ -84,7 +84,13 @@ def _add_build_demo(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--ratings", type=Path, help="train on a MovieLens ratings.csv / u.data instead")
     build.add_argument("--num-users", type=int, help="demo users (default from config.yaml)")
     build.add_argument("--num-items", type=int, help="demo items (default from config.yaml)")
-    build.add_argument("--epochs", type=int, help="two-tower training epochs")
+    build.add_argument(
+        "--max-epochs",
+        "--epochs",
+        dest="max_epochs",
+        type=int,
+        help="most two-tower training epochs (training stops earlier when validation recall stops rising)",
+    )
     build.add_argument("--seed", type=int, help="random seed")
     build.add_argument("--no-progress", action="store_true", help="log stages instead of a progress display")
     build.set_defaults(func=_build_demo)
@@ -145,7 +151,7 @@ def _build_demo(args: argparse.Namespace) -> int:
     overrides = {
         "num_users": args.num_users,
         "num_items": args.num_items,
-        "epochs": args.epochs,
+        "max_epochs": args.max_epochs,
         "seed": args.seed,
     }
     config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})

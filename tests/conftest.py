@@ -25,7 +25,7 @@ TINY_DEMO = {
     "num_users": 1500,
     "num_items": 2500,
     "embedding_dim": 32,
-    "epochs": 2,
+    "max_epochs": 2,
     "eval_users": 500,
     "ann_queries": 200,
 }

@@ -26,7 +26,7 @@ TINY_DEMO = {
     "embedding_dim": 32,
     "context_length": 20,
     "n_trees": 32,
-    "epochs": 3,
+    "max_epochs": 3,
 }
 RETRIEVAL = {"candidate_count": 100, "search_k": 3000}  # the committed config's
 VERSION_FILES = (
@@ -222,11 +222,16 @@ def test_load_demo_config_reads_demo_and_retrieval(tmp_path: Path) -> None:
     path = tmp_path / "config.yaml"
     path.write_text(
         yaml.safe_dump(
-            {"batching": {"max_batch_size": 8}, "retrieval": {"search_k": 123}, "demo": {"epochs": 9}}
+            {"batching": {"max_batch_size": 8}, "retrieval": {"search_k": 123}, "demo": {"max_epochs": 9}}
         )
     )
     config = load_demo_config(path)
-    assert (config.epochs, config.search_k, config.num_users, config.candidate_count) == (9, 123, 10_000, 100)
+    assert (config.max_epochs, config.search_k, config.num_users, config.candidate_count) == (
+        9,
+        123,
+        10_000,
+        100,
+    )
     assert load_demo_config(tmp_path / "missing.yaml") == DemoConfig()
     path.write_text(yaml.safe_dump({"demo": {"epochz": 1}}))
     with pytest.raises(ValueError, match="epochz"):
@@ -267,7 +272,7 @@ def test_version_directory_matches_contract(built: Path, metadata: dict, evaluat
     assert (metadata["num_users"], metadata["num_items"], metadata["embedding_dim"]) == (1500, 2500, 32)
     assert metadata["index"] == {"library": "annoy", "metric": "angular", "n_trees": 32}
     assert metadata["dataset"]["source"] == "demo" and metadata["dataset"]["seed"] == 7
-    assert {"epochs", "id_dropout", "batch_size", "wall_seconds"} <= set(metadata["training"])
+    assert {"max_epochs", "patience", "id_dropout", "batch_size", "wall_seconds"} <= set(metadata["training"])
     assert metadata["num_tags"] == 100 and metadata["max_item_tags"] == 4
     assert set(evaluation) == EVALUATION_KEYS
     assert len((built / "item_ids.txt").read_text().splitlines()) == 2500
@@ -350,11 +355,10 @@ def test_annoy_index_holds_every_item(built: Path) -> None:
     assert ann_recall_at_k(index, embeddings, k=100, search_k=default_search_k, n_queries=100).recall >= 0.9
 
 
-def test_held_out_items_are_written_but_not_in_the_vocabulary(built: Path, metadata: dict) -> None:
+def test_held_out_items_are_written_but_not_in_the_vocabulary(built: Path, evaluation: dict) -> None:
     lines = (built / "cold_start_items.jsonl").read_text().splitlines()
     cold = [json.loads(line) for line in lines]
-    assert len(cold) == metadata["dataset"]["cold_start_items"] == 132  # 5% of 2632 generated items
-    assert metadata["dataset"]["cold_start_interactions"] > 1000
+    assert len(cold) == evaluation["cold_start_items"] == 132  # 5% of 2632 generated items
     assert [item["item_id"] for item in cold[:2]] == ["item-2501", "item-2502"]  # the newest ids
     assert all(1 <= len(item["tags"]) <= 4 for item in cold)
     assert not {item["item_id"] for item in cold} & set((built / "item_ids.txt").read_text().splitlines())
@@ -364,6 +368,31 @@ def test_cold_start_clearly_beats_random(evaluation: dict) -> None:
     assert evaluation["cold_start_cases"] >= 1000
     assert evaluation["cold_start_random_recall@10"] == round(10 / 132, 4)
     assert evaluation["cold_start_recall@10"] > 3 * evaluation["cold_start_random_recall@10"]
+
+
+def test_training_stopped_on_validation_and_kept_the_best_epoch(metadata: dict) -> None:
+    training = metadata["training"]
+    curve = training["tower_validation_recall@50"]
+    assert len(curve) == training["tower_epochs_run"] <= training["max_epochs"]
+    assert training["tower_best_epoch"] == int(np.argmax(curve)) + 1
+    losses = training["ranker_validation_loss"]
+    assert len(losses) == training["ranker_epochs_run"] <= training["ranker_max_epochs"]
+    assert training["ranker_best_epoch"] == int(np.argmin(losses)) + 1
+
+
+def test_tower_training_stops_when_validation_stops_improving_and_keeps_the_best_weights() -> None:
+    from recserve.training.build import training_data
+    from recserve.training.towers import build_towers
+    from recserve.training.train import train_towers, validation_recall
+
+    config = DemoConfig(num_users=300, num_items=400, max_epochs=30, patience=1, batch_size=128)
+    data = training_data(config)
+    sizes = data.interactions
+    towers = build_towers(sizes.num_users, sizes.num_items, sizes.num_tags, 16, 32)
+    history = train_towers(towers, data.split.train, data.split.ranker, data.item_tags, config)
+    assert len(history.losses) == len(history.validation_recall) == history.best_epoch + 1 < 30
+    best = max(history.validation_recall)
+    assert validation_recall(towers, data.split.ranker, data.item_tags) == pytest.approx(best, abs=1e-6)
 
 
 def test_model_clearly_beats_popularity(evaluation: dict) -> None:
@@ -396,7 +425,13 @@ def test_next_build_is_version_two(tiny_repository: Path, built: Path) -> None:
     from recserve.training.build import build_demo
 
     small = DemoConfig(
-        num_users=300, num_items=400, epochs=1, batch_size=128, ranker_epochs=1, eval_users=50, ann_queries=20
+        num_users=300,
+        num_items=400,
+        max_epochs=1,
+        batch_size=128,
+        ranker_max_epochs=1,
+        eval_users=50,
+        ann_queries=20,
     )
     second = build_demo(tiny_repository, "recommender", config=small, show_progress=False)
     assert second == tiny_repository / "recommender" / "2"

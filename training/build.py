@@ -35,8 +35,8 @@ from recserve.training.metadata import version_metadata
 from recserve.training.movielens import read_movielens
 from recserve.training.progress import BuildProgress
 from recserve.training.towers import Towers, build_ranker, build_towers
-from recserve.training.train import configure_tensorflow, tower_steps_per_epoch, train_towers
-from recserve.training.train_ranker import ItemVectors, train_ranker
+from recserve.training.train import TowerHistory, configure_tensorflow, tower_steps_per_epoch, train_towers
+from recserve.training.train_ranker import ItemVectors, RankerHistory, train_ranker
 
 logger = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class TrainedModel:
     towers: Towers
     ranker: keras.Model
     items: ItemVectors
-    tower_loss: list[float]
-    ranker_loss: list[float]
+    towers_history: TowerHistory
+    ranker_history: RankerHistory
     seconds: float
 
 
@@ -97,7 +97,7 @@ def build_demo(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    progress.show_results(f"{model_name} version {version_dir.name}", evaluation)
+    progress.show_results(f"{model_name} version {version_dir.name}", {**evaluation, **_epochs(trained)})
     return version_dir
 
 
@@ -144,9 +144,10 @@ def _train(data: TrainingData, config: DemoConfig, progress: BuildProgress) -> T
         config.embedding_dim,
         config.hidden_units,
     )
-    steps = config.epochs * tower_steps_per_epoch(len(data.split.train), config.batch_size)
+    steps = config.max_epochs * tower_steps_per_epoch(len(data.split.train), config.batch_size)
+    validation = sample_cases(data.split.ranker, config.validation_cases, config.seed)
     with progress.stage("train towers", total=steps) as advance:
-        tower_loss = train_towers(towers, data.split.train, data.item_tags, config, advance)
+        towers_history = train_towers(towers, data.split.train, validation, data.item_tags, config, advance)
     item_tower = towers.item_tower
     items = ItemVectors(
         embed_items(item_tower, data.item_tags), embed_items(item_tower, data.item_tags, True)
@@ -157,12 +158,12 @@ def _train(data: TrainingData, config: DemoConfig, progress: BuildProgress) -> T
         1.0 / config.temperature,
         -math.log(config.ranker_negatives),
     )
-    with progress.stage("train ranker", total=config.ranker_epochs) as advance:
-        ranker_loss = train_ranker(
+    with progress.stage("train ranker", total=config.ranker_max_epochs) as advance:
+        ranker_history = train_ranker(
             ranker, towers.user_tower, items, data.split.ranker, data.split.item_popularity, config, advance
         )
     seconds = time.perf_counter() - start
-    return TrainedModel(towers, ranker, items, tower_loss, ranker_loss, seconds)
+    return TrainedModel(towers, ranker, items, towers_history, ranker_history, seconds)
 
 
 def _write_version(directory: Path, trained: TrainedModel, data: TrainingData, config: DemoConfig) -> None:
@@ -212,6 +213,14 @@ def _evaluate(
         cold = evaluate_cold_start(version_dir, data.cold, tag_ids, config.eval_users, config.seed)
         evaluation.update(cold)
     return evaluation
+
+
+def _epochs(trained: TrainedModel) -> dict[str, int]:
+    """The epochs early stopping kept, for the results table."""
+    return {
+        "tower_epochs": trained.towers_history.best_epoch,
+        "ranker_epochs": trained.ranker_history.best_epoch,
+    }
 
 
 def pipeline_recommender(version_dir: Path) -> RecommendFn:

@@ -47,7 +47,13 @@ class DemoConfig(BaseModel):
     context_length: int = Field(20, ge=1, description="Recent items the user tower sees when training.")
     hidden_units: int = Field(128, ge=1, description="Width of the user tower's hidden layer.")
     # Two-tower training.
-    epochs: int = Field(3, ge=1, description="Passes over the tower training examples.")
+    max_epochs: int = Field(20, ge=1, description="Most passes over the tower training examples.")
+    patience: int = Field(
+        2, ge=1, description="Tower epochs without a better validation recall before training stops."
+    )
+    validation_cases: int = Field(
+        2000, ge=1, description="Held-out (ranker) examples sampled to validate the towers after each epoch."
+    )
     batch_size: int = Field(
         1024,
         ge=2,
@@ -72,7 +78,13 @@ class DemoConfig(BaseModel):
     ranker_holdout_per_user: int = Field(
         1, ge=1, description="Interactions before each user's last kept out of tower training for the ranker."
     )
-    ranker_epochs: int = Field(4, ge=1, description="Passes over the ranker examples.")
+    ranker_max_epochs: int = Field(20, ge=1, description="Most passes over the ranker examples.")
+    ranker_patience: int = Field(
+        2, ge=1, description="Ranker epochs without a lower validation loss before training stops."
+    )
+    ranker_validation_share: float = Field(
+        0.1, gt=0, lt=1, description="Share of the ranker examples kept aside for its validation loss."
+    )
     ranker_negatives: int = Field(8, ge=1, description="Negatives sampled per ranker positive.")
     ranker_learning_rate: float = Field(0.002, gt=0, description="Adam learning rate for the ranker.")
     # Index and evaluation.

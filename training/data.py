@@ -104,7 +104,8 @@ class Examples:
 class Split:
     """Per user: the last interaction for testing, the ones before it for the ranker, the rest for the towers.
 
-    Users with too few interactions to hold any out are all in `train`.
+    Users with too few interactions to hold any out are all in `train`. The ranker examples are held out
+    from tower training, so they also validate it (early stopping).
     """
 
     train: Examples

@@ -6,12 +6,14 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from recserve.training.config import DemoConfig
+from recserve.training.train import VALIDATION_K
 
 if TYPE_CHECKING:
     from recserve.training.build import TrainedModel, TrainingData
 
 TRAINING_KEYS = {
-    "epochs",
+    "max_epochs",
+    "patience",
     "batch_size",
     "learning_rate",
     "temperature",
@@ -19,7 +21,8 @@ TRAINING_KEYS = {
     "context_dropout",
     "id_dropout",
     "hidden_units",
-    "ranker_epochs",
+    "ranker_max_epochs",
+    "ranker_patience",
     "ranker_negatives",
     "ranker_learning_rate",
     "ranker_holdout_per_user",
@@ -60,13 +63,20 @@ def _dataset(data: TrainingData, config: DemoConfig) -> dict[str, Any]:
 
 
 def _training(data: TrainingData, trained: TrainedModel, config: DemoConfig) -> dict[str, Any]:
+    towers, ranker = trained.towers_history, trained.ranker_history
     return {
         **config.model_dump(include=TRAINING_KEYS),
         "train_examples": len(data.split.train),
         "ranker_examples": len(data.split.ranker),
         "test_examples": len(data.split.test),
-        "tower_loss": _rounded(trained.tower_loss),
-        "ranker_loss": _rounded(trained.ranker_loss),
+        "tower_epochs_run": len(towers.losses),
+        "tower_best_epoch": towers.best_epoch,
+        "tower_loss": _rounded(towers.losses),
+        f"tower_validation_recall@{VALIDATION_K}": _rounded(towers.validation_recall),
+        "ranker_epochs_run": len(ranker.losses),
+        "ranker_best_epoch": ranker.best_epoch,
+        "ranker_loss": _rounded(ranker.losses),
+        "ranker_validation_loss": _rounded(ranker.validation_losses),
         "wall_seconds": round(trained.seconds, 1),
     }
 

@@ -1,7 +1,7 @@
-"""Training: the two towers with in-batch negatives (the ranker: train_ranker.py).
+"""Training: the two towers with in-batch negatives, then the ranker on held-out positives.
 
-The loop reports progress through an optional `on_step` callback, so it knows nothing about how progress
-is shown.
+Both stop early on held-out data and keep their best weights. Both loops report progress through an
+optional `on_step` callback, so they know nothing about how progress is shown.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -16,6 +17,7 @@ import tensorflow as tf
 
 from recserve.training.config import DemoConfig
 from recserve.training.data import Examples
+from recserve.training.embed import embed_items, embed_users
 from recserve.training.towers import Towers
 
 logger = logging.getLogger(__name__)
@@ -23,6 +25,7 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[], None]
 MASKED_LOGIT = -1e9
 MIN_STEPS_PER_EPOCH = 100
+VALIDATION_K = 50
 
 
 def configure_tensorflow(seed: int, threads: int = 0) -> None:
@@ -49,14 +52,24 @@ def tower_steps_per_epoch(num_examples: int, batch_size: int) -> int:
     return max(1, num_examples // batch_size_for(num_examples, batch_size))
 
 
+@dataclass(frozen=True)
+class TowerHistory:
+    """Per epoch run, its mean loss and validation recall@50; and the epoch whose weights were kept."""
+
+    losses: list[float]
+    validation_recall: list[float]
+    best_epoch: int  # 1-based
+
+
 def train_towers(
     towers: Towers,
     examples: Examples,
+    validation: Examples,
     item_tags: np.ndarray,
     config: DemoConfig,
     on_step: ProgressCallback | None = None,
-) -> list[float]:
-    """Train both towers with a softmax over in-batch negatives; returns the mean loss of each epoch.
+) -> TowerHistory:
+    """Train both towers with a softmax over in-batch negatives, stopping early on `validation`.
 
     Each example's positive is its target; the other targets of the batch are its negatives. Popular
     items are negatives more often than their share of the catalogue, so their logits are corrected by
@@ -65,13 +78,25 @@ def train_towers(
     target and context items as item index 0 with only their tags (`id_dropout`), so the towers also work
     from the context alone, the user alone, or an item's tags alone. `item_tags` is int32 [num_items + 1,
     T] by item index (row 0: no tags).
+
+    After each epoch the user tower retrieves over all items for `validation` (its exact recall@50);
+    training stops after `patience` epochs without a better one, and the best epoch's weights are kept.
     """
     epoch = _TowerEpoch(towers, examples, item_tags, config)
-    losses = []
-    for _ in range(config.epochs):
+    losses: list[float] = []
+    curve: list[float] = []
+    best_weights: list[list[np.ndarray]] = []
+    for _ in range(config.max_epochs):
         losses.append(epoch.run(on_step))
-        logger.info("tower epoch %d: in-batch softmax loss %.4f", len(losses), losses[-1])
-    return losses
+        curve.append(validation_recall(towers, validation, item_tags))
+        logger.info("tower epoch %d: loss %.4f, validation recall@50 %.4f", len(curve), losses[-1], curve[-1])
+        if len(curve) == 1 or curve[-1] > max(curve[:-1]):
+            best_weights = [tower.get_weights() for tower in (towers.user_tower, towers.item_tower)]
+        elif len(curve) - 1 - int(np.argmax(curve)) >= config.patience:
+            break
+    towers.user_tower.set_weights(best_weights[0])
+    towers.item_tower.set_weights(best_weights[1])
+    return TowerHistory(losses, curve, int(np.argmax(curve)) + 1)
 
 
 class _TowerEpoch:
@@ -159,3 +184,18 @@ def _tower_step(
         return loss
 
     return step
+
+
+def validation_recall(towers: Towers, cases: Examples, item_tags: np.ndarray, k: int = VALIDATION_K) -> float:
+    """Share of `cases` whose target is in the user tower's exact top `k` over all items.
+
+    The case's own context items are not candidates, as at serving time.
+    """
+    item_vectors = embed_items(towers.item_tower, item_tags)
+    user_vectors = embed_users(towers.user_tower, item_vectors, cases.user_indices, cases.contexts)
+    scores = user_vectors @ item_vectors.T
+    rows = np.repeat(np.arange(len(cases)), cases.contexts.shape[1])
+    columns = cases.contexts.reshape(-1).astype(np.int64) - 1
+    scores[rows[columns >= 0], columns[columns >= 0]] = -np.inf
+    target_scores = np.take_along_axis(scores, cases.targets[:, None] - 1, axis=1)
+    return float(np.mean((scores > target_scores).sum(axis=1) < k))

@@ -1,4 +1,4 @@
-"""Ranker training: binary cross-entropy on held-out positives and sampled negatives."""
+"""Ranker training: binary cross-entropy on held-out positives and sampled negatives, with early stopping."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ class ItemVectors:
     cold: np.ndarray  # float32 [num_items, D]
 
 
+@dataclass(frozen=True)
+class RankerHistory:
+    """Per epoch run: training and validation loss; the epoch whose weights were kept."""
+
+    losses: list[float]
+    validation_losses: list[float]
+    best_epoch: int  # 1-based
+
+
 def train_ranker(
     ranker: keras.Model,
     user_tower: keras.Model,
@@ -35,15 +44,16 @@ def train_ranker(
     item_popularity: np.ndarray,
     config: DemoConfig,
     on_step: ProgressCallback | None = None,
-) -> list[float]:
-    """Train the ranker with binary cross-entropy; returns the loss of each epoch.
+) -> RankerHistory:
+    """Train the ranker with binary cross-entropy until its validation loss stops falling.
 
     Positives are the held-out interactions the towers never saw, scored from the frozen user tower's
     embedding of the history before them. Negatives per positive are a mix of items retrieval would
     offer (the user's nearest items: what the ranker must re-order at serving time), popular items and
     uniformly drawn ones, so that neither closeness nor popularity alone predicts a like. `id_dropout` of
     the pairs show their item as a cold one (index 0, its tag-only embedding), so index 0's bias is what
-    an item the model never saw gets.
+    an item the model never saw gets. `ranker_validation_share` of the positives, with their negatives,
+    measure the validation loss; the best epoch's weights are kept.
     """
     rng = np.random.default_rng(config.seed + 1)
     user_vectors = embed_users(user_tower, items.known, examples.user_indices, examples.contexts)
@@ -51,20 +61,30 @@ def train_ranker(
     clashes = negatives == examples.targets[:, None]
     negatives[clashes] = rng.integers(1, len(items.known) + 1, size=int(clashes.sum()))
     inputs, labels = _pairs(rng, user_vectors, examples.targets, negatives, items, config.id_dropout)
+    validation = _validation_mask(rng, len(examples), negatives.shape[1] + 1, config.ranker_validation_share)
     ranker.compile(optimizer=keras.optimizers.Adam(config.ranker_learning_rate), loss="binary_crossentropy")
-    callbacks = [keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: on_step())] if on_step else []
+    callbacks: list[keras.callbacks.Callback] = [
+        keras.callbacks.EarlyStopping(patience=config.ranker_patience, restore_best_weights=True)
+    ]
+    if on_step is not None:
+        callbacks.append(keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: on_step()))
     history = ranker.fit(
-        inputs,
-        labels,
-        batch_size=batch_size_for(len(labels), config.batch_size),
-        epochs=config.ranker_epochs,
+        {name: value[~validation] for name, value in inputs.items()},
+        labels[~validation],
+        validation_data=({name: value[validation] for name, value in inputs.items()}, labels[validation]),
+        batch_size=batch_size_for(int((~validation).sum()), config.batch_size),
+        epochs=config.ranker_max_epochs,
         shuffle=True,
         verbose=0,
         callbacks=callbacks,
     )
     losses = [float(loss) for loss in history.history["loss"]]
-    logger.info("ranker: binary cross-entropy %.4f after %d epochs", losses[-1], len(losses))
-    return losses
+    validation_losses = [float(loss) for loss in history.history["val_loss"]]
+    best = int(np.argmin(validation_losses)) + 1
+    logger.info(
+        "ranker: validation cross-entropy %.4f at epoch %d of %d", min(validation_losses), best, len(losses)
+    )
+    return RankerHistory(losses, validation_losses, best)
 
 
 def _pairs(
@@ -87,6 +107,13 @@ def _pairs(
     }
     labels = np.tile(np.eye(1, repeats, dtype=np.float32), (len(targets), 1)).reshape(-1, 1)
     return inputs, labels
+
+
+def _validation_mask(rng: np.random.Generator, examples: int, repeats: int, share: float) -> np.ndarray:
+    """Which pair rows validate: all rows of a random `share` of the examples (at least one)."""
+    chosen = np.zeros(examples, dtype=bool)
+    chosen[rng.choice(examples, size=max(1, round(share * examples)), replace=False)] = True
+    return np.repeat(chosen, repeats)
 
 
 def _ranker_negatives(
