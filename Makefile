@@ -68,7 +68,7 @@ model: $(STAMP)
 	fi
 
 serve: proto model
-	$(BIN)/recserve serve --grpc-port $(GRPC_PORT) --model-repository $(MODEL_REPOSITORY)
+	$(BIN)/recserve serve --grpc-port $(GRPC_PORT) --model-repository $(MODEL_REPOSITORY) --enable-events --enable-catalog
 
 test: $(STAMP) redis-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

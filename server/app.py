@@ -19,11 +19,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
+from recserve.server.context import UserQuery
 from recserve.server.errors import unary_handlers
 from recserve.server.frontend import bind_and_start, build_grpc_server, resolve_frontend
-from recserve.server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery, UserQuery
+from recserve.server.live_state import LiveState
+from recserve.server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery
 from recserve.server.recommender import RecommenderService, ServiceSlot
 from recserve.server.repository import load_model, resolve_version_dir
+from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
+from recserve.server.servicers.events import SERVICE as EVENTS_SERVICE
 from recserve.server.servicers.inference import SERVICE as INFERENCE_SERVICE
 from recserve.server.servicers.inference import InferenceServicer
 from recserve.server.servicers.inference import stream_handlers as inference_stream_handlers
@@ -61,6 +65,7 @@ class RunningServer:
     tracer_provider: TracerProvider | None = None
     owns_tracer_provider: bool = False
     metrics: MetricsServer | None = None
+    state: LiveState | None = None
 
     @property
     def tracer(self) -> Tracer | None:
@@ -74,7 +79,8 @@ class RunningServer:
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        for name in ("", RECOMMENDER_SERVICE.full_name, INFERENCE_SERVICE.full_name):
+        state_services = self.state.enabled_services if self.state is not None else []
+        for name in ("", RECOMMENDER_SERVICE.full_name, INFERENCE_SERVICE.full_name, *state_services):
             await self.health.set(name, status)
 
 
@@ -99,6 +105,7 @@ async def start_server(
         tracer_provider=tracer_provider,
         owns_tracer_provider=owns_provider and tracer_provider is not None,
     )
+    running.state = LiveState.from_settings(settings, running.slot)
     rpc_tracing = RpcTracing.from_provider(tracer_provider) if tracer_provider is not None else None
     server.add_generic_rpc_handlers(
         (
@@ -110,10 +117,12 @@ async def start_server(
                 INFERENCE_SERVICE, InferenceServicer(running.slot), running.rpc_statistics, rpc_tracing
             ),
             inference_stream_handlers(),
+            *running.state.handlers(running.rpc_statistics, rpc_tracing),
         )
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    add_reflection(server, [RECOMMENDER_SERVICE.full_name, INFERENCE_SERVICE.full_name, HEALTH_SERVICE])
+    services = [RECOMMENDER_SERVICE, INFERENCE_SERVICE, EVENTS_SERVICE, CATALOG_SERVICE]
+    add_reflection(server, [*(service.full_name for service in services), HEALTH_SERVICE])
     running.port = await bind_and_start(server, f"{settings.grpc_host}:{settings.grpc_port}")
     await running.set_serving(False)
     logger.info(
@@ -129,6 +138,7 @@ async def start_server(
             running.slot,
             running.rpc_statistics,
             settings.model_name,
+            running.state,
         )
         logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, running.metrics.port)
     logger.info(
@@ -147,20 +157,28 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 
 async def load_and_serve_model(running: RunningServer) -> RecommenderService:
-    """Load the newest (or configured) model version, warm it up, then report SERVING."""
+    """Open the live state and load the newest (or configured) model version, warm it up, report SERVING.
+
+    The version's catalog gets every stored catalog change before it takes traffic.
+    """
     settings = running.settings
+    state = running.state
+    assert state is not None
     model_dir = settings.model_repository / settings.model_name
     config = effective_model_config(settings, load_model_config(model_dir))
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
         version_dir = resolve_version_dir(model_dir, settings.model_version)
-        model = await loop.run_in_executor(None, load_model, version_dir, config.retrieval.search_k)
+        model, _ = await asyncio.gather(
+            loop.run_in_executor(None, load_model, version_dir, config.retrieval.search_k), state.open()
+        )
     except Exception:
         running.slot.state = "failed"
         raise
     batching = config.batching
-    service = RecommenderService(model, config, batching, running.tracer)
+    service = RecommenderService(model, config, batching, state.backend, running.tracer)
+    await state.attach(service)
     await loop.run_in_executor(
         service.executor, warm_up, service.pipeline, batching.max_batch_size, settings.warmup_rounds
     )
@@ -168,6 +186,7 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     service.start()
     running.service = service
     running.slot.set(service)
+    state.follow()
     await running.set_serving(True)
     logger.info(
         "model %s version %s ready in %.1fs: %d users, %d items, dim %d, index %d trees (search_k %d); "
@@ -212,9 +231,9 @@ def describe_batching(batching: BatchingSettings) -> str:
 
 def warm_up(pipeline: BatchPipeline, max_batch_size: int, rounds: int) -> None:
     """Run every power-of-two batch size up to max_batch_size so no request pays first-call costs."""
-    items = pipeline.model.items
-    context = np.arange(1, min(len(items), 5) + 1, dtype=np.int32)
-    user = UserQuery(1 if len(pipeline.model.users) else 0, context)
+    users = pipeline.model.users
+    context = np.arange(1, min(len(pipeline.model.items), 5) + 1, dtype=np.int32)
+    user = UserQuery(users.ids[0] if len(users) else "", 1 if len(users) else 0, context)
     size = 1
     while rounds:
         queries = [RecommendQuery(user, 10) if i % 2 == 0 else ScoreQuery(user, context) for i in range(size)]
@@ -240,6 +259,8 @@ async def stop_server(running: RunningServer, grace_s: float, drain_s: float = 0
     await running.server.stop(grace_s)
     if running.service is not None:
         await running.service.close()
+    if running.state is not None:
+        await running.state.close()
     if running.metrics is not None:
         running.metrics.stop()
     if running.owns_tracer_provider and running.tracer_provider is not None:

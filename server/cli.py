@@ -68,6 +68,22 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     serve.add_argument("--log-format", choices=["text", "json"], help="log as text (default) or JSON lines")
     serve.add_argument(
+        "--enable-events",
+        action=argparse.BooleanOptionalAction,
+        dest="events_enabled",
+        help="serve recserve.v1.Events (writes: off by default)",
+    )
+    serve.add_argument(
+        "--enable-catalog",
+        action=argparse.BooleanOptionalAction,
+        dest="catalog_enabled",
+        help="serve recserve.v1.Catalog (writes: off by default)",
+    )
+    serve.add_argument("--state-backend", choices=["memory", "redis"], help="where live state is kept")
+    serve.add_argument("--state-dir", type=Path, help="memory backend: directory of the log (default state)")
+    serve.add_argument("--fsync", choices=["always", "everysec"], help="memory backend: fsync policy")
+    serve.add_argument("--redis-url", help="redis backend: e.g. redis://redis:6379/0")
+    serve.add_argument(
         "--frontend",
         choices=["auto", "native", "aio"],
         help="gRPC transport: native (grpc++), aio (grpc.aio); auto (default) = native when built",
@@ -126,6 +142,14 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             log_format=args.log_format,
             frontend=args.frontend,
+            events_enabled=args.events_enabled,
+            catalog_enabled=args.catalog_enabled,
+            state={
+                "backend": args.state_backend,
+                "state_dir": args.state_dir,
+                "fsync": args.fsync,
+                "redis_url": args.redis_url,
+            },
         )
     except (ValidationError, FileNotFoundError) as error:
         sys.stderr.write(f"error: invalid settings: {error}\n")

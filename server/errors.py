@@ -138,16 +138,18 @@ def unary_handlers(
     return grpc.method_handlers_generic_handler(service.full_name, handlers)
 
 
-def refusing_handlers(
-    service: ServiceDescriptor, code: grpc.StatusCode, details: str
-) -> grpc.GenericRpcHandler:
-    """A generic handler answering every method of `service` with `code` (a service that is switched off).
+def disabled_handlers(service: ServiceDescriptor, setting: str, flag: str) -> grpc.GenericRpcHandler:
+    """A generic handler refusing every method of a service that is switched off: PERMISSION_DENIED.
 
-    The service stays in reflection, so clients can see it exists and read why they are refused.
+    The message says how to switch it on; the service stays in reflection, so clients can see it exists.
     """
+    details = (
+        f"{service.full_name} is disabled on this server: enable it with `{setting}: true` in the server "
+        f"config, RECSERVE_{setting.upper()}=true or `recserve serve {flag}`"
+    )
 
     async def refuse(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:
-        await context.abort(code, details)
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, details)
         raise AssertionError("unreachable: context.abort raises")
 
     handlers = {method.name: grpc.unary_unary_rpc_method_handler(refuse) for method in service.methods}

@@ -1,7 +1,9 @@
-"""The two-stage pipeline for one batch: ONE user-tower pass, the ANN lookups, ONE ranker pass.
+"""The two-stage pipeline for one batch: the history read, ONE user-tower pass, retrieval, ONE ranker pass.
 
 Recommend and Score queries can share a batch: both need the user embedding and ranker probabilities;
-only Recommend needs candidates from the index. Nothing here knows gRPC or asyncio.
+only Recommend needs candidates. A batch takes one view of the live catalog and reads every user's stored
+history in one call to the state backend, so it sees every write acknowledged before it started. Items are
+catalog rows throughout (row 0 is padding: a zero embedding). Nothing here knows gRPC or asyncio.
 """
 
 from __future__ import annotations
@@ -11,71 +13,87 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from opentelemetry.trace import Tracer
 
+from recserve.server.catalog.live import LiveCatalog
+from recserve.server.catalog.view import CatalogView, Retrieval
+from recserve.server.context import NO_ROWS, ResolvedUser, UserQuery, resolve
 from recserve.server.repository import LoadedModel
-from recserve.server.settings import RetrievalSettings
+from recserve.server.settings import LimitSettings, RetrievalSettings
+from recserve.server.state.history import EMPTY_PROFILE, UserProfile
 from recserve.server.statistics import StageStatistics
 from recserve.server.telemetry.tracing import stage_span
 
-EMPTY_INDICES = np.zeros(0, dtype=np.int32)
+STAGES = ("history", "user_tower", "ann", "ranker")
 
 
-@dataclass(frozen=True)
-class UserQuery:
-    """Who to score for: a user index (0 = unknown) and known context item indices, most recent last."""
+class HistoryReader(Protocol):
+    """The state backend's read side: each user's profile, for a whole batch at once (any thread)."""
 
-    user_index: int
-    context: np.ndarray
-
-    @property
-    def is_cold_start(self) -> bool:
-        """Nothing personal to go on: unknown user and no known context item."""
-        return self.user_index == 0 and self.context.size == 0
+    def profiles(self, user_ids: Sequence[str]) -> list[UserProfile]: ...  # noqa: D102
 
 
 @dataclass(frozen=True)
 class RecommendQuery:
-    """Top-k items for a user, never any of `excluded` (item indices)."""
+    """Top-k items for a user, never any of `excluded` (rows); the history's seen items too unless told."""
 
     user: UserQuery
     k: int
-    excluded: np.ndarray = field(default_factory=lambda: EMPTY_INDICES)
+    excluded: np.ndarray = field(default_factory=lambda: NO_ROWS)
+    exclude_seen: bool = True
 
 
 @dataclass(frozen=True)
 class ScoreQuery:
-    """P(like) for each of `item_indices`, in order."""
+    """P(like) for each of `item_rows`, in order."""
 
     user: UserQuery
-    item_indices: np.ndarray
+    item_rows: np.ndarray
 
 
 @dataclass(frozen=True)
 class RankedItems:
-    """Item indices and their probabilities, best first."""
+    """Recommend's answer: catalog rows and their probabilities, best first."""
 
-    item_indices: np.ndarray
+    rows: np.ndarray
     scores: np.ndarray
+    cold_start: bool
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Score's answer: a probability per requested row, in order."""
+
+    scores: np.ndarray
+    cold_start: bool
 
 
 Query = RecommendQuery | ScoreQuery
-QueryResult = RankedItems | np.ndarray
-STAGES = ("user_tower", "ann", "ranker")
+QueryResult = RankedItems | Scores
 
 
 class BatchPipeline:
-    """Runs batches of queries against one loaded model version."""
+    """Runs batches of queries against one loaded model version and its live catalog."""
 
     def __init__(
-        self, model: LoadedModel, retrieval: RetrievalSettings, tracer: Tracer | None = None
+        self,
+        model: LoadedModel,
+        catalog: LiveCatalog,
+        retrieval: RetrievalSettings,
+        limits: LimitSettings,
+        history: HistoryReader | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
+        """`history` None: no stored history (offline evaluation); `tracer` None: no spans."""
         self.model = model
+        self.catalog = catalog
         self.retrieval = retrieval
+        self._max_recent_items = limits.max_recent_items
+        self._history = history
         self._tracer = tracer  # stage spans, children of the current (batch) span when it is sampled
-        self._popular_indices = (np.argsort(-model.item_popularity, kind="stable") + 1).astype(np.int32)
         self.stages = {stage: StageStatistics() for stage in STAGES}
         # Annoy releases the GIL, so a batch's lookups can run on several cores at once.
         self._ann_pool = (
@@ -91,109 +109,134 @@ class BatchPipeline:
 
     def run_batch(self, queries: Sequence[Query]) -> list[QueryResult]:
         """Answer every query; one result per query, in order."""
+        view = self.catalog.view()
+        users = self.resolve_users([query.user for query in queries], view)
         started_ns = time.perf_counter_ns()
         with stage_span(self._tracer, "user_tower", len(queries)):
-            user_embeddings = self.embed_users([query.user for query in queries])
+            user_embeddings = self.embed(users, view)
         tower_done_ns = time.perf_counter_ns()
         self.stages["user_tower"].record(len(queries), tower_done_ns - started_ns)
         with stage_span(self._tracer, "ann", len(queries)):
-            item_lists = self._all_items_to_rank(queries, user_embeddings)
+            item_lists = self._items_to_rank(queries, users, user_embeddings, view)
         ann_done_ns = time.perf_counter_ns()
         self.stages["ann"].record(len(queries), ann_done_ns - tower_done_ns)
         counts = np.fromiter((items.size for items in item_lists), dtype=np.int64, count=len(item_lists))
         with stage_span(self._tracer, "ranker", int(counts.sum())):
-            probabilities = self.rank(np.repeat(user_embeddings, counts, axis=0), np.concatenate(item_lists))
+            probabilities = self.rank(
+                np.repeat(user_embeddings, counts, axis=0), np.concatenate(item_lists), view
+            )
         self.stages["ranker"].record(int(counts.sum()), time.perf_counter_ns() - ann_done_ns)
-        results: list[QueryResult] = []
         per_query = np.split(probabilities, np.cumsum(counts)[:-1])
-        for query, items, scores in zip(queries, item_lists, per_query, strict=True):
-            results.append(_top_k(items, scores, query.k) if isinstance(query, RecommendQuery) else scores)
-        return results
+        return [
+            _top_k(items, scores, query.k, user.is_cold_start)
+            if isinstance(query, RecommendQuery)
+            else Scores(scores, user.is_cold_start)
+            for query, user, items, scores in zip(queries, users, item_lists, per_query, strict=True)
+        ]
 
-    def embed_users(self, users: Sequence[UserQuery]) -> np.ndarray:
-        """One user-tower pass for all users over their context items' stored embeddings.
+    def resolve_users(self, users: Sequence[UserQuery], view: CatalogView) -> list[ResolvedUser]:
+        """Each user's context and exclusions: their stored history (one read for all) plus the request."""
+        profiles = self._profiles(users)
+        return [
+            resolve(user, profile, view, self._max_recent_items)
+            for user, profile in zip(users, profiles, strict=True)
+        ]
 
-        Contexts are left-padded with 0 (zero rows) so the latest is last.
-        """
+    def embed(self, users: Sequence[ResolvedUser], view: CatalogView) -> np.ndarray:
+        """One user-tower pass over the users' contexts, left-padded with row 0 so the latest is last."""
         width = max(1, max(user.context.size for user in users))
         contexts = np.zeros((len(users), width), dtype=np.int32)
         for row, user in enumerate(users):
             if user.context.size:
                 contexts[row, width - user.context.size :] = user.context
         user_indices = np.fromiter((user.user_index for user in users), dtype=np.int32, count=len(users))
-        recent = gather_item_embeddings(self.model.item_embeddings, contexts)
-        outputs = self.model.user_tower(user_index=user_indices, recent_item_embeddings=recent)
+        outputs = self.model.user_tower(
+            user_index=user_indices, recent_item_embeddings=view.embeddings[contexts]
+        )
         return outputs["embedding"]
 
-    def rank(self, user_embeddings: np.ndarray, item_indices: np.ndarray) -> np.ndarray:
-        """One ranker pass over (user embedding, item) pairs: P(like) per pair."""
-        if item_indices.size == 0:
+    def rank(self, user_embeddings: np.ndarray, rows: np.ndarray, view: CatalogView) -> np.ndarray:
+        """One ranker pass over (user embedding, catalog row) pairs: P(like) per pair."""
+        if rows.size == 0:
             return np.zeros(0, dtype=np.float32)
         outputs = self.model.ranker(
             user_embedding=user_embeddings,
-            item_embedding=gather_item_embeddings(self.model.item_embeddings, item_indices),
-            item_index=item_indices,
+            item_embedding=view.embeddings[rows],
+            item_index=view.model_indices[rows],
         )
         return outputs["probability"].reshape(-1)
 
-    def candidates(self, query: RecommendQuery, user_embedding: np.ndarray) -> np.ndarray:
-        """Item indices to rank: ANN neighbours of the user, or popular items for cold start."""
-        if query.user.is_cold_start:
-            wanted = max(self.retrieval.cold_start_candidates, query.k)
-            pool = self._popular_indices[: wanted + query.excluded.size]
-        else:
-            wanted = max(self.retrieval.candidate_count, query.k)
-            annoy_ids = self.model.index.nearest_ids_to_vector(user_embedding, wanted + query.excluded.size)
-            pool = np.array(annoy_ids, dtype=np.int32) + 1
-        if query.excluded.size:
-            pool = pool[_not_in(pool, query.excluded)]
-        return pool[:wanted]
+    def _profiles(self, users: Sequence[UserQuery]) -> list[UserProfile]:
+        """The stored profiles of the users whose requests use history (one backend call), else empty."""
+        wanted = [row for row, user in enumerate(users) if user.use_history]
+        if self._history is None or not wanted:
+            return [EMPTY_PROFILE] * len(users)
+        started_ns = time.perf_counter_ns()
+        with stage_span(self._tracer, "history", len(wanted)):
+            found = self._history.profiles([users[row].user_id for row in wanted])
+        self.stages["history"].record(len(wanted), time.perf_counter_ns() - started_ns)
+        profiles = [EMPTY_PROFILE] * len(users)
+        for row, profile in zip(wanted, found, strict=True):
+            profiles[row] = profile
+        return profiles
 
-    def _all_items_to_rank(self, queries: Sequence[Query], user_embeddings: np.ndarray) -> list[np.ndarray]:
-        """Per query, the items the ranker scores; the lookups are spread over `ann_threads` threads."""
-        rows = range(len(queries))
-        if self._ann_pool is None or len(queries) < 2:
-            return [self._items_to_rank(queries[row], user_embeddings[row]) for row in rows]
-        chunks = [rows[start :: self.retrieval.ann_threads] for start in range(self.retrieval.ann_threads)]
-        found: list[np.ndarray | None] = [None] * len(queries)
+    def _items_to_rank(
+        self,
+        queries: Sequence[Query],
+        users: Sequence[ResolvedUser],
+        user_embeddings: np.ndarray,
+        view: CatalogView,
+    ) -> list[np.ndarray]:
+        """Per query, the rows the ranker scores: its items (Score), or candidates (Recommend)."""
+        found: list[np.ndarray] = [
+            query.item_rows if isinstance(query, ScoreQuery) else NO_ROWS for query in queries
+        ]
+        searched: list[int] = []
+        retrievals: list[Retrieval] = []
+        for position, (query, user) in enumerate(zip(queries, users, strict=True)):
+            if not isinstance(query, RecommendQuery):
+                continue
+            excluded = _exclusions(query, user)
+            if user.is_cold_start:
+                wanted = max(self.retrieval.cold_start_candidates, query.k)
+                found[position] = view.popular(Retrieval(position, wanted, excluded))
+            else:
+                searched.append(position)
+                retrievals.append(Retrieval(position, max(self.retrieval.candidate_count, query.k), excluded))
+        if retrievals:
+            for position, rows in zip(
+                searched, view.retrieve(user_embeddings, retrievals, self._map), strict=True
+            ):
+                found[position] = rows
+        return found
 
-        def look_up(chunk: range) -> None:
-            for row in chunk:
-                found[row] = self._items_to_rank(queries[row], user_embeddings[row])
+    def _map(self, function: Callable[[int], np.ndarray], positions: Sequence[int]) -> list[np.ndarray]:
+        """`function` over positions, spread over the `ann_threads` lookup threads; results in order."""
+        if self._ann_pool is None or len(positions) < 2:
+            return [function(position) for position in positions]
+        threads = self.retrieval.ann_threads
+        results: list[np.ndarray] = [NO_ROWS] * len(positions)
 
-        list(self._ann_pool.map(look_up, chunks))
-        return found  # type: ignore[return-value]  # every row was filled
+        def run(chunk: range) -> None:
+            for slot in chunk:
+                results[slot] = function(positions[slot])
 
-    def _items_to_rank(self, query: Query, user_embedding: np.ndarray) -> np.ndarray:
-        if isinstance(query, RecommendQuery):
-            return self.candidates(query, user_embedding)
-        return query.item_indices
-
-
-def gather_item_embeddings(item_embeddings: np.ndarray, item_indices: np.ndarray) -> np.ndarray:
-    """Rows of `item_embeddings` (row r = item index r + 1) for `item_indices` of any shape, in one gather.
-
-    Index 0 (padding) gives a zero row, which is how the user tower tells padding apart.
-    """
-    rows = item_embeddings[np.maximum(item_indices, 1) - 1]
-    rows[item_indices == 0] = 0.0
-    return rows
+        list(self._ann_pool.map(run, [range(start, len(positions), threads) for start in range(threads)]))
+        return results
 
 
-def _not_in(values: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    """Mask of `values` not in `excluded`.
-
-    For the usual handful of excluded items a broadcast compare costs a third of np.isin (which sorts);
-    it runs once per query, holding the GIL.
-    """
-    if excluded.size > 32:
-        return ~np.isin(values, excluded)
-    return ~(values[:, None] == excluded[None, :]).any(axis=1)
+def _exclusions(query: RecommendQuery, user: ResolvedUser) -> np.ndarray:
+    """Rows a recommendation must not contain: the request's, the disliked, and seen ones unless included."""
+    parts = [query.excluded, user.disliked, user.seen if query.exclude_seen else NO_ROWS]
+    parts = [part for part in parts if part.size]
+    if not parts:
+        return NO_ROWS
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def _top_k(items: np.ndarray, scores: np.ndarray, k: int) -> RankedItems:
+def _top_k(rows: np.ndarray, scores: np.ndarray, k: int, cold_start: bool) -> RankedItems:
     order = np.argsort(-scores, kind="stable")[:k]
-    return RankedItems(items[order], scores[order])
+    return RankedItems(rows[order], scores[order], cold_start)
 
 
 RecommendFn = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
@@ -204,12 +247,15 @@ def offline_recommender(version_dir: Path, batch_size: int = 64) -> RecommendFn:
 
     The returned `recommend(user_indices [B], contexts [B, L], k) -> item indices [B, k]` treats 0 in
     contexts as padding, excludes context items (as the server does by default) and pads short rows with 0.
+    Item indices are base catalog rows: the catalog has no changes here.
     """
+    from recserve.server.catalog.from_model import live_catalog
     from recserve.server.repository import load_model
     from recserve.server.settings import load_model_config
 
     config = load_model_config(version_dir.parent)
-    pipeline = BatchPipeline(load_model(version_dir, config.retrieval.search_k), config.retrieval)
+    model = load_model(version_dir, config.retrieval.search_k)
+    pipeline = BatchPipeline(model, live_catalog(model), config.retrieval, config.limits)
 
     def recommend(user_indices: np.ndarray, contexts: np.ndarray, k: int) -> np.ndarray:
         out = np.zeros((len(user_indices), k), dtype=np.int32)
@@ -219,9 +265,10 @@ def offline_recommender(version_dir: Path, batch_size: int = 64) -> RecommendFn:
                 user_indices[start : start + batch_size], contexts[start : start + batch_size], strict=True
             ):
                 known = context[context > 0].astype(np.int32)
-                queries.append(RecommendQuery(UserQuery(int(user_index), known), k, np.unique(known)))
+                user = UserQuery("", int(user_index), known, use_history=False)
+                queries.append(RecommendQuery(user, k, np.unique(known)))
             for row, result in enumerate(pipeline.run_batch(queries), start=start):
-                out[row, : result.item_indices.size] = result.item_indices
+                out[row, : result.rows.size] = result.rows
         return out
 
     return recommend

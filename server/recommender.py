@@ -1,13 +1,12 @@
 """The recommender as the servicers see it, without gRPC.
 
-It validates requests, maps ids to indices, sends queries through the dynamic batcher and maps the
-answers back to ids.
+It validates requests, maps ids to catalog rows, sends queries through the dynamic batcher and maps the
+answers back to ids. It owns the model version's live catalog and the background rebuilds of its index.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,16 +15,20 @@ import numpy as np
 from opentelemetry.trace import Tracer
 
 from recserve.server.batching import DynamicBatcher
+from recserve.server.catalog.from_model import live_catalog
+from recserve.server.catalog.live import LiveCatalog
+from recserve.server.catalog.rebuild import IndexRebuilder, RebuildPolicy
+from recserve.server.context import NO_ROWS, UserQuery
 from recserve.server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
 from recserve.server.pipeline import (
-    EMPTY_INDICES,
     BatchPipeline,
+    HistoryReader,
     Query,
     QueryResult,
     RankedItems,
     RecommendQuery,
     ScoreQuery,
-    UserQuery,
+    Scores,
 )
 from recserve.server.repository import LoadedModel
 from recserve.server.settings import BatchingSettings, ModelConfig
@@ -45,7 +48,7 @@ class Recommendation:
 
 
 @dataclass(frozen=True)
-class Scores:
+class ScoredItems:
     """P(like) per requested item, in request order."""
 
     scores: np.ndarray
@@ -55,19 +58,31 @@ class Scores:
 
 
 class RecommenderService:
-    """Serves one loaded model version through one dynamic batcher."""
+    """Serves one loaded model version and its live catalog through one dynamic batcher."""
 
     def __init__(
         self,
         model: LoadedModel,
         config: ModelConfig,
         batching: BatchingSettings,
+        history: HistoryReader | None = None,
         tracer: Tracer | None = None,
     ) -> None:
-        """`tracer` None means no spans at all (tracing off)."""
+        """`history` None: no stored history; `tracer` None: no spans at all (tracing off)."""
         self.model = model
         self.config = config
-        self.pipeline = BatchPipeline(model, config.retrieval, tracer)
+        self.catalog: LiveCatalog = live_catalog(model)
+        self.pipeline = BatchPipeline(model, self.catalog, config.retrieval, config.limits, history, tracer)
+        retrieval = config.retrieval
+        self.rebuilder = IndexRebuilder(
+            self.catalog,
+            RebuildPolicy(
+                retrieval.rebuild_delta_items,
+                retrieval.rebuild_interval_seconds,
+                model.index.n_trees,
+                retrieval.search_k,
+            ),
+        )
         # One thread per batch in flight: TensorFlow and Annoy release the GIL, so batches overlap.
         self.executor = ThreadPoolExecutor(max_workers=batching.instance_count, thread_name_prefix="batch")
         batch_tracer = (
@@ -84,14 +99,20 @@ class RecommenderService:
         )
 
     def start(self) -> None:
-        """Start batching (call from the event loop)."""
+        """Start batching and index rebuilds (call from the event loop)."""
         self.batcher.start()
+        self.rebuilder.start()
 
     async def close(self) -> None:
         """Finish queued work and stop."""
         await self.batcher.close()
+        await self.rebuilder.close()
         self.executor.shutdown(wait=True)
         self.pipeline.close()
+
+    def catalog_changed(self) -> None:
+        """Called after catalog changes were committed: a large delta starts an index rebuild."""
+        self.rebuilder.changed()
 
     async def recommend(
         self,
@@ -102,20 +123,20 @@ class RecommenderService:
         include_recent_items: bool = False,
         timeout_s: float | None = None,
         priority: int = 0,
+        ignore_history: bool = False,
     ) -> Recommendation:
         """Top-k items for the user, scored by P(like); see RecommendRequest in the API."""
         k = self._checked_k(k)
-        user, unknown = self._user_query(user_id, recent_item_ids)
+        user, unknown = self._user_query(user_id, recent_item_ids, ignore_history)
         never = set(exclude_item_ids) if include_recent_items else {*exclude_item_ids, *recent_item_ids}
-        excluded = self._known_indices(never)
-        result = await self.batcher.submit(RecommendQuery(user, k, excluded), timeout_s, priority)
+        query = RecommendQuery(user, k, self._known_rows(never), exclude_seen=not include_recent_items)
+        result = await self.batcher.submit(query, timeout_s, priority)
         assert isinstance(result, RankedItems)
-        item_ids = self.model.items.ids
+        ids = self.catalog.view().ids
         items = [
-            (item_ids[i - 1], s)
-            for i, s in zip(result.item_indices.tolist(), result.scores.tolist(), strict=True)
+            (ids[row], score) for row, score in zip(result.rows.tolist(), result.scores.tolist(), strict=True)
         ]
-        return Recommendation(items, self.model.version, user.is_cold_start, unknown)
+        return Recommendation(items, self.model.version, result.cold_start, unknown)
 
     async def score(
         self,
@@ -124,69 +145,60 @@ class RecommenderService:
         item_ids: Sequence[str],
         timeout_s: float | None = None,
         priority: int = 0,
-    ) -> Scores:
+        ignore_history: bool = False,
+    ) -> ScoredItems:
         """P(like) for each item in order; see ScoreRequest in the API."""
         limit = self.config.limits.max_score_items
         if len(item_ids) > limit:
             raise InvalidArgumentError(f"item_ids has {len(item_ids)} entries; at most {limit} are allowed")
-        item_indices = self._required_indices(item_ids)
-        user, unknown = self._user_query(user_id, recent_item_ids)
-        if item_indices.size == 0:
-            return Scores(np.zeros(0, dtype=np.float32), self.model.version, user.is_cold_start, unknown)
-        scores = await self.batcher.submit(ScoreQuery(user, item_indices), timeout_s, priority)
-        assert isinstance(scores, np.ndarray)
-        return Scores(scores, self.model.version, user.is_cold_start, unknown)
+        rows = self._required_rows(item_ids)
+        user, unknown = self._user_query(user_id, recent_item_ids, ignore_history)
+        result = await self.batcher.submit(ScoreQuery(user, rows), timeout_s, priority)
+        assert isinstance(result, Scores)
+        return ScoredItems(result.scores, self.model.version, result.cold_start, unknown)
 
     async def similar_items(self, item_id: str, k: int) -> Recommendation:
         """The k items most similar (cosine) to `item_id`, excluding itself."""
         k = self._checked_k(k)
-        item_index = self._required_indices([item_id])[0]
-        loop = asyncio.get_running_loop()
-        annoy_ids, similarities = await loop.run_in_executor(
-            None, self.model.index.nearest_to_item, int(item_index) - 1, k + 1
-        )
-        items = [
-            (self.model.items.ids[int(annoy_id)], float(similarity))
-            for annoy_id, similarity in zip(annoy_ids, similarities, strict=True)
-            if annoy_id != item_index - 1
-        ]
-        return Recommendation(items[:k], self.model.version)
+        row = int(self._required_rows([item_id])[0])
+        view = self.catalog.view()
+        rows, similarities = await asyncio.get_running_loop().run_in_executor(None, view.similar, row, k)
+        items = [(view.ids[r], s) for r, s in zip(rows.tolist(), similarities.tolist(), strict=True)]
+        return Recommendation(items, self.model.version)
 
     async def embed_users(self, users: Sequence[tuple[str, Sequence[str]]]) -> np.ndarray:
         """User-tower embeddings [len(users), D] of (user_id, recent_item_ids) pairs, as Recommend has them.
 
-        Unknown users are cold start and unknown context items are skipped, as in Recommend. One forward
-        pass for all of them, off the event loop but outside the batcher: the caller already batched them.
+        Stored history counts, unknown users are cold start and unknown context items are skipped, as in
+        Recommend. One forward pass for all of them, off the event loop but outside the batcher: the caller
+        already batched them.
         """
-        queries = [self._user_query(user_id, recent)[0] for user_id, recent in users]
-        return await asyncio.get_running_loop().run_in_executor(None, self.pipeline.embed_users, queries)
+        queries = [self._user_query(user_id, recent, False)[0] for user_id, recent in users]
+        view = self.catalog.view()
+
+        def embed() -> np.ndarray:
+            return self.pipeline.embed(self.pipeline.resolve_users(queries, view), view)
+
+        return await asyncio.get_running_loop().run_in_executor(None, embed)
 
     async def embed_items(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Item-tower embeddings [len(item_ids), D] from each item's index and tags, one forward pass.
+        """The item-tower embeddings [len(item_ids), D] the catalog holds and searches (the tower's outputs).
 
         Raises:
-            NotFoundError: an unknown item id (named).
-            UnavailableError: the loaded version has no item tower.
+            NotFoundError: an unknown or deleted item id (named).
         """
-        indices = self._required_indices(item_ids)
-        tower = self.model.item_tower
-        if tower is None:
-            raise UnavailableError(f"model version {self.model.version} was built without an item tower")
-        tags = self.model.item_tags[indices - 1]
-        outputs = await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(tower, item_index=indices, item_tags=tags)
-        )
-        return outputs["embedding"]
+        return self.catalog.view().embeddings[self._required_rows(item_ids)]
 
     async def rank(self, user_embeddings: np.ndarray, item_ids: Sequence[str]) -> np.ndarray:
         """P(like) [len(item_ids)] of each (user embedding, item) row, one ranker pass.
 
         Raises:
-            NotFoundError: an unknown item id (named).
+            NotFoundError: an unknown or deleted item id (named).
         """
-        indices = self._required_indices(item_ids)
+        rows = self._required_rows(item_ids)
+        view = self.catalog.view()
         return await asyncio.get_running_loop().run_in_executor(
-            None, self.pipeline.rank, user_embeddings, indices
+            None, self.pipeline.rank, user_embeddings, rows, view
         )
 
     def _checked_k(self, k: int) -> int:
@@ -199,41 +211,40 @@ class RecommenderService:
             )
         return k
 
-    def _user_query(self, user_id: str, recent_item_ids: Sequence[str]) -> tuple[UserQuery, list[str]]:
-        """The user's index and known context (latest max_recent_items), plus the unknown context ids."""
+    def _user_query(
+        self, user_id: str, recent_item_ids: Sequence[str], ignore_history: bool
+    ) -> tuple[UserQuery, list[str]]:
+        """The user as the request names them: index, known context rows (latest kept), unknown ids."""
         user_index = self.model.users.index_by_id.get(user_id, 0)
         if not recent_item_ids:
-            return UserQuery(user_index, EMPTY_INDICES), []
+            return UserQuery(user_id, user_index, NO_ROWS, not ignore_history), []
         recent = list(recent_item_ids)[-self.config.limits.max_recent_items :]
-        index_by_id = self.model.items.index_by_id
-        context = np.array([index_by_id[i] for i in recent if i in index_by_id], dtype=np.int32)
+        rows = np.fromiter((self.catalog.row_of(i) for i in recent), dtype=np.int32, count=len(recent))
         unknown = (
-            [item_id for item_id in recent if item_id not in index_by_id]
-            if context.size < len(recent)
+            [item_id for item_id, row in zip(recent, rows, strict=True) if row == 0]
+            if (rows == 0).any()
             else []
         )
-        return UserQuery(user_index, context), unknown
+        return UserQuery(user_id, user_index, rows[rows > 0], not ignore_history), unknown
 
-    def _known_indices(self, item_ids: Iterable[str]) -> np.ndarray:
-        """Indices of the known ids among `item_ids` (unknown ones ignored), in no particular order."""
+    def _known_rows(self, item_ids: Iterable[str]) -> np.ndarray:
+        """Rows of the live ids among `item_ids` (unknown ones ignored), in no particular order."""
         if not item_ids:
-            return EMPTY_INDICES
-        index_by_id = self.model.items.index_by_id
-        return np.array([index_by_id[i] for i in item_ids if i in index_by_id], dtype=np.int32)
+            return NO_ROWS
+        rows = np.fromiter((self.catalog.row_of(i) for i in item_ids), dtype=np.int32)
+        return rows[rows > 0]
 
-    def _required_indices(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Indices in order. Raises NotFoundError naming the unknown ids."""
-        indices = np.fromiter(
-            (self.model.items.index_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids)
-        )
-        if (indices == 0).any():
-            missing = [item_id for item_id, index in zip(item_ids, indices, strict=True) if index == 0]
+    def _required_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Rows in order. Raises NotFoundError naming the unknown or deleted ids."""
+        rows = np.fromiter((self.catalog.row_of(i) for i in item_ids), dtype=np.int32, count=len(item_ids))
+        if (rows == 0).any():
+            missing = [item_id for item_id, row in zip(item_ids, rows, strict=True) if row == 0]
             shown = ", ".join(repr(m) for m in missing[:MAX_IDS_IN_MESSAGE])
             more = (
                 f" and {len(missing) - MAX_IDS_IN_MESSAGE} more" if len(missing) > MAX_IDS_IN_MESSAGE else ""
             )
-            raise NotFoundError(f"unknown item id {shown}{more}: the model has no such item")
-        return indices
+            raise NotFoundError(f"unknown item id {shown}{more}: not in the catalog")
+        return rows
 
 
 MODEL_STATES = ("loading", "ready", "failed", "stopping")

@@ -78,6 +78,15 @@ class RetrievalSettings(BaseModel):
     ann_threads: int = Field(
         2, ge=1, description="Threads sharing one batch's ANN lookups (Annoy releases the GIL)."
     )
+    rebuild_delta_items: int = Field(
+        5000,
+        ge=1,
+        description="Rebuild the index in the background once this many items are searched exactly beside "
+        "it (upserted since it was built) or dead in it (deleted or changed).",
+    )
+    rebuild_interval_seconds: float = Field(
+        0.0, ge=0, description="Also rebuild this often when the catalog changed; 0 = only by size."
+    )
 
 
 class LimitSettings(BaseModel):

@@ -199,7 +199,7 @@ def test_model_statistics_count_requests_batches_and_stages(stub) -> None:
     assert sum(after.batch_size_counts.values()) == after.execution_count
     assert after.compute_duration_us > before.compute_duration_us
     stages = {stage.name: stage for stage in after.stages}
-    assert set(stages) == {"user_tower", "ann", "ranker"}
+    assert set(stages) == {"history", "user_tower", "ann", "ranker"}
     old = {stage.name: stage for stage in before.stages}
     assert stages["user_tower"].inference_count - old["user_tower"].inference_count == 2
     assert stages["ranker"].inference_count - old["ranker"].inference_count >= 3 + 10

@@ -411,7 +411,7 @@ def test_model_statistics_count_this_clients_requests(client: RecommenderClient)
     after = client.model_statistics()
     assert after.inference_count - before.inference_count == 2
     assert after.mean_batch_size >= 1
-    assert [stage.name for stage in after.stages] == ["user_tower", "ann", "ranker"]
+    assert [stage.name for stage in after.stages] == ["history", "user_tower", "ann", "ranker"]
     assert sum(after.batch_size_counts.values()) == after.execution_count
 
 

@@ -21,8 +21,10 @@ def backend(state_dir: Path, fsync: str = "everysec", compact_log_bytes: int = 1
 async def opened(
     state_dir: Path, **options: object
 ) -> tuple[MemoryBackend, dict[str, tuple[str, ...] | None]]:
+    """The backend, open, and its catalog changes as item id -> tags (None: deleted)."""
     store = backend(state_dir, **options)  # type: ignore[arg-type]
-    return store, await store.open()
+    changes = await store.open()
+    return store, {c.item_id: (c.tags if isinstance(c, ItemUpsert) else None) for c, _ in changes}
 
 
 def views(user: str, *items: str, start_ms: int = 0) -> list[UserEvent]:

@@ -33,7 +33,9 @@ async def writes(tmp_path: Path) -> tuple[StateWrites, MemoryBackend, Served]:
     backend = MemoryBackend(tmp_path / "state", "always", 100, 50, 1 << 20)
     await backend.open()
     served = Served(LiveCatalog(small_base(tmp_path), tag_embedding))
-    return StateWrites(backend, LIMITS, lambda: served, now_ms=lambda: 1_000), backend, served
+    state = StateWrites(backend, LIMITS, lambda: served, now_ms=lambda: 1_000)
+    state.ready = True
+    return state, backend, served
 
 
 async def test_events_are_stored_and_unknown_items_reported(writes) -> None:  # noqa: ANN001
@@ -79,6 +81,7 @@ async def test_catalog_writes_wait_for_the_model(tmp_path: Path) -> None:
     backend = MemoryBackend(tmp_path, "everysec", 100, 50, 1 << 20)
     await backend.open()
     state = StateWrites(backend, LIMITS, loading)
+    state.ready = True
     with pytest.raises(UnavailableError):
         await state.upsert_items([("new", [])])
     assert (await state.record_events([RawEvent("u", "i", 1, None)])).unknown_item_ids == []

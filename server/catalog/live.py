@@ -173,4 +173,5 @@ class LiveCatalog:
             index_rows=self._index_rows,
             delta_start=self._delta_start,
             popular_rows=self._popular_rows,
+            row_by_id=self._row_by_id,
         )

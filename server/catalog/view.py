@@ -47,6 +47,13 @@ class CatalogView:
     """Rows from here on are not in the index: the delta, searched exactly."""
     popular_rows: np.ndarray
     """Base rows, most popular first."""
+    row_by_id: dict[str, int]
+    """The catalog's current row of each live item (shared: it changes after the view was taken)."""
+
+    def row_of(self, item_id: str) -> int:
+        """The item's row in this view, 0 when unknown, deleted, or added after the view was taken."""
+        row = self.row_by_id.get(item_id, 0)
+        return row if row < self.size else 0
 
     @property
     def delta_size(self) -> int:

@@ -107,8 +107,8 @@ class MemoryBackend:
         self._catalog: dict[str, tuple[str, ...] | None] = {}  # item id -> tags, or None when deleted
         self._compaction: asyncio.Task[None] | None = None
 
-    async def open(self) -> dict[str, tuple[str, ...] | None]:
-        """Rebuild the state from disk; returns the catalog changes (item id -> tags, None = deleted)."""
+    async def open(self) -> list[tuple[CatalogChange, None]]:
+        """Rebuild the state from disk; returns the catalog changes since the base catalog (unversioned)."""
         replay = await asyncio.get_running_loop().run_in_executor(None, self._log.open)
         for payload in replay.records:
             self._apply(decode(payload))
@@ -121,7 +121,7 @@ class MemoryBackend:
             len(self._users),
             len(self._catalog),
         )
-        return dict(self._catalog)
+        return [(_change(item_id, tags), None) for item_id, tags in self._catalog.items()]
 
     async def close(self) -> None:
         """Finish a compaction under way, flush and close the log."""

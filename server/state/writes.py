@@ -84,10 +84,19 @@ class StateWrites:
         self._limits = limits
         self._served = served
         self._now_ms = now_ms
+        self.ready = False
+        """Set once the backend is open; until then every call is UNAVAILABLE."""
         self.statistics = WriteStatistics()
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise UnavailableError(
+                "live state is still loading (reading the log or reaching Redis); retry shortly"
+            )
 
     async def record_events(self, raw: Sequence[RawEvent]) -> RecordedEvents:
         """Store events; the next batch reads them."""
+        self._check_ready()
         counts = self.statistics.events
         try:
             events = checked_events(raw, self._limits, self._now_ms())
@@ -107,14 +116,17 @@ class StateWrites:
 
     async def user_history(self, user_id: str) -> list[UserEvent]:
         """The user's stored events, oldest first."""
+        self._check_ready()
         return await self._backend.user_history(check_id(user_id, "user_id"))
 
     async def forget_user(self, user_id: str) -> int:
         """Delete everything stored about the user (on disk too); returns the events deleted."""
+        self._check_ready()
         return await self._backend.forget_user(check_id(user_id, "user_id"))
 
     async def upsert_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> int:
         """Add items or give them new features; the next request can return them."""
+        self._check_ready()
         try:
             upserts = checked_upserts(items, self._limits)
         except InvalidArgumentError:
@@ -129,6 +141,7 @@ class StateWrites:
 
     async def delete_items(self, item_ids: Sequence[str]) -> tuple[int, list[str]]:
         """Remove items; returns how many were in the catalog and the ids that were not."""
+        self._check_ready()
         try:
             deletes = checked_deletes(item_ids, self._limits)
         except InvalidArgumentError:

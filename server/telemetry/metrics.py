@@ -23,8 +23,11 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from recserve.server.live_state import LiveState
 from recserve.server.recommender import MODEL_STATES, RecommenderService, ServiceSlot
-from recserve.server.statistics import BatchStatistics, Histogram, RpcStatistics
+from recserve.server.statistics import BatchStatistics, RpcStatistics
+from recserve.server.telemetry.buckets import prometheus_buckets
+from recserve.server.telemetry.state_metrics import state_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -34,10 +37,13 @@ MODEL_LABELS = ["model", "version"]
 class ServerCollector(Collector):
     """Turns the live statistics into metric families on every scrape."""
 
-    def __init__(self, slot: ServiceSlot, rpc_statistics: RpcStatistics, model_name: str) -> None:
+    def __init__(
+        self, slot: ServiceSlot, rpc_statistics: RpcStatistics, model_name: str, state: LiveState | None
+    ) -> None:
         self._slot = slot
         self._rpc = rpc_statistics
         self._model_name = model_name
+        self._state = state
 
     def collect(self) -> Iterator[Metric]:
         """Every metric family, in a stable order."""
@@ -50,6 +56,8 @@ class ServerCollector(Collector):
             yield from _request_metrics(stats, labels)
             yield from _batch_metrics(service, stats, labels)
             yield from _stage_metrics(service, labels)
+        if self._state is not None:
+            yield from state_metrics(self._state, service)
 
     def _model_state(self, service: RecommenderService | None) -> Iterator[Metric]:
         version = service.model.version if service is not None else ""
@@ -79,7 +87,7 @@ class ServerCollector(Collector):
             "recserve_rpc_duration_us", "gRPC call handling time (decode to response), µs.", labels=["method"]
         )
         for method, histogram in sorted(durations.items()):
-            duration.add_metric([method], _buckets(histogram), histogram.total)
+            duration.add_metric([method], prometheus_buckets(histogram), histogram.total)
         yield duration
 
 
@@ -112,7 +120,7 @@ def _request_metrics(stats: BatchStatistics, labels: list[str]) -> Iterator[Metr
         ),
     ):
         family = HistogramMetricFamily(name, help_text, labels=MODEL_LABELS)
-        family.add_metric(labels, _buckets(histogram), histogram.total)
+        family.add_metric(labels, prometheus_buckets(histogram), histogram.total)
         yield family
     last = GaugeMetricFamily(
         "recserve_last_inference_timestamp_seconds", "When the last batch finished.", labels=MODEL_LABELS
@@ -157,7 +165,7 @@ def _stage_metrics(service: RecommenderService, labels: list[str]) -> Iterator[M
     stage_labels = [*MODEL_LABELS, "stage"]
     compute = CounterMetricFamily(
         "recserve_compute_duration_us",
-        "Time spent in each pipeline stage (user_tower, ann, ranker), µs.",
+        "Time spent in each pipeline stage (history, user_tower, ann, ranker), µs.",
         labels=stage_labels,
     )
     executions = CounterMetricFamily(
@@ -173,12 +181,6 @@ def _stage_metrics(service: RecommenderService, labels: list[str]) -> Iterator[M
         executions.add_metric([*labels, stage], stats.execution_count)
         rows.add_metric([*labels, stage], stats.inference_count)
     yield from (compute, executions, rows)
-
-
-def _buckets(histogram: Histogram) -> list[tuple[str, float]]:
-    return [
-        ("+Inf" if bound == float("inf") else f"{bound:g}", count) for bound, count in histogram.cumulative()
-    ]
 
 
 def _batch_size_buckets(stats: BatchStatistics, max_batch_size: int) -> list[tuple[str, float]]:
@@ -209,11 +211,16 @@ class MetricsServer:
 
 
 def start_metrics_server(
-    host: str, port: int, slot: ServiceSlot, rpc_statistics: RpcStatistics, model_name: str
+    host: str,
+    port: int,
+    slot: ServiceSlot,
+    rpc_statistics: RpcStatistics,
+    model_name: str,
+    state: LiveState | None = None,
 ) -> MetricsServer:
     """Serve the server's metrics plus process, platform and GC metrics; port 0 picks a free one."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(slot, rpc_statistics, model_name))
+    registry.register(ServerCollector(slot, rpc_statistics, model_name, state))
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)

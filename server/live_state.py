@@ -1,0 +1,110 @@
+"""Live state in a running server: its backend, the write services (or their refusal), catalog catch-up.
+
+Start-up opens the backend (replaying the log, or reading Redis; retried until Redis answers, health saying
+NOT_SERVING meanwhile) while the model loads, then applies every stored catalog change to the new version's
+live catalog before it takes traffic, and with Redis follows the other replicas' changes from there on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from recserve.server.catalog.live import Version
+from recserve.server.errors import disabled_handlers, unary_handlers
+from recserve.server.exceptions import UnavailableError
+from recserve.server.recommender import RecommenderService, ServiceSlot
+from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
+from recserve.server.servicers.catalog import CatalogServicer
+from recserve.server.servicers.events import SERVICE as EVENTS_SERVICE
+from recserve.server.servicers.events import EventsServicer
+from recserve.server.settings import ServerSettings
+from recserve.server.state import backend_from_settings, write_limits
+from recserve.server.state.events import CatalogChange
+from recserve.server.state.memory import MemoryBackend
+from recserve.server.state.redis_backend import RedisBackend
+from recserve.server.state.writes import StateWrites
+from recserve.server.statistics import RpcStatistics
+from recserve.server.telemetry.grpc_tracing import RpcTracing
+
+logger = logging.getLogger(__name__)
+
+OPEN_RETRY_S = 1.0
+SERVICE_NAMES = (EVENTS_SERVICE.full_name, CATALOG_SERVICE.full_name)
+
+
+@dataclass
+class LiveState:
+    """The backend and write path of one server process."""
+
+    settings: ServerSettings
+    backend: MemoryBackend | RedisBackend
+    writes: StateWrites
+    stored_changes: list[tuple[CatalogChange, Version | None]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: ServerSettings, slot: ServiceSlot) -> LiveState:
+        """Not opened yet: writes answer UNAVAILABLE until `open` has run."""
+        backend = backend_from_settings(settings.state)
+        return cls(settings, backend, StateWrites(backend, write_limits(settings.state), slot.get))
+
+    @property
+    def enabled_services(self) -> list[str]:
+        """Full names of the write services this server serves (health reports them)."""
+        enabled = (self.settings.events_enabled, self.settings.catalog_enabled)
+        return [name for name, on in zip(SERVICE_NAMES, enabled, strict=True) if on]
+
+    def handlers(
+        self, statistics: RpcStatistics, tracing: RpcTracing | None
+    ) -> Sequence[grpc.GenericRpcHandler]:
+        """The Events and Catalog services, or handlers refusing them (PERMISSION_DENIED) where disabled."""
+        events = (
+            unary_handlers(EVENTS_SERVICE, EventsServicer(self.writes), statistics, tracing)
+            if self.settings.events_enabled
+            else disabled_handlers(EVENTS_SERVICE, "events_enabled", "--enable-events")
+        )
+        catalog = (
+            unary_handlers(CATALOG_SERVICE, CatalogServicer(self.writes), statistics, tracing)
+            if self.settings.catalog_enabled
+            else disabled_handlers(CATALOG_SERVICE, "catalog_enabled", "--enable-catalog")
+        )
+        return events, catalog
+
+    async def open(self) -> None:
+        """Open the backend, retrying while it is unreachable; writes are accepted from then on."""
+        while True:
+            try:
+                changes = await self.backend.open()
+                break
+            except UnavailableError as error:
+                logger.warning("state: %s; retrying in %.0fs", error, OPEN_RETRY_S)
+                await asyncio.sleep(OPEN_RETRY_S)
+        self.stored_changes = list(changes)
+        self.writes.ready = True
+        logger.info(
+            "state: %s backend open, %d catalog changes since the base catalog",
+            self.settings.state.backend,
+            len(self.stored_changes),
+        )
+
+    async def attach(self, service: RecommenderService) -> None:
+        """Apply the stored catalog changes to a new version's catalog (before it takes traffic)."""
+        changes = self.stored_changes or []
+        catalog = service.catalog
+        prepared = await asyncio.get_running_loop().run_in_executor(None, catalog.prepare, changes)
+        applied = catalog.commit(prepared)
+        service.catalog_changed()
+        logger.info("state: %d catalog changes applied; %d items live", applied, len(catalog))
+
+    def follow(self) -> None:
+        """Apply other replicas' catalog changes as they are published (Redis; none in memory)."""
+        if isinstance(self.backend, RedisBackend):
+            self.backend.follow_catalog(self.writes.apply_stored)
+
+    async def close(self) -> None:
+        """Flush and close the backend."""
+        await self.backend.close()
