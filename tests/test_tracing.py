@@ -138,7 +138,12 @@ def test_span_tree_of_one_batch_serving_four_traces(traced_server, server_spans,
         assert queue.end_time <= batch.start_time + 1_000_000  # the wait ends as the batch starts
 
     stages = [s for s in spans if s.parent is not None and s.parent.span_id == batch.context.span_id]
-    assert [s.name for s in sorted(stages, key=lambda s: s.start_time)] == ["history", "user_tower", "ann", "ranker"]
+    assert [s.name for s in sorted(stages, key=lambda s: s.start_time)] == [
+        "history",
+        "user_tower",
+        "ann",
+        "ranker",
+    ]
     assert all(s.context.trace_id == batch.context.trace_id for s in stages)
     assert by_name(stages, "user_tower")[0].attributes["recserve.stage.rows"] == 4
     assert by_name(stages, "ranker")[0].attributes["recserve.stage.rows"] >= 4 * 10
