@@ -135,6 +135,8 @@ def start_server(repository: Path, flags: list[str], workdir: Path) -> ServerPro
         "0",
         "--model-repository",
         str(repository),
+        "--state-dir",
+        str(log.with_suffix(".state")),
         *flags,
     ]
     with log.open("w") as sink:

@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from recserve.server.settings import ServerSettings  # noqa: E402
+from recserve.server.settings import ServerSettings, StateSettings  # noqa: E402
 from recserve.v1 import recommender_pb2_grpc  # noqa: E402
 from tests.serving import ServerThread  # noqa: E402
 
@@ -53,10 +53,15 @@ def version_dir(model_repository: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def server_settings(model_repository: Path) -> ServerSettings:
+def server_settings(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> ServerSettings:
     """Settings for a test server on a free loopback port, serving the tiny model."""
     return ServerSettings(
-        model_repository=model_repository, grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, warmup_rounds=1
+        model_repository=model_repository,
+        grpc_host="127.0.0.1",
+        grpc_port=0,
+        metrics_port=0,
+        warmup_rounds=1,
+        state=StateSettings(state_dir=tmp_path_factory.mktemp("state")),
     )
 
 

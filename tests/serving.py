@@ -112,7 +112,9 @@ class ServerProcess:
             "--model-repository",
             str(model_repository),
         ]
-        self.env = {**os.environ, "RECSERVE_WARMUP_ROUNDS": "1", **environment}
+        # Live state beside the log, never in the working directory.
+        state = {"RECSERVE_STATE__STATE_DIR": str(log.parent / f"{log.stem}-state")}
+        self.env = {**os.environ, "RECSERVE_WARMUP_ROUNDS": "1", **state, **environment}
         self.process: subprocess.Popen | None = None
         self.address = ""
 

@@ -34,6 +34,7 @@ class RecommenderServicer:
             request.include_recent_items,
             context.time_remaining(),
             request.priority,
+            request.ignore_history,
         )
         return pb.RecommendResponse(
             items=_scored_items(result),
@@ -50,6 +51,7 @@ class RecommenderServicer:
             request.item_ids,
             context.time_remaining(),
             request.priority,
+            request.ignore_history,
         )
         return pb.ScoreResponse(
             scores=result.scores.tolist(),
