@@ -105,7 +105,7 @@ async def start_server(
         tracer_provider=tracer_provider,
         owns_tracer_provider=owns_provider and tracer_provider is not None,
     )
-    running.state = LiveState.from_settings(settings, running.slot)
+    running.state = LiveState.from_settings(settings, running.slot, running.tracer)
     rpc_tracing = RpcTracing.from_provider(tracer_provider) if tracer_provider is not None else None
     server.add_generic_rpc_handlers(
         (

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+from opentelemetry.trace import Tracer
 
 from recserve.server.catalog.live import Version
 from recserve.server.errors import disabled_handlers, unary_handlers
@@ -47,10 +48,11 @@ class LiveState:
     stored_changes: list[tuple[CatalogChange, Version | None]] | None = None
 
     @classmethod
-    def from_settings(cls, settings: ServerSettings, slot: ServiceSlot) -> LiveState:
+    def from_settings(cls, settings: ServerSettings, slot: ServiceSlot, tracer: Tracer | None) -> LiveState:
         """Not opened yet: writes answer UNAVAILABLE until `open` has run."""
         backend = backend_from_settings(settings.state)
-        return cls(settings, backend, StateWrites(backend, write_limits(settings.state), slot.get))
+        writes = StateWrites(backend, write_limits(settings.state), slot.get, tracer=tracer)
+        return cls(settings, backend, writes)
 
     @property
     def enabled_services(self) -> list[str]:

@@ -251,3 +251,36 @@ def test_a_caller_that_gives_up_ends_its_spans(traced_server, server_spans, call
     (queue,) = by_name(spans, "queue")
     assert queue.attributes["recserve.dropped"] in ("cancelled", "deadline exceeded")
     assert not by_name(spans, "batch"), "nobody was left to serve: no batch ran"
+
+
+def test_a_traced_write_has_its_store_step_as_a_child(
+    server_settings: ServerSettings, tmp_path, caller
+) -> None:  # noqa: ANN001
+    from recserve.client import Event, Item
+    from recserve.server.settings import StateSettings
+
+    spans = InMemorySpanExporter()
+    provider = TracerProvider(sampler=BatchAwareSampler(0.0))
+    provider.add_span_processor(SimpleSpanProcessor(spans))
+    settings = server_settings.model_copy(
+        update={"events_enabled": True, "catalog_enabled": True, "state": StateSettings(state_dir=tmp_path)}
+    )
+    caller_provider, _ = caller
+    with (
+        ServerThread(settings, tracer_provider=provider) as server,
+        RecommenderClient(server.address) as client,
+    ):
+        with caller_provider.get_tracer("test").start_as_current_span("caller"):
+            client.record_events([Event("traced-user", "item-1"), Event("traced-user", "item-2")])
+            client.upsert_items([Item("traced-item", ("tag-1",))])
+        finished = finished_spans(spans, "recserve.v1.Catalog/UpsertItems", 1)
+    provider.shutdown()
+    for method, steps in (
+        ("recserve.v1.Events/RecordEvents", ["store"]),
+        ("recserve.v1.Catalog/UpsertItems", ["embed", "store"]),
+    ):
+        (rpc,) = by_name(finished, method)
+        children = [s for s in finished if s.parent is not None and s.parent.span_id == rpc.context.span_id]
+        assert [s.name for s in sorted(children, key=lambda s: s.start_time)] == steps
+    (store,) = [s for s in by_name(finished, "store") if s.attributes["recserve.state.records"] == 2]
+    assert store.context.trace_id == by_name(finished, "recserve.v1.Events/RecordEvents")[0].context.trace_id

@@ -12,8 +12,11 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
+
+from opentelemetry.trace import Tracer
 
 from recserve.server.catalog.live import LiveCatalog, PreparedChanges, Version
 from recserve.server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
@@ -28,6 +31,7 @@ from recserve.server.state.validation import (
     checked_upserts,
 )
 from recserve.server.statistics import Histogram
+from recserve.server.telemetry.tracing import child_span
 
 VISIBILITY_LAG_BUCKETS_MS = (1, 5, 10, 50, 100, 500, 1_000, 5_000, 60_000, 3_600_000)
 
@@ -78,12 +82,17 @@ class StateWrites:
         limits: WriteLimits,
         served: Callable[[], ServedCatalog],
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        tracer: Tracer | None = None,
     ) -> None:
-        """`served` returns what is being served now, or raises UnavailableError while the model loads."""
+        """`served` returns what is being served now, or raises UnavailableError while the model loads.
+
+        With `tracer`, storing and embedding are child spans of a traced write's server span.
+        """
         self._backend = backend
         self._limits = limits
         self._served = served
         self._now_ms = now_ms
+        self._tracer = tracer
         self.ready = False
         """Set once the backend is open; until then every call is UNAVAILABLE."""
         self.statistics = WriteStatistics()
@@ -104,7 +113,8 @@ class StateWrites:
             counts["rejected"] += len(raw)
             raise
         try:
-            await self._backend.record_events(events)
+            with self._span("store", len(events)):
+                await self._backend.record_events(events)
         except UnavailableError:
             counts["failed"] += len(events)
             raise
@@ -133,9 +143,10 @@ class StateWrites:
             self.statistics.catalog["upsert", "rejected"] += len(items)
             raise
         served = self._served()
-        prepared = await asyncio.get_running_loop().run_in_executor(
-            None, served.catalog.prepare, [(upsert, None) for upsert in upserts]
-        )
+        with self._span("embed", len(upserts)):
+            prepared = await asyncio.get_running_loop().run_in_executor(
+                None, served.catalog.prepare, [(upsert, None) for upsert in upserts]
+            )
         await self._publish(served, prepared, "upsert")
         return len(upserts)
 
@@ -177,13 +188,19 @@ class StateWrites:
             return
         count = len(prepared.changes)
         try:
-            version = await self._backend.record_catalog_changes([change for change, _ in prepared.changes])
+            with self._span("store", count):
+                version = await self._backend.record_catalog_changes(
+                    [change for change, _ in prepared.changes]
+                )
         except UnavailableError:
             self.statistics.catalog[operation, "failed"] += count
             raise
         served.catalog.commit(prepared.versioned(version))
         served.catalog_changed()
         self.statistics.catalog[operation, "accepted"] += count
+
+    def _span(self, name: str, records: int) -> AbstractContextManager[None]:
+        return child_span(self._tracer, name, {"recserve.state.records": records})
 
     def _unknown_items(self, item_ids: Iterable[str]) -> list[str]:
         """Ids the served catalog does not know (none while the model loads: nothing to compare with)."""

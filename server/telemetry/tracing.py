@@ -13,7 +13,7 @@ import logging
 import os
 import random
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 from opentelemetry import trace
@@ -206,10 +206,15 @@ class BatchTracer:
 
 
 @contextmanager
-def stage_span(tracer: Tracer | None, name: str, rows: int) -> Iterator[None]:
-    """A child span of the current batch span for one pipeline stage; nothing when the batch is not traced."""
+def child_span(tracer: Tracer | None, name: str, attributes: dict[str, str | int]) -> Iterator[None]:
+    """A child of the current span; nothing at all (no unsampled span) when that one is not recorded."""
     if tracer is None or not trace.get_current_span().is_recording():
         yield
         return
-    with tracer.start_as_current_span(name, attributes={"recserve.stage.rows": rows}):
+    with tracer.start_as_current_span(name, attributes=attributes):
         yield
+
+
+def stage_span(tracer: Tracer | None, name: str, rows: int) -> AbstractContextManager[None]:
+    """A child span of the current batch span for one pipeline stage; nothing when the batch is not traced."""
+    return child_span(tracer, name, {"recserve.stage.rows": rows})
