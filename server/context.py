@@ -3,11 +3,13 @@
 The context is the user's stored history (its positive items, most recent last) followed by the request's
 recent items, each item once at its latest place, the newest `max_recent_items` kept. Recommend never
 returns the request's excluded items, the items the history has seen (unless the request includes recent
-items) nor the ones the user disliked. Resolved per batch, against the batch's catalog view.
+items) nor the ones the user disliked. Resolved per batch, against the batch's catalog view; a history's
+rows are cached per stored profile until the catalog changes, so a returning user costs a lookup.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -17,6 +19,7 @@ from recserve.server.catalog.view import CatalogView
 from recserve.server.state.history import EMPTY_PROFILE, UserProfile
 
 NO_ROWS = np.zeros(0, dtype=np.int32)
+CACHED_PROFILES = 100_000
 
 
 @dataclass(frozen=True)
@@ -31,12 +34,12 @@ class UserQuery:
 
 @dataclass(frozen=True)
 class ResolvedUser:
-    """A user as one batch sees them: their context rows (most recent last) and the rows to leave out."""
+    """A user as one batch sees them: context rows (most recent last), and rows to leave out (sorted)."""
 
     user_index: int
     context: np.ndarray
-    seen: np.ndarray
-    disliked: np.ndarray
+    disliked: np.ndarray = field(default_factory=lambda: NO_ROWS)
+    seen_or_disliked: np.ndarray = field(default_factory=lambda: NO_ROWS)
 
     @property
     def is_cold_start(self) -> bool:
@@ -44,18 +47,53 @@ class ResolvedUser:
         return self.user_index == 0 and self.context.size == 0
 
 
-def resolve(user: UserQuery, profile: UserProfile, view: CatalogView, max_recent_items: int) -> ResolvedUser:
-    """Combine the stored profile (EMPTY_PROFILE when the request ignores history) with the request."""
-    if profile is EMPTY_PROFILE:
-        return ResolvedUser(user.user_index, user.context[-max_recent_items:], NO_ROWS, NO_ROWS)
-    history = _rows(view, profile.context[-max_recent_items:])
-    combined = np.concatenate([history, user.context]) if user.context.size else history
-    return ResolvedUser(
-        user.user_index,
-        _latest_once(combined)[-max_recent_items:],
-        _rows(view, profile.seen),
-        _rows(view, profile.disliked),
-    )
+@dataclass(frozen=True)
+class _HistoryRows:
+    """One stored profile's items as the rows of one catalog version."""
+
+    profile: UserProfile  # held so that its id is not reused while cached
+    catalog_version: int
+    context: np.ndarray
+    disliked: np.ndarray
+    seen_or_disliked: np.ndarray
+
+
+class ContextResolver:
+    """Resolves users against catalog views, caching each stored profile's rows (safe on any thread)."""
+
+    def __init__(self, max_recent_items: int) -> None:
+        self._max_recent_items = max_recent_items
+        self._cache: dict[int, _HistoryRows] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, user: UserQuery, profile: UserProfile, view: CatalogView) -> ResolvedUser:
+        """The profile (EMPTY_PROFILE when the request ignores history) combined with the request."""
+        limit = self._max_recent_items
+        if profile is EMPTY_PROFILE:
+            return ResolvedUser(user.user_index, user.context[-limit:])
+        history = self._history_rows(profile, view)
+        context = history.context
+        if user.context.size:
+            context = _latest_once(np.concatenate([history.context, user.context]))[-limit:]
+        return ResolvedUser(user.user_index, context, history.disliked, history.seen_or_disliked)
+
+    def _history_rows(self, profile: UserProfile, view: CatalogView) -> _HistoryRows:
+        cached = self._cache.get(id(profile))
+        if cached is not None and cached.profile is profile and cached.catalog_version == view.version:
+            return cached
+        disliked = np.sort(_rows(view, profile.disliked))
+        rows = _HistoryRows(
+            profile,
+            view.version,
+            _rows(view, profile.context[-self._max_recent_items :]),
+            disliked,
+            np.sort(np.concatenate([_rows(view, profile.seen), disliked])),
+        )
+        with self._lock:
+            if len(self._cache) >= CACHED_PROFILES:
+                self._cache.clear()  # bounded; the next batches refill what is in use
+            self._cache[id(profile)] = rows
+        return rows
 
 
 def _rows(view: CatalogView, item_ids: Sequence[str] | frozenset[str]) -> np.ndarray:
@@ -68,9 +106,6 @@ def _rows(view: CatalogView, item_ids: Sequence[str] | frozenset[str]) -> np.nda
 
 def _latest_once(rows: np.ndarray) -> np.ndarray:
     """Each row once, where it last occurs, in order."""
-    if rows.size < 2:
-        return rows
     reversed_rows = rows[::-1]
     _, first_in_reverse = np.unique(reversed_rows, return_index=True)
-    keep = np.sort(first_in_reverse)
-    return reversed_rows[keep][::-1]
+    return reversed_rows[np.sort(first_in_reverse)][::-1]

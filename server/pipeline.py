@@ -20,7 +20,7 @@ from opentelemetry.trace import Tracer
 
 from recserve.server.catalog.live import LiveCatalog
 from recserve.server.catalog.view import CatalogView, Retrieval
-from recserve.server.context import NO_ROWS, ResolvedUser, UserQuery, resolve
+from recserve.server.context import NO_ROWS, ContextResolver, ResolvedUser, UserQuery
 from recserve.server.repository import LoadedModel
 from recserve.server.settings import LimitSettings, RetrievalSettings
 from recserve.server.state.history import EMPTY_PROFILE, UserProfile
@@ -91,7 +91,7 @@ class BatchPipeline:
         self.model = model
         self.catalog = catalog
         self.retrieval = retrieval
-        self._max_recent_items = limits.max_recent_items
+        self._resolver = ContextResolver(limits.max_recent_items)
         self._history = history
         self._tracer = tracer  # stage spans, children of the current (batch) span when it is sampled
         self.stages = {stage: StageStatistics() for stage in STAGES}
@@ -137,10 +137,8 @@ class BatchPipeline:
     def resolve_users(self, users: Sequence[UserQuery], view: CatalogView) -> list[ResolvedUser]:
         """Each user's context and exclusions: their stored history (one read for all) plus the request."""
         profiles = self._profiles(users)
-        return [
-            resolve(user, profile, view, self._max_recent_items)
-            for user, profile in zip(users, profiles, strict=True)
-        ]
+        resolve = self._resolver.resolve
+        return [resolve(user, profile, view) for user, profile in zip(users, profiles, strict=True)]
 
     def embed(self, users: Sequence[ResolvedUser], view: CatalogView) -> np.ndarray:
         """One user-tower pass over the users' contexts, left-padded with row 0 so the latest is last."""
@@ -226,12 +224,11 @@ class BatchPipeline:
 
 
 def _exclusions(query: RecommendQuery, user: ResolvedUser) -> np.ndarray:
-    """Rows a recommendation must not contain: the request's, the disliked, and seen ones unless included."""
-    parts = [query.excluded, user.disliked, user.seen if query.exclude_seen else NO_ROWS]
-    parts = [part for part in parts if part.size]
-    if not parts:
-        return NO_ROWS
-    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+    """Rows a recommendation leaves out, sorted: the request's, the disliked, seen ones unless included."""
+    history = user.seen_or_disliked if query.exclude_seen else user.disliked
+    if not query.excluded.size:
+        return history
+    return np.union1d(query.excluded, history) if history.size else query.excluded
 
 
 def _top_k(rows: np.ndarray, scores: np.ndarray, k: int, cold_start: bool) -> RankedItems:

@@ -69,6 +69,7 @@ class LiveCatalog:
         self._delta_start = len(base.ids) + 1
         self.index_generation = 0
         """How many times the index was rebuilt since the version was loaded."""
+        self._version = 0
         self._view = self._new_view()
 
     def view(self) -> CatalogView:
@@ -163,12 +164,14 @@ class LiveCatalog:
 
     def _new_view(self) -> CatalogView:
         rows = self._rows
+        self._version += 1
         return CatalogView(
             embeddings=rows.embeddings,
             model_indices=rows.model_indices,
             live=rows.live,
             ids=rows.ids,
             size=rows.size,
+            version=self._version,
             index=self._index,
             index_rows=self._index_rows,
             delta_start=self._delta_start,

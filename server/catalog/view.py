@@ -29,6 +29,7 @@ class Retrieval:
     position: int
     wanted: int
     excluded: np.ndarray = field(default_factory=lambda: NO_ROWS)
+    """Rows never to return, sorted and unique."""
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class CatalogView:
     live: np.ndarray
     ids: list[str]
     size: int
+    version: int
+    """Counts the catalog's commits and index swaps: rows mean the same in two views of one version."""
     index: AnnIndex
     index_rows: np.ndarray
     """Row of each Annoy id."""
@@ -155,11 +158,12 @@ def _best(
 
 
 def _not_in(values: np.ndarray, excluded: np.ndarray) -> np.ndarray:
-    """Mask of `values` not in `excluded`.
+    """Mask of `values` not in `excluded` (sorted).
 
-    For the usual handful of excluded items a broadcast compare costs a third of np.isin (which sorts);
-    it runs once per query, holding the GIL.
+    It runs once per query, holding the GIL: a broadcast compare for the usual handful of excluded items,
+    a binary search for a history's worth (np.isin would sort both arrays again every time).
     """
-    if excluded.size > 32:
-        return ~np.isin(values, excluded)
-    return ~(values[:, None] == excluded[None, :]).any(axis=1)
+    if excluded.size <= 32:
+        return ~(values[:, None] == excluded[None, :]).any(axis=1)
+    positions = np.minimum(np.searchsorted(excluded, values), excluded.size - 1)
+    return excluded[positions] != values
