@@ -46,7 +46,9 @@ RUN apt-get update \
 # Numeric ids: Kubernetes' runAsNonRoot can only verify a numeric USER.
 RUN groupadd --system --gid 10001 recserve \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
-        --shell /usr/sbin/nologin recserve
+        --shell /usr/sbin/nologin recserve \
+    && mkdir -p /var/lib/recserve/state \
+    && chown -R 10001:10001 /var/lib/recserve
 COPY --from=builder /opt/venv /opt/venv
 # Thread pools sized as `recserve serve` sizes them (server/cli.py): a spinning BLAS/OpenMP worker steals a
 # core from gRPC. Bytecode is compiled at install; the root filesystem may be read-only.
@@ -59,6 +61,10 @@ ENV VIRTUAL_ENV=/opt/venv \
     MKL_NUM_THREADS=1 \
     TF_CPP_MIN_LOG_LEVEL=2 \
     TF_ENABLE_ONEDNN_OPTS=0
+# The working directory holds the memory state backend's log and snapshots (state.state_dir, `state` by
+# default; docs/live-state.md): mount a volume here to keep them across containers.
+WORKDIR /var/lib/recserve
+VOLUME /var/lib/recserve
 USER 10001:10001
 # gRPC (grpc_port); Prometheus metrics (--metrics-port).
 EXPOSE 8001 8002
