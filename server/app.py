@@ -278,7 +278,12 @@ async def serve(settings: ServerSettings) -> None:
     first_signal = asyncio.ensure_future(signals.get())
     await asyncio.wait({loading, first_signal}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is not None:
-        logger.error("could not load model %s from %s", settings.model_name, settings.model_repository)
+        logger.error(
+            "could not start serving model %s from %s: %s",
+            settings.model_name,
+            settings.model_repository,
+            loading.exception(),
+        )
         first_signal.cancel()
         await stop_server(running, 0)
         raise loading.exception()  # type: ignore[misc]  # checked just above

@@ -158,10 +158,15 @@ def _serve(args: argparse.Namespace) -> int:
 
     configure_logging(settings.log_level, settings.log_format)
     from recserve.server.app import run
+    from recserve.server.exceptions import StartupError
     from recserve.server.runtime.tf_model import configure_threads
 
     configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
-    run(settings)
+    try:
+        run(settings)
+    except StartupError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
     return 0
 
 

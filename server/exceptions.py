@@ -37,3 +37,7 @@ class PermissionDeniedError(RecserveError):
 
 class UnimplementedError(RecserveError):
     """The server does not implement the operation asked for (an optional part of a protocol)."""
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (an unusable state directory, a damaged log): fix and restart."""

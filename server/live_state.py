@@ -17,7 +17,7 @@ from opentelemetry.trace import Tracer
 
 from recserve.server.catalog.live import Version
 from recserve.server.errors import disabled_handlers, unary_handlers
-from recserve.server.exceptions import UnavailableError
+from recserve.server.exceptions import StartupError, UnavailableError
 from recserve.server.recommender import RecommenderService, ServiceSlot
 from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
 from recserve.server.servicers.catalog import CatalogServicer
@@ -26,6 +26,7 @@ from recserve.server.servicers.events import EventsServicer
 from recserve.server.settings import ServerSettings
 from recserve.server.state import backend_from_settings, write_limits
 from recserve.server.state.events import CatalogChange
+from recserve.server.state.log import CorruptLogError
 from recserve.server.state.memory import MemoryBackend
 from recserve.server.state.redis_backend import RedisBackend
 from recserve.server.state.writes import StateWrites
@@ -85,6 +86,16 @@ class LiveState:
             except UnavailableError as error:
                 logger.warning("state: %s; retrying in %.0fs", error, OPEN_RETRY_S)
                 await asyncio.sleep(OPEN_RETRY_S)
+            except CorruptLogError as error:
+                raise StartupError(
+                    f"{error}: restore it from a backup, or move it away to start empty"
+                ) from error
+            except OSError as error:
+                directory = self.settings.state.state_dir.resolve()
+                raise StartupError(
+                    f"cannot open the state directory {directory} ({error.strerror or error}): set "
+                    "state.state_dir (--state-dir, RECSERVE_STATE__STATE_DIR) to a writable directory"
+                ) from error
         self.stored_changes = list(changes)
         self.writes.ready = True
         logger.info(

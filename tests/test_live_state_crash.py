@@ -60,3 +60,19 @@ def test_sigkill_loses_no_acknowledged_write(model_repository: Path, tmp_path: P
             assert acknowledged_items
             for item_id in acknowledged_items:
                 assert client.get_item(item_id).tags == ("tag-3",)
+
+
+def test_an_unusable_state_directory_stops_the_server_with_a_clear_error(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    not_a_directory = tmp_path / "a-file"
+    not_a_directory.write_text("")
+    command = [sys.executable, "-m", "recserve", "serve", "--grpc-port", "0", "--metrics-port", "0"]
+    command += ["--model-repository", str(model_repository), "--state-dir", str(not_a_directory)]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert finished.returncode == 2
+    assert f"cannot open the state directory {not_a_directory}" in finished.stderr
+    assert "Traceback" not in finished.stderr
