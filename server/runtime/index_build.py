@@ -7,6 +7,7 @@ which imports only numpy and Annoy (no TensorFlow): it starts in a fraction of a
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -39,8 +40,14 @@ async def build_in_child(embeddings: np.ndarray, index_path: Path, n_trees: int,
 
 
 def main(argv: list[str]) -> None:
-    """Child entry point: embeddings.npy index.ann n_trees seed."""
+    """Child entry point: embeddings.npy index.ann n_trees seed.
+
+    The build runs at the lowest CPU priority: on a busy machine serving keeps the cores and the build takes
+    what is left (it finishes later, requests do not wait).
+    """
     source, target, n_trees, seed = argv
+    if hasattr(os, "nice"):
+        os.nice(19)
     build_index(Path(target), np.load(source), int(n_trees), int(seed))
 
 
