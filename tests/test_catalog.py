@@ -125,3 +125,19 @@ async def test_a_rebuild_folds_the_delta_into_the_index(catalog: LiveCatalog, ba
     assert retrieve(catalog, vector, 10) == before
     assert retrieve(catalog, tag_embedding(np.zeros(1), [("fresh",)])[0], 1) == ["during"]
     await rebuilder.close()
+
+
+@pytest.mark.parametrize("columns", [500, 20_000])
+def test_the_delta_search_finds_the_exact_top_rows(columns: int) -> None:
+    from recserve.server.catalog.view import _top_columns
+
+    rng = np.random.default_rng(columns)
+    scores = rng.normal(size=(12, columns)).astype(np.float32)
+    scores[3, : columns // 2] = -np.inf  # half the rows dead
+    scores[5, :] = -np.inf
+    scores[5, :7] = 1.0  # fewer live columns than wanted
+    wanted = [100] * 6 + [37] * 6
+    for row, (found, want) in enumerate(zip(_top_columns(scores, wanted), wanted, strict=True)):
+        expected = np.argsort(-scores[row], kind="stable")[:want]
+        assert sorted(scores[row, found].tolist()) == sorted(scores[row, expected].tolist())
+        assert found.size == want
