@@ -1,10 +1,12 @@
 """Render docs/benchmarks.md and its plot from the JSON results the benchmarks wrote to bench/results/.
 
 .venv/bin/python bench/report.py        (after `make bench`, which runs every benchmark first)
+.venv/bin/python bench/report.py --live-state-only   (after bench/live_state.py: that section alone, in place)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 DOCS = REPO_ROOT / "docs"
 PLOT = DOCS / "benchmarks.png"
 PERF_ANALYZER_PLOT = DOCS / "benchmarks-perf-analyzer.png"
+BENCHMARKS = DOCS / "benchmarks.md"
 TARGET_CONCURRENCY = 64
 
 
@@ -280,8 +283,363 @@ def tracing_section(results: dict) -> list[str]:
     return lines
 
 
+def live_state_section(results: dict) -> list[str]:
+    """History, ingestion, freshness, rebuild and exact-delta figures, with the issue's targets."""
+    phases = results["phases"]
+    minutes = sum(phase["wall_s"] for phase in phases.values()) / 60
+    others = ", ".join(f"{name} {phase['other_processes_cpu_share']:.0%}" for name, phase in phases.items())
+    lines = [
+        LIVE_STATE_HEADING,
+        "",
+        f"`{results['command']}` (`make bench-live`, {minutes:.0f} min) — {results['machine']}; the server "
+        f"code at {results['code']}. Servers run as `recserve serve` child processes on loopback, load comes from "
+        "separate `recserve loadtest` processes on the same cores; throughput cells are medians of "
+        f"{results['runs']} interleaved rounds of {results['seconds']:g} s (every configuration once per round, "
+        "the order reversed every other round). Share of the machine's CPU that other processes used meanwhile, "
+        f"per phase: {others}.",
+        "",
+        *live_state_target_table(results),
+        "",
+        *live_history(results["history"]),
+        *live_ingestion(results["ingestion"]),
+        *live_freshness(results["freshness"]),
+        *live_rebuild(results["rebuild"]),
+        *live_delta(results["delta"]),
+    ]
+    return lines
+
+
+def live_verdict(met: bool) -> str:
+    """The targets table's word for a target."""
+    return "met" if met else "**missed**"
+
+
+def live_state_targets(results: dict) -> list[dict]:
+    """The issue's live-state targets against a run's figures: one row each (target, figure, goal, verdict)."""
+    return [
+        *history_targets(results["history"]),
+        *ingestion_targets(results["ingestion"]),
+        *freshness_targets(results["freshness"]),
+        rebuild_target(results["rebuild"]),
+        delta_target(results["delta"]),
+    ]
+
+
+def live_state_target_table(results: dict) -> list[str]:
+    """The targets as a markdown table (bench/live_state.py prints it too)."""
+    return [
+        "| target | this run | goal | verdict |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {t['target']} | {t['figure']} | {t['goal']} | {t['verdict']} |"
+            for t in live_state_targets(results)
+        ),
+    ]
+
+
+def history_targets(history: dict) -> list[dict]:
+    """Recommend throughput with history over without: >= 90% in-process, >= 75% with Redis."""
+    rows = []
+    for backend, goal in (("memory", 0.90), ("redis", 0.75)):
+        on, off = (
+            next(r for r in history["rows"] if r["backend"] == backend and r["history"] == mode)
+            for mode in ("on", "off")
+        )
+        ratio = on["rps"] / off["rps"]
+        rows.append(
+            {
+                "target": f"History cost, {backend} backend: Recommend c={history['concurrency']}, history on / off",
+                "figure": f"{ratio:.2f}× ({on['rps']:,.0f} vs {off['rps']:,.0f} req/s); server CPU "
+                f"{on['cpu_us_per_request']:.0f} vs {off['cpu_us_per_request']:.0f} µs/request, history stage "
+                f"{on.get('stage_us_history', 0):.0f} µs",
+                "goal": f"≥ {goal:.2f}×",
+                "verdict": live_verdict(ratio >= goal),
+            }
+        )
+    return rows
+
+
+def ingestion_targets(ingestion: dict) -> list[dict]:
+    """Events/s with fsync everysec (>= 20,000) and with fsync always (what it costs)."""
+    rows = {r["config"]: r for r in ingestion["rows"]}
+    alone = next(r for name, r in rows.items() if name.endswith("Recommend alone"))
+    found = []
+    for policy, goal in (("fsync everysec", 20_000), ("fsync always", None)):
+        row = rows[f"{policy}, with ingestion"]
+        found.append(
+            {
+                "target": f"Ingestion, memory backend, {policy}: RecordEvents c={ingestion['events_concurrency']} "
+                f"({ingestion['events_per_call']} events/call) beside Recommend c={ingestion['recommend_concurrency']}",
+                "figure": f"{row['events_per_s']:,.0f} events/s; Recommend {row['recommend_rps']:,.0f} req/s beside it "
+                f"(alone {alone['recommend_rps']:,.0f})",
+                "goal": f"≥ {goal:,} events/s" if goal else "(its cost)",
+                "verdict": live_verdict(row["events_per_s"] >= goal) if goal else "—",
+            }
+        )
+    return found
+
+
+def freshness_targets(freshness: dict) -> list[dict]:
+    """Same server: the very next read returns the item; across servers: p99 within 1 s."""
+    found = []
+    for row in freshness["rows"]:
+        same = row["path"].startswith("same server")
+        if same:
+            met = row["first_read_hits"] == row["trials"]
+        else:
+            met = row["found"] == row["trials"] and row["p99_ms"] <= 1000
+        found.append(
+            {
+                "target": f"Freshness, {row['path']}: UpsertItems ack → SimilarItems returns the item",
+                "figure": f"first read returned it in {row['first_read_hits']} of {row['trials']}; "
+                f"p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms",
+                "goal": "the very next request" if same else "p99 ≤ 1 s",
+                "verdict": live_verdict(met),
+            }
+        )
+    return found
+
+
+def rebuild_target(rebuild: dict) -> dict:
+    """Read p99 during a rebuild of base + 20% within 1.5x of steady state (median of the rounds)."""
+    return {
+        "target": f"Rebuild of 20,000 + {rebuild['delta_items']:,} items: Recommend c={rebuild['concurrency']} p99 "
+        "during / steady",
+        "figure": f"{rebuild['p99_ratio']:.2f}× ({rebuild['rebuild_p99_ms']:.1f} vs {rebuild['steady_p99_ms']:.1f} ms, "
+        f"median of {len(rebuild['rounds'])} rounds); the rebuild takes {rebuild['rebuild_duration_s']:.1f} s",
+        "goal": "≤ 1.5×",
+        "verdict": live_verdict(rebuild["all_rebuilt"] and rebuild["p99_ratio"] <= 1.5),
+    }
+
+
+def delta_target(delta: dict) -> dict:
+    """What searching the delta exactly costs (the issue sets no bound)."""
+    base, *others = sorted(delta["rows"], key=lambda r: r["delta_items"])
+    parts = [
+        f"{r['delta_items']:,} items {r['rps'] / base['rps']:.2f}× ({r['rps']:,.0f} req/s, p99 {r['p99_ms']:.0f} ms)"
+        for r in others
+    ]
+    return {
+        "target": f"Exact delta search: Recommend c={delta['concurrency']} against no delta ({base['rps']:,.0f} "
+        f"req/s, p99 {base['p99_ms']:.0f} ms)",
+        "figure": "; ".join(parts),
+        "goal": "(measured; no bound)",
+        "verdict": "—",
+    }
+
+
+LIVE_STATE_HEADING = "## Live state"
+STAGE_COLUMNS = "| history µs | user tower µs | ANN µs | ranker µs |"
+
+
+def stage_cells(r: dict) -> str:
+    """Wall time per request in each pipeline stage (GetModelStatistics)."""
+    return " | ".join(f"{r.get(f'stage_us_{s}', 0):.0f}" for s in ("history", "user_tower", "ann", "ranker"))
+
+
+def live_history(history: dict) -> list[str]:
+    """Recommend with stored history against ignore_history, per backend."""
+    preload = history["preload"]["memory"]
+    lines = [
+        "### History: Recommend with the stored history and with `ignore_history`",
+        "",
+        f"Concurrency {history['concurrency']}; the request data (Recommend, k=10, 0–5 recent items) names "
+        f"{preload['users']:,} users, each given 20–50 events through RecordEvents first ({preload['events']:,} "
+        "events, 100 per call; mostly VIEW and CLICK). With history a request's context is the stored items "
+        "plus the request's, and the items seen are excluded; with `ignore_history` it is the request's alone. "
+        "Stage columns are wall time per request; CPU is the server process's.",
+        "",
+        f"| backend | history | req/s | p50 ms | p99 ms | server CPU µs/req {STAGE_COLUMNS}",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in history["rows"]:
+        lines.append(
+            f"| {r['backend']} | {r['history']} | {r['rps']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['cpu_us_per_request']:.0f} | {stage_cells(r)} |"
+        )
+    return [*lines, "", history_spread(history), ""]
+
+
+def history_spread(history: dict) -> str:
+    """How far the on/off ratio of one server moves from round to round."""
+    parts = []
+    for backend in dict.fromkeys(r["backend"] for r in history["rows"]):
+        on, off = (
+            next(r for r in history["rows"] if r["backend"] == backend and r["history"] == mode)["rounds"]
+            for mode in ("on", "off")
+        )
+        ratios = sorted(a["rps"] / b["rps"] for a, b in zip(on, off, strict=True))
+        parts.append(f"{backend} {ratios[0]:.2f}–{ratios[-1]:.2f}")
+    return (
+        "The ratio within each round (history on over off, same server) ranges "
+        + ", ".join(parts)
+        + "; the table's ratio is of the medians."
+    )
+
+
+def live_ingestion(ingestion: dict) -> list[str]:
+    """RecordEvents beside Recommend, per fsync policy."""
+    lines = [
+        "### Ingestion: RecordEvents beside Recommend",
+        "",
+        f"Memory backend. RecordEvents at c={ingestion['events_concurrency']} ({ingestion['events_per_call']} "
+        "events per call over 20 users, a file of 500 different calls covering all 10,000 users) and Recommend "
+        f"at c={ingestion['recommend_concurrency']} in two load processes at once, for the same duration; "
+        "RecordEvents as fast as it goes, or paced to the target rate (`-r`) to show what serving that costs. "
+        "Every cell runs on a fresh server, so that all start from the same empty state.",
+        "",
+        "| configuration | events/s | RecordEvents p50 ms | RecordEvents p99 ms | Recommend req/s | Recommend p99 ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in ingestion["rows"]:
+        writes = "— | — | —"  # the Recommend-alone reference has no writes
+        if "events_per_s" in r:
+            writes = f"{r['events_per_s']:,.0f} | {r['record_p50_ms']:.1f} | {r['record_p99_ms']:.1f}"
+        lines.append(f"| {r['config']} | {writes} | {r['recommend_rps']:.0f} | {r['recommend_p99_ms']:.1f} |")
+    return [*lines, "", *live_sustained(ingestion["sustained"])]
+
+
+def live_sustained(cells: list[dict]) -> list[str]:
+    """Back-to-back ingestion cells on one server: the rates as the stored state grows."""
+    lines = [
+        "Sustained: one fsync-everysec server taking RecordEvents as fast as it goes, cell after cell, with "
+        "Recommend beside it (the state is kept in memory and logged; a log segment past 64 MB is folded into a "
+        "snapshot).",
+        "",
+        "| cell | events stored before | events/s | RecordEvents p99 ms | Recommend req/s | Recommend p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for number, r in enumerate(cells, start=1):
+        lines.append(
+            f"| {number} | {r['events_stored_before']:,.0f} | {r['events_per_s']:,.0f} | {r['record_p99_ms']:.1f} "
+            f"| {r['recommend_rps']:.0f} | {r['recommend_p99_ms']:.1f} |"
+        )
+    return [*lines, ""]
+
+
+def live_freshness(freshness: dict) -> list[str]:
+    """From an upsert's acknowledgement to SimilarItems returning the item."""
+    lines = [
+        "### Freshness: from UpsertItems' acknowledgement to SimilarItems returning the item",
+        "",
+        "Each trial upserts an anchor item with a three-tag combination used nowhere else, then a fresh item "
+        "with the same tags: same tags and no training id give the same embedding, so the fresh item is the "
+        "anchor's nearest neighbour. Timed from the fresh item's acknowledgement until SimilarItems(anchor, "
+        "k=1) returns it, reading as fast as one client can; across servers the write goes to A and B is read.",
+        "",
+        "| path | returned | first read had it | p50 ms | p99 ms | max ms |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in freshness["rows"]:
+        lines.append(
+            f"| {r['path']} | {r['found']} of {r['trials']} | {r['first_read_hits']} | {r['p50_ms']:.2f} "
+            f"| {r['p99_ms']:.2f} | {r['max_ms']:.2f} |"
+        )
+    return [*lines, ""]
+
+
+def live_rebuild(rebuild: dict) -> list[str]:
+    """Read latency before, during and after a background index rebuild."""
+    lines = [
+        "### Rebuild: reads while the index is rebuilt",
+        "",
+        f"A fresh server per round whose config sets `rebuild_delta_items: {rebuild['delta_items']}`: "
+        f"{rebuild['delta_items'] - 1:,} items upserted, Recommend at c={rebuild['concurrency']}, then the "
+        f"{rebuild['delta_items']:,}th upsert starts a rebuild of 20,000 + {rebuild['delta_items']:,} items in a "
+        "child process. From the load generator's per-call completion times: steady is the "
+        f"{rebuild['steady_seconds']:g} s before the trigger, during is from the trigger's acknowledgement until "
+        "the server logs the new index in, after is the rest of the run. Rebuild duration is the server's "
+        "`recserve_index_rebuild_last_duration_seconds`.",
+        "",
+        "| round | rebuild s | steady req/s | during req/s | steady p99 ms | during p99 ms | during / steady "
+        "| during p99 by quarter ms | after p99 ms | calls during |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |",
+    ]
+    for number, r in enumerate([*rebuild["rounds"], rebuild], start=1):
+        label = "median" if r is rebuild else str(number)
+        quarters = " / ".join(f"{q:.0f}" for q in r.get("rebuild_p99_by_quarter_ms", [])) or "—"
+        lines.append(
+            f"| {label} | {r['rebuild_duration_s']:.2f} | {r['steady_rps']:.0f} | {r['rebuild_rps']:.0f} "
+            f"| {r['steady_p99_ms']:.1f} | {r['rebuild_p99_ms']:.1f} | {r['p99_ratio']:.2f}× | {quarters} "
+            f"| {r['after_p99_ms']:.1f} | {r['rebuild_calls']:.0f} |"
+        )
+    return [*lines, "", *rebuild_costs(rebuild)]
+
+
+def rebuild_costs(rebuild: dict) -> list[str]:
+    """Where the time goes: cores busy and per-request stage time, steady against during (medians)."""
+    lines = [
+        "Where the time goes (medians of the rounds): cores busy (of "
+        f"{rebuild['cores']}) and wall time per request in each stage, from /proc and GetModelStatistics "
+        "read at the window boundaries; the machine's cores include the load generator and the rebuild's child.",
+        "",
+        f"| window | server cores | machine cores {STAGE_COLUMNS}",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for window in ("steady", "rebuild"):
+        stages = " | ".join(
+            f"{rebuild.get(f'{window}_stage_us_{s}', 0):.0f}"
+            for s in ("history", "user_tower", "ann", "ranker")
+        )
+        lines.append(
+            f"| {'during the rebuild' if window == 'rebuild' else window} | {rebuild[f'{window}_server_cores']:.2f} "
+            f"| {rebuild[f'{window}_machine_cores']:.2f} | {stages} |"
+        )
+    return [*lines, ""]
+
+
+def live_delta(delta: dict) -> list[str]:
+    """Recommend with items searched exactly beside the index."""
+    base = next(r for r in delta["rows"] if r["delta_items"] == 0)
+    lines = [
+        "### Exact delta search: Recommend with upserted items beside the index",
+        "",
+        f"Concurrency {delta['concurrency']}; one server per delta size (upserted items with 1–4 random tags; "
+        "`rebuild_delta_items` set high so none is folded into the index), runs interleaved.",
+        "",
+        f"| delta items | req/s | vs none | p50 ms | p99 ms | server CPU µs/req {STAGE_COLUMNS}",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in delta["rows"]:
+        lines.append(
+            f"| {r['delta_items']:,} | {r['rps']:.0f} | {r['rps'] / base['rps']:.2f}× | {r['p50_ms']:.1f} "
+            f"| {r['p99_ms']:.1f} | {r['cpu_us_per_request']:.0f} | {stage_cells(r)} |"
+        )
+    return [*lines, ""]
+
+
+def replace_section(document: str, section: list[str]) -> str:
+    """The document with the `## ` section that starts like `section` replaced (appended if missing); the
+    rest is left exactly as it was."""
+    lines = document.split("\n")
+    if section[0] not in lines:
+        return document.rstrip("\n") + "\n\n" + "\n".join(section)
+    start = lines.index(section[0])
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return "\n".join([*lines[:start], *section, *lines[end:]])
+
+
+def render_live_state_only() -> None:
+    """Re-render the live-state section in place (`make bench-live`), leaving the rest of the page alone."""
+    results = load("live_state")
+    if results is None:
+        raise SystemExit("no bench/results/live_state.json: run bench/live_state.py first")
+    BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), live_state_section(results)))
+
+
 def main() -> None:
     """Write docs/benchmarks.md (and the plot) from whatever results exist."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--live-state-only",
+        action="store_true",
+        help="re-render only the live-state section, keeping the rest of docs/benchmarks.md as committed",
+    )
+    if parser.parse_args().live_state_only:
+        render_live_state_only()
+        return
     ceiling, load_results, sweep = (load(n) for n in ("pipeline_ceiling", "server_load", "annoy_sweep"))
     generator_path = RESULTS / "loadtest_ceiling.md"
     generator = generator_path.read_text().strip() if generator_path.exists() else None
@@ -291,7 +649,7 @@ def main() -> None:
         "",
         "Every figure here comes from one `make bench` run on one machine: ratios are measured side by side, "
         "cells are medians, and the server-load runs interleave configurations so that the machine's drift "
-        "hits them alike. Regenerate with `make bench` (about 25 minutes on 2 cores); the perf_analyzer section with `make bench-perf-analyzer`.",
+        "hits them alike. Regenerate with `make bench` (about 40 minutes on 2 cores); the perf_analyzer section with `make bench-perf-analyzer`, the live-state section alone with `make bench-live`.",
         "",
     ]
     if load_results:
@@ -364,7 +722,10 @@ def main() -> None:
     perf_analyzer = load("perf_analyzer")
     if perf_analyzer:
         out += perf_analyzer_section(perf_analyzer)
-    (DOCS / "benchmarks.md").write_text("\n".join(out))
+    live_state = load("live_state")
+    if live_state:
+        out += live_state_section(live_state)
+    BENCHMARKS.write_text("\n".join(out))
 
 
 if __name__ == "__main__":
