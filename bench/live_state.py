@@ -27,6 +27,7 @@ from __future__ import annotations
 from common import (
     DEFAULT_REPOSITORY,
     REPO_ROOT,
+    RESULTS,
     machine_note,
     median,
     write_result,
@@ -82,6 +83,7 @@ DELTA_SIZES = (0, 1000, 10_000)
 RECOMMEND = "recserve.v1.Recommender.Recommend"
 RECORD_EVENTS = "recserve.v1.Events.RecordEvents"
 FRESHNESS_TIMEOUT_S = 5.0  # a trial that does not see its item by then counts as not returned
+PHASES = ("history and freshness", "ingestion", "rebuild", "exact delta")
 LOAD_START_S = 3.0  # a load generator process is sending by then (imports, reflection, connections)
 METRICS_URL = re.compile(r"metrics on (http://[\d.]+:\d+/metrics)")
 REBUILT = "index rebuilt over"  # server/catalog/rebuild.py logs this once a rebuilt index is installed
@@ -738,6 +740,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--steady-seconds", type=float, default=8.0, help="steady window before a rebuild")
     parser.add_argument("--after-seconds", type=float, default=2.0, help="load kept after a rebuild")
     parser.add_argument("--rebuild-timeout", type=float, default=60.0, help="longest wait for a rebuild")
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=PHASES,
+        default=list(PHASES),
+        help="measure only these; the other phases' figures stay as the last run wrote them",
+    )
     return parser.parse_args()
 
 
@@ -784,14 +793,18 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped by SIGTERM"))
     rng = random.Random(1)
     users, items = model_ids(args.model_repository)
-    results: dict = {
+    earlier = RESULTS / "live_state.json"
+    results: dict = (
+        json.loads(earlier.read_text()) if set(args.phases) != set(PHASES) and earlier.exists() else {}
+    )
+    results |= {
         "machine": machine_note(),
         "seconds": args.seconds,
         "runs": args.runs,
         "command": " ".join([".venv/bin/python bench/live_state.py", *sys.argv[1:]]),
         "code": code_under_test(),
-        "phases": {},
     }
+    results.setdefault("phases", {})
     with tempfile.TemporaryDirectory(prefix="recserve-live-") as directory:
         workdir = Path(directory)
         requests = request_data(args.model_repository)
@@ -807,11 +820,16 @@ def main() -> None:
                 "delta": measure_delta(args.model_repository, recommend_file, args, workdir)
             },
         }
-        for name, measure in phases.items():
+        for name in args.phases:
             print(name, file=sys.stderr)
             with OtherProcesses() as others:
-                results |= measure()
-            results["phases"][name] = {"wall_s": others.wall_s, "other_processes_cpu_share": others.share}
+                results |= phases[name]()
+            results["phases"][name] = {
+                "wall_s": others.wall_s,
+                "other_processes_cpu_share": others.share,
+                "code": results["code"],
+                "command": results["command"],
+            }
     print(f"Live state, {machine_note()}; {results['code']}")
     print("\n".join(live_state_target_table(results)))
     print(json.dumps(results["phases"]))

@@ -19,7 +19,7 @@ from recserve.server.catalog.view import CatalogView
 from recserve.server.state.history import EMPTY_PROFILE, UserProfile
 
 NO_ROWS = np.zeros(0, dtype=np.int32)
-CACHED_PROFILES = 100_000
+CACHED_PROFILES = 20_000  # the users of the last few thousand batches
 
 
 @dataclass(frozen=True)

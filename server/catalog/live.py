@@ -23,6 +23,7 @@ from recserve.server.runtime.ann_index import AnnIndex
 from recserve.server.state.events import CatalogChange, ItemDelete, ItemUpsert
 
 Version = tuple[int, int]
+EMBED_CHUNK = 8192  # items per item-tower pass: a replay of a million upserts stays in bounded memory
 EmbedItems = Callable[[np.ndarray, Sequence[tuple[str, ...]]], np.ndarray]
 """(model item indices [n] (0 = not in the training vocabulary), tags per item) -> unit embeddings [n, D]."""
 
@@ -112,8 +113,18 @@ class LiveCatalog:
             dtype=np.int32,
             count=len(upserts),
         )
-        embeddings = self._embed_items(model_indices, [change.tags for change in upserts])
-        return PreparedChanges(list(changes), np.asarray(embeddings, dtype=np.float32))
+        tags = [change.tags for change in upserts]
+        embeddings = np.concatenate(
+            [
+                np.asarray(
+                    self._embed_items(
+                        model_indices[start : start + EMBED_CHUNK], tags[start : start + EMBED_CHUNK]
+                    )
+                )
+                for start in range(0, len(upserts), EMBED_CHUNK)
+            ]
+        )
+        return PreparedChanges(list(changes), embeddings.astype(np.float32, copy=False))
 
     def commit(self, prepared: PreparedChanges) -> int:
         """Make prepared changes visible to the next view; returns how many changed something."""

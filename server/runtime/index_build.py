@@ -7,6 +7,7 @@ which imports only numpy and Annoy (no TensorFlow): it starts in a fraction of a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ async def build_in_child(embeddings: np.ndarray, index_path: Path, n_trees: int,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
+        _deprioritize(child.pid)
         _, stderr = await child.communicate()
     finally:
         source.unlink(missing_ok=True)
@@ -39,15 +41,23 @@ async def build_in_child(embeddings: np.ndarray, index_path: Path, n_trees: int,
         )
 
 
-def main(argv: list[str]) -> None:
-    """Child entry point: embeddings.npy index.ann n_trees seed.
+def _deprioritize(pid: int) -> None:
+    """Run the child only on CPU time nothing else wants (SCHED_IDLE; else the lowest nice level).
 
-    The build runs at the lowest CPU priority: on a busy machine serving keeps the cores and the build takes
-    what is left (it finishes later, requests do not wait).
+    Set from here, right after the spawn, so that its interpreter start and imports run idle too: on a
+    busy machine serving keeps the cores and the build takes what is left (it finishes later, requests
+    do not wait).
     """
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))
+    except (AttributeError, OSError):
+        with contextlib.suppress(AttributeError, OSError):
+            os.setpriority(os.PRIO_PROCESS, pid, 19)
+
+
+def main(argv: list[str]) -> None:
+    """Child entry point: embeddings.npy index.ann n_trees seed."""
     source, target, n_trees, seed = argv
-    if hasattr(os, "nice"):
-        os.nice(19)
     build_index(Path(target), np.load(source), int(n_trees), int(seed))
 
 
