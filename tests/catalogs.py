@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ def unit(vectors: np.ndarray) -> np.ndarray:
 def tag_embedding(model_indices: np.ndarray, tags: Sequence[tuple[str, ...]]) -> np.ndarray:
     """Stands in for the item tower: one fixed direction per tag, averaged (the real one: test_live_state)."""
     vectors = [
-        sum(np.random.default_rng(abs(hash(tag)) % 2**32).normal(size=DIMENSION) for tag in t) for t in tags
+        sum(np.random.default_rng(zlib.crc32(tag.encode())).normal(size=DIMENSION) for tag in t) for t in tags
     ]
     return unit(np.array(vectors, dtype=np.float64))
 

@@ -6,7 +6,7 @@ import pytest
 
 from recserve.server.exceptions import InvalidArgumentError
 from recserve.server.state.events import EventType, UserEvent
-from recserve.server.state.history import EMPTY_PROFILE, derive_profile
+from recserve.server.state.history import EMPTY_PROFILE, derive_profile, stored, user_events
 from recserve.server.state.validation import (
     RawEvent,
     WriteLimits,
@@ -18,8 +18,8 @@ from recserve.server.state.validation import (
 LIMITS = WriteLimits(max_events_per_call=3, max_items_per_call=2, max_tags_per_item=2)
 
 
-def event(item: str, kind: EventType = EventType.VIEW, time_ms: int = 0) -> UserEvent:
-    return UserEvent("u", item, kind, time_ms)
+def event(item: str, kind: EventType = EventType.VIEW, time_ms: int = 0) -> tuple[str, int, int]:
+    return stored(UserEvent("u", item, kind, time_ms))
 
 
 def test_context_is_positive_items_most_recent_last_without_repeats() -> None:
@@ -97,3 +97,8 @@ def test_upserts_drop_repeated_tags_and_deletes_repeated_ids() -> None:
     (upsert,) = checked_upserts([("a", ["t", "t"])], LIMITS)
     assert upsert.tags == ("t",)
     assert [d.item_id for d in checked_deletes(["a", "a"], LIMITS)] == ["a"]
+
+
+def test_stored_events_read_back_as_the_api_has_them_oldest_first() -> None:
+    events = [UserEvent("u", "b", EventType.LIKE, 20), UserEvent("u", "a", EventType.CLICK, 10)]
+    assert user_events("u", [stored(e) for e in events]) == events[::-1]

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 from recserve.server.state.events import EventType, UserEvent
 
+StoredEvent = tuple[str, int, int]
+"""An event as the backends keep it: (item id, EventType value, time in ms). Plain tuples of str and int
+are untracked by the garbage collector, so millions of stored events add nothing to a collection's work
+(frozen dataclasses would be walked by every full collection)."""
+
 
 @dataclass(frozen=True, slots=True)
 class UserProfile:
@@ -28,12 +33,24 @@ class UserProfile:
 EMPTY_PROFILE = UserProfile((), frozenset(), frozenset())
 
 
-def in_time_order(events: Iterable[UserEvent]) -> list[UserEvent]:
+def stored(event: UserEvent) -> StoredEvent:
+    """How a backend keeps `event` (its user is the key it is kept under)."""
+    return event.item_id, int(event.type), event.time_ms
+
+
+def user_events(user_id: str, events: Iterable[StoredEvent]) -> list[UserEvent]:
+    """The stored events of a user as the API's events, oldest first (ties in arrival order)."""
+    return [
+        UserEvent(user_id, item, EventType(kind), time_ms) for item, kind, time_ms in in_time_order(events)
+    ]
+
+
+def in_time_order(events: Iterable[StoredEvent]) -> list[StoredEvent]:
     """Oldest first; events with the same time keep the order they arrived in."""
-    return sorted(events, key=lambda event: event.time_ms)
+    return sorted(events, key=lambda event: event[2])
 
 
-def derive_profile(events: Sequence[UserEvent], max_context: int) -> UserProfile:
+def derive_profile(events: Sequence[StoredEvent], max_context: int) -> UserProfile:
     """The profile of `events` (in arrival order); the context keeps the latest `max_context` items.
 
     An item's latest event decides: positive puts it (once, at the time of that event) into the context and
@@ -43,10 +60,9 @@ def derive_profile(events: Sequence[UserEvent], max_context: int) -> UserProfile
         return EMPTY_PROFILE
     latest_positive: dict[str, None] = {}  # insertion order = order of each item's latest positive event
     disliked: set[str] = set()
-    for event in in_time_order(events):
-        item = event.item_id
+    for item, kind, _ in in_time_order(events):
         latest_positive.pop(item, None)
-        if event.type is EventType.DISLIKE:
+        if kind == EventType.DISLIKE:
             disliked.add(item)
         else:
             disliked.discard(item)

@@ -96,6 +96,8 @@ class AppendLog:
         self._sync_task: asyncio.Task[None] | None = None
         self._everysec_task: asyncio.Task[None] | None = None
         self._compaction_lock = asyncio.Lock()
+        self.snapshot_bytes = 0
+        """Size of the newest snapshot: compacting is worth it once the log has grown about as large."""
 
     @property
     def size_bytes(self) -> int:
@@ -115,6 +117,7 @@ class AppendLog:
         if base is not None:
             snapshot_records, _ = read_records(self._snapshot_path(base))
             records += snapshot_records
+            self.snapshot_bytes = self._snapshot_path(base).stat().st_size
         segments = [g for g in self._generations(SEGMENT) if base is None or g >= base]
         truncated = 0
         for position, generation in enumerate(segments):
@@ -250,6 +253,7 @@ class AppendLog:
             os.fsync(file.fileno())
         os.replace(temporary, final)
         self._fsync_directory()
+        self.snapshot_bytes = final.stat().st_size
 
     def _remove_superseded(self, generation: int | None) -> None:
         """Delete the segments and snapshots older than snapshot `generation`, and stray temporary files."""

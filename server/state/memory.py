@@ -16,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from recserve.server.state.events import CatalogChange, EventType, ItemDelete, ItemUpsert, UserEvent
-from recserve.server.state.history import EMPTY_PROFILE, UserProfile, derive_profile, in_time_order
+from recserve.server.state.history import (
+    EMPTY_PROFILE,
+    StoredEvent,
+    UserProfile,
+    derive_profile,
+    stored,
+    user_events,
+)
 from recserve.server.state.log import AppendLog
 
 logger = logging.getLogger(__name__)
@@ -65,6 +72,12 @@ def encode(record: Record) -> bytes:
     return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
 
 
+def encode_stored(users: Iterable[tuple[str, tuple[StoredEvent, ...]]]) -> bytes:
+    """Stored events of several users as one events record (what a snapshot holds)."""
+    rows = [[user_id, item, kind, time_ms] for user_id, events in users for item, kind, time_ms in events]
+    return json.dumps({"events": rows}, ensure_ascii=False, separators=(",", ":")).encode()
+
+
 def decode(payload: bytes) -> Record:
     """The record a payload holds."""
     document = json.loads(payload)
@@ -80,13 +93,34 @@ def _change(item_id: str, tags: list[str] | None) -> CatalogChange:
 
 
 class _User:
-    """One user's retained events (arrival order) and, once asked for, their profile."""
+    """One user's retained events (arrival order, appended in place) and their profile once derived.
 
-    __slots__ = ("events", "profile")
+    A write appends and bumps `version`; a reader on another thread copies the list (one step under the
+    GIL) and keeps the profile it derived only if no write came in between, so a profile never lags.
+    """
 
-    def __init__(self, events: tuple[UserEvent, ...]) -> None:
-        self.events = events
+    __slots__ = ("events", "profile", "version")
+
+    def __init__(self) -> None:
+        self.events: list[StoredEvent] = []
         self.profile: UserProfile | None = None
+        self.version = 0
+
+    def add(self, added: list[StoredEvent], keep: int) -> None:
+        self.events += added
+        if len(self.events) > keep:
+            del self.events[: len(self.events) - keep]
+        self.version += 1
+        self.profile = None
+
+    def current_profile(self, max_context: int) -> UserProfile:
+        profile = self.profile
+        if profile is None:
+            version = self.version
+            profile = derive_profile(self.events.copy(), max_context)
+            if self.version == version:
+                self.profile = profile
+        return profile
 
 
 class MemoryBackend:
@@ -151,7 +185,7 @@ class MemoryBackend:
     async def user_history(self, user_id: str) -> list[UserEvent]:
         """The user's stored events, oldest first."""
         user = self._users.get(user_id)
-        return in_time_order(user.events) if user is not None else []
+        return user_events(user_id, user.events) if user is not None else []
 
     def profiles(self, user_ids: Sequence[str]) -> list[UserProfile]:
         """Each user's profile (empty for users without history); safe on any thread."""
@@ -161,10 +195,7 @@ class MemoryBackend:
             if user is None:
                 found.append(EMPTY_PROFILE)
                 continue
-            profile = user.profile
-            if profile is None:
-                profile = user.profile = derive_profile(user.events, self._max_context)
-            found.append(profile)
+            found.append(user.current_profile(self._max_context))
         return found
 
     async def _write(self, record: Record) -> None:
@@ -172,10 +203,16 @@ class MemoryBackend:
         self._log.append(encode(record))
         self._apply(record)
         await self._log.flushed()
-        if self._log.size_bytes > self._compact_log_bytes and (
-            self._compaction is None or self._compaction.done()
-        ):
+        if self._compaction_due() and (self._compaction is None or self._compaction.done()):
             self._compaction = asyncio.get_running_loop().create_task(self._log.compact(self._snapshot))
+
+    def _compaction_due(self) -> bool:
+        """Whether the log has passed both compact_log_bytes and the last snapshot's size.
+
+        A snapshot costs as much to write as the state it holds: compacting every 64 MB of a 1 GB state
+        would never end, so the log may grow as large as the snapshot first (as Redis rewrites its AOF).
+        """
+        return self._log.size_bytes > max(self._compact_log_bytes, self._log.snapshot_bytes)
 
     def _apply(self, record: Record) -> None:
         """Apply one record to the state: the same for a new write and for replay."""
@@ -188,23 +225,23 @@ class MemoryBackend:
                 self._catalog[change.item_id] = change.tags if isinstance(change, ItemUpsert) else None
 
     def _apply_events(self, events: Iterable[UserEvent]) -> None:
-        by_user: dict[str, list[UserEvent]] = {}
+        by_user: dict[str, list[StoredEvent]] = {}
         for event in events:
-            by_user.setdefault(event.user_id, []).append(event)
+            by_user.setdefault(event.user_id, []).append(stored(event))
         for user_id, added in by_user.items():
             user = self._users.get(user_id)
-            kept = (*(user.events if user is not None else ()), *added)[-self._max_history_events :]
-            self._users[user_id] = _User(kept)
+            if user is None:
+                user = self._users[user_id] = _User()
+            user.add(added, self._max_history_events)
 
     def _snapshot(self) -> Iterator[bytes]:
-        """The records of the state as it is now (captured at once; encoded lazily, on any thread)."""
-        users = list(self._users.values())
+        """The records of the state as it is now (copied at once; encoded lazily, on any thread)."""
+        users = [(user_id, tuple(user.events)) for user_id, user in self._users.items()]
         catalog = list(self._catalog.items())
 
         def records() -> Iterator[bytes]:
             for start in range(0, len(users), SNAPSHOT_CHUNK):
-                chunk = users[start : start + SNAPSHOT_CHUNK]
-                yield encode(Events(tuple(event for user in chunk for event in user.events)))
+                yield encode_stored(users[start : start + SNAPSHOT_CHUNK])
             for start in range(0, len(catalog), SNAPSHOT_CHUNK):
                 chunk = catalog[start : start + SNAPSHOT_CHUNK]
                 yield encode(CatalogChanges(tuple(_change(item_id, tags) for item_id, tags in chunk)))

@@ -31,8 +31,8 @@ import redis.asyncio
 from redis.exceptions import RedisError
 
 from recserve.server.exceptions import UnavailableError
-from recserve.server.state.events import CatalogChange, EventType, ItemDelete, ItemUpsert, UserEvent
-from recserve.server.state.history import EMPTY_PROFILE, UserProfile, derive_profile, in_time_order
+from recserve.server.state.events import CatalogChange, ItemDelete, ItemUpsert, UserEvent
+from recserve.server.state.history import EMPTY_PROFILE, StoredEvent, UserProfile, derive_profile, user_events
 
 logger = logging.getLogger(__name__)
 
@@ -66,10 +66,10 @@ def encode_event(event: UserEvent) -> str:
     return f"{int(event.type)}|{event.time_ms}|{event.item_id}"
 
 
-def decode_event(user_id: str, entry: str) -> UserEvent:
+def decode_event(entry: str) -> StoredEvent:
     """The event of a list entry."""
     kind, time_ms, item_id = entry.split("|", 2)
-    return UserEvent(user_id, item_id, EventType(int(kind)), int(time_ms))
+    return item_id, int(kind), int(time_ms)
 
 
 def _tags_json(change: CatalogChange) -> str:
@@ -160,7 +160,7 @@ class RedisBackend:
         """The user's stored events, oldest first."""
         async with self._writing("read the history"):
             entries = await self._writer.lrange(self._key("h:", user_id), 0, -1)
-        return in_time_order(decode_event(user_id, entry) for entry in entries)
+        return user_events(user_id, map(decode_event, entries))
 
     async def forget_user(self, user_id: str) -> int:
         """Delete the user's events; returns how many there were."""
@@ -219,8 +219,7 @@ class RedisBackend:
                     pipe.lrange(self._key("h:", user_ids[row]), 0, -1)
                 histories = pipe.execute()
             for row, entries in zip(stale, histories, strict=True):
-                events = [decode_event(user_ids[row], entry) for entry in entries]
-                fresh[row] = derive_profile(events, self._max_context)
+                fresh[row] = derive_profile(list(map(decode_event, entries)), self._max_context)
             self._remember({user_ids[row]: (int(versions[row]), fresh[row]) for row in stale})
         return [
             fresh[row]
