@@ -68,8 +68,17 @@ model: $(STAMP)
 		$(BIN)/recserve build-demo --model-repository $(MODEL_REPOSITORY) --model-name $(MODEL_NAME); \
 	fi
 
-serve: proto model
-	$(BIN)/recserve serve --grpc-port $(GRPC_PORT) --model-repository $(MODEL_REPOSITORY) --enable-events --enable-catalog
+# The demo's write services need a token like any other deployment's: one is made on the first `make serve`
+# (its hash in $(DEMO_AUTH)/tokens.yaml, the token itself in $(DEMO_AUTH)/token, both owner-only).
+DEMO_AUTH ?= demo-auth
+
+serve: proto model $(DEMO_AUTH)/token
+	@echo "writes (Events, Catalog) need the demo token, admin role: it is in $(DEMO_AUTH)/token"
+	$(BIN)/recserve serve --grpc-port $(GRPC_PORT) --model-repository $(MODEL_REPOSITORY) --enable-events --enable-catalog --tokens-file $(DEMO_AUTH)/tokens.yaml
+
+$(DEMO_AUTH)/token: | $(STAMP)
+	@mkdir -p $(DEMO_AUTH) && chmod 700 $(DEMO_AUTH)
+	@umask 077 && $(BIN)/recserve token create --name demo --role admin --tokens-file $(DEMO_AUTH)/tokens.yaml > $(DEMO_AUTH)/token.new && mv $(DEMO_AUTH)/token.new $(DEMO_AUTH)/token
 
 test: $(STAMP) redis-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -60,6 +60,7 @@ from report import live_state_target_table
 from server_load import ServerProcess, measure_cell, request_data, run_load, start_server, summarize
 
 from recserve.client import Event, Item, ModelStatistics, RecommenderClient
+from recserve.server.auth import Role, new_token, token_entry
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from redis_server import RedisServer  # noqa: E402  (the tests' redis-server on a free loopback port)
@@ -68,6 +69,9 @@ from redis_server import RedisServer  # noqa: E402  (the tests' redis-server on 
 os.environ["RECSERVE_METRICS_HOST"] = "127.0.0.1"
 
 EVENTS_PER_CALL = 100
+# Writes need a token, as in production: every bench server reads one tokens file holding this token.
+WRITE_TOKEN = new_token()
+WRITER = (("authorization", f"Bearer {WRITE_TOKEN}"),)
 UPSERT_BATCH = 1000  # the server's max_items_per_call
 TAGS = [f"tag-{n}" for n in range(1, 101)]  # the demo model's tags
 # What users do, roughly as often as a shop sees it; DISLIKE is rare and takes the item out of the context.
@@ -95,7 +99,10 @@ STAMP = re.compile(r"(.*T\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
 
 def launch(stack: contextlib.ExitStack, repository: Path, flags: list[str], workdir: Path) -> ServerProcess:
     """A server that is stopped when the stack unwinds, whatever happens meanwhile."""
-    server = start_server(repository, flags, workdir)
+    tokens = workdir / "tokens.yaml"
+    if not tokens.exists():
+        tokens.write_text(yaml.safe_dump({"tokens": [token_entry("bench", WRITE_TOKEN, [Role.WRITE])]}))
+    server = start_server(repository, [*flags, "--tokens-file", str(tokens)], workdir)
     stack.callback(server.stop)
     return server
 
@@ -135,7 +142,7 @@ def random_items(prefix: str, count: int, rng: random.Random) -> list[Item]:
 
 def upsert(server: ServerProcess, items: list[Item]) -> None:
     """Upsert in calls of the largest size the server takes."""
-    with RecommenderClient(server.address, timeout_s=60) as client:
+    with RecommenderClient(server.address, timeout_s=60, metadata=WRITER) as client:
         for start in range(0, len(items), UPSERT_BATCH):
             client.upsert_items(items[start : start + UPSERT_BATCH])
 
@@ -157,7 +164,7 @@ def random_events(user_ids: list[str], per_user: tuple[int, int], items: list[st
 
 def record(server: ServerProcess, events: list[Event]) -> None:
     """Store events through RecordEvents, 100 per call."""
-    with RecommenderClient(server.address, timeout_s=60) as client:
+    with RecommenderClient(server.address, timeout_s=60, metadata=WRITER) as client:
         for start in range(0, len(events), EVENTS_PER_CALL):
             client.record_events(events[start : start + EVENTS_PER_CALL])
 
@@ -186,6 +193,7 @@ def start_load(
         "--connections", str(min(concurrency, 4)),
         "-z", f"{seconds}s",
         "-r", str(rps),
+        "-m", json.dumps(dict(WRITER)),
         "-O", "json",
         address,
     ]  # fmt: skip
@@ -302,7 +310,7 @@ def preload_histories(
     users = sorted({r["user_id"] for r in requests})
     events = random_events(users, (20, 50), items, rng)
     record(server, events)
-    with RecommenderClient(server.address) as client:
+    with RecommenderClient(server.address, metadata=WRITER) as client:
         stored = len(client.user_history(users[0]))
     return {"users": len(users), "events": len(events), "events_per_user": [20, 50], "check_stored": stored}
 
@@ -481,7 +489,7 @@ def measure_freshness(
     intervals: dict[str, list[float | None]] = {name: [] for name in paths}
     first_hits = dict.fromkeys(paths, 0)
     clients = {
-        name: (RecommenderClient(writer.address), RecommenderClient(reader.address))
+        name: (RecommenderClient(writer.address, metadata=WRITER), RecommenderClient(reader.address))
         for name, (writer, reader) in paths.items()
     }
     try:

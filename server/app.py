@@ -11,6 +11,7 @@ import gc
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -19,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
+from recserve.server.auth import Authorizer
 from recserve.server.context import UserQuery
 from recserve.server.errors import unary_handlers
 from recserve.server.frontend import bind_and_start, build_grpc_server, resolve_frontend
@@ -49,6 +51,12 @@ from recserve.server.telemetry.tracing import describe as describe_tracing
 logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE = health.SERVICE_NAME
+# The calls that queue in the batcher: under overload the native front end refuses them before decoding.
+BATCHED_METHODS = (
+    f"/{RECOMMENDER_SERVICE.full_name}/Recommend",
+    f"/{RECOMMENDER_SERVICE.full_name}/Score",
+    f"/{INFERENCE_SERVICE.full_name}/ModelInfer",
+)
 
 
 @dataclass
@@ -92,6 +100,7 @@ async def start_server(
     Port 0 binds a free port, returned. `tracer_provider` overrides the one `settings.tracing` describes
     (tests pass one with an in-memory exporter); the caller then owns it.
     """
+    authorizer = Authorizer(settings.auth)  # first: a bad tokens file stops start-up before a port opens
     owns_provider = tracer_provider is None
     if tracer_provider is None:
         tracer_provider = build_tracer_provider(settings.tracing)
@@ -107,17 +116,18 @@ async def start_server(
     )
     running.state = LiveState.from_settings(settings, running.slot, running.tracer)
     rpc_tracing = RpcTracing.from_provider(tracer_provider) if tracer_provider is not None else None
+    statistics, reads = running.rpc_statistics, authorizer.reads()
     server.add_generic_rpc_handlers(
         (
             unary_handlers(
-                RECOMMENDER_SERVICE, RecommenderServicer(running.slot), running.rpc_statistics, rpc_tracing
+                RECOMMENDER_SERVICE, RecommenderServicer(running.slot), statistics, rpc_tracing, reads
             ),
             # The KServe v2 / Triton protocol beside our own API: same port, same batcher.
             unary_handlers(
-                INFERENCE_SERVICE, InferenceServicer(running.slot), running.rpc_statistics, rpc_tracing
+                INFERENCE_SERVICE, InferenceServicer(running.slot), statistics, rpc_tracing, reads
             ),
             inference_stream_handlers(),
-            *running.state.handlers(running.rpc_statistics, rpc_tracing),
+            *running.state.handlers(statistics, rpc_tracing, authorizer),
         )
     )
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -186,6 +196,8 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     service.start()
     running.service = service
     running.slot.set(service)
+    if hasattr(running.server, "set_admission"):
+        running.server.set_admission(BATCHED_METHODS, _early_refusal(running))
     state.follow()
     await running.set_serving(True)
     logger.info(
@@ -202,6 +214,21 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
         describe_batching(batching),
     )
     return service
+
+
+def _early_refusal(running: RunningServer) -> Callable[[str, float | None], str | None]:
+    """The front end's overload check: the serving version's batcher decides; counted like any answer."""
+
+    def refusal(method: str, seconds_left: float | None) -> str | None:
+        service = running.slot.current
+        if service is None:
+            return None
+        refused = service.batcher.refusal(seconds_left)
+        if refused is not None:
+            running.rpc_statistics.record(method[1:], "RESOURCE_EXHAUSTED", 0.0)
+        return refused
+
+    return refusal
 
 
 def freeze_long_lived_objects() -> None:

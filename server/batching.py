@@ -29,11 +29,13 @@ from typing import Generic, TypeVar
 
 from opentelemetry import trace
 
+from recserve.server.admission import Admission
 from recserve.server.batching_policy import BatchPolicy, make_policy
 from recserve.server.exceptions import (
     DeadlineExceededError,
     InvalidArgumentError,
     ModelExecutionError,
+    OverloadedError,
     QueueFullError,
     UnavailableError,
 )
@@ -78,6 +80,7 @@ class DynamicBatcher(Generic[Item, Result]):
         self._tracer = tracer
         self.statistics = BatchStatistics()
         self.policy: BatchPolicy = make_policy(settings)
+        self.admission = Admission(settings)
         self._levels: list[collections.deque[_Pending[Item, Result]]] = [
             collections.deque() for _ in range(settings.priority_levels)
         ]
@@ -98,6 +101,21 @@ class DynamicBatcher(Generic[Item, Result]):
     def queue_depth(self) -> int:
         """Requests waiting for a batch (cancelled ones until they are swept)."""
         return self._queued
+
+    @property
+    def expected_wait_s(self) -> float:
+        """How long a request queued now would wait for its batch to start (the admission estimate)."""
+        return self.admission.estimator.wait_ns(self._queued, self._running, time.perf_counter_ns()) / 1e9
+
+    def refusal(self, timeout_s: float | None) -> str | None:
+        """Why a request with `timeout_s` left is refused as overload now (counted), or None to queue it.
+
+        `submit` asks this itself; the front end may ask first, to refuse before decoding the request.
+        """
+        refusal = self.admission.refusal(self._queued, self._running, self._timeout_s(timeout_s))
+        if refusal is not None:
+            self.statistics.record_dropped(overloaded=1)
+        return refusal
 
     @property
     def batches_in_flight(self) -> int:
@@ -127,6 +145,7 @@ class DynamicBatcher(Generic[Item, Result]):
 
         Raises:
             QueueFullError: `max_queue_size` requests are already waiting.
+            OverloadedError: the queue cannot serve the request in time (see `recserve.server.admission`).
             DeadlineExceededError: the timeout passed before the request's batch started.
             InvalidArgumentError: the priority is out of range.
             UnavailableError: the batcher is closed.
@@ -139,9 +158,16 @@ class DynamicBatcher(Generic[Item, Result]):
             raise QueueFullError(
                 f"{self.name} queue is full ({self._settings.max_queue_size} requests waiting); retry later"
             )
+        refusal = self.refusal(timeout_s)
+        if refusal is not None:
+            raise OverloadedError(refusal)
+        timeout_s = self._timeout_s(timeout_s)
         now_ns = time.perf_counter_ns()
         pending = _Pending(
-            item, asyncio.get_running_loop().create_future(), now_ns, self._deadline(now_ns, timeout_s)
+            item,
+            asyncio.get_running_loop().create_future(),
+            now_ns,
+            None if timeout_s is None else now_ns + int(timeout_s * 1e9),
         )
         if self._tracer is not None:
             pending.trace = self._tracer.request_waits()
@@ -161,11 +187,12 @@ class DynamicBatcher(Generic[Item, Result]):
             )
         return priority - 1
 
-    def _deadline(self, now_ns: int, timeout_s: float | None) -> int | None:
-        timeouts_ns = [int(timeout_s * 1e9)] if timeout_s is not None else []
-        if self._settings.default_timeout_microseconds:
-            timeouts_ns.append(self._settings.default_timeout_microseconds * 1000)
-        return now_ns + min(timeouts_ns) if timeouts_ns else None
+    def _timeout_s(self, timeout_s: float | None) -> float | None:
+        """The caller's remaining deadline, capped by `default_timeout_microseconds`."""
+        default_us = self._settings.default_timeout_microseconds
+        if not default_us:
+            return timeout_s
+        return default_us / 1e6 if timeout_s is None else min(timeout_s, default_us / 1e6)
 
     async def _run(self) -> None:
         while not (self._closed and self._queued == 0):
@@ -187,6 +214,7 @@ class DynamicBatcher(Generic[Item, Result]):
         """
         loop = asyncio.get_running_loop()
         started_ns = time.perf_counter_ns()
+        self.admission.estimator.on_batch_start(len(batch), started_ns)
         queue_us = [(started_ns - p.enqueued_ns) / 1000 for p in batch]
         span = self._start_batch_span(batch, queue_us)
         execution = loop.run_in_executor(self._executor, self._execute_in_span, span, [p.item for p in batch])
@@ -317,6 +345,7 @@ class DynamicBatcher(Generic[Item, Result]):
             queue_us, [(done_ns - p.enqueued_ns) / 1000 for p in batch], time.time_ns()
         )
         self.policy.on_batch(len(batch), compute_ns)
+        self.admission.estimator.on_batch(len(batch), compute_ns)
         if span is not None:
             BatchTracer.end_batch(span, error)
 

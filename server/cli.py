@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_build_demo(commands)
+    _add_token(commands)
     add_client_commands(commands)
     return parser
 
@@ -83,6 +84,14 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--state-dir", type=Path, help="memory backend: directory of the log (default state)")
     serve.add_argument("--fsync", choices=["always", "everysec"], help="memory backend: fsync policy")
     serve.add_argument("--redis-url", help="redis backend: e.g. redis://redis:6379/0")
+    serve.add_argument("--tls-cert", type=Path, help="PEM server certificate: the gRPC port speaks TLS")
+    serve.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    serve.add_argument(
+        "--tls-client-ca", type=Path, help="PEM CA bundle: clients need a certificate it signed (mTLS)"
+    )
+    serve.add_argument(
+        "--tokens-file", type=Path, help="YAML of token hashes and roles (`recserve token create` makes them)"
+    )
     serve.add_argument(
         "--frontend",
         choices=["auto", "native", "aio"],
@@ -110,6 +119,49 @@ def _add_build_demo(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, help="random seed")
     build.add_argument("--no-progress", action="store_true", help="log stages instead of a progress display")
     build.set_defaults(func=_build_demo)
+
+
+def _add_token(commands: argparse._SubParsersAction) -> None:
+    token = commands.add_parser("token", help="make bearer tokens for the server's tokens file")
+    actions = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = actions.add_parser(
+        "create",
+        help="print a new token on stdout; its hash and roles go to the tokens file (or stderr)",
+        description="Print a new random token on stdout (shown once: only its SHA-256 is stored). With "
+        "--tokens-file its entry is appended to that file (created owner-only), which a running server "
+        "re-reads; without, the entry is printed on stderr to paste into one.",
+    )
+    create.add_argument("--name", required=True, help="who holds it (shown in logs when it is refused)")
+    create.add_argument(
+        "--role",
+        dest="roles",
+        action="append",
+        required=True,
+        choices=["read", "write", "admin"],
+        help="a role it grants; repeat for several (admin grants everything)",
+    )
+    create.add_argument("--tokens-file", type=Path, help="append the entry to this YAML tokens file")
+    create.set_defaults(func=_token_create)
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    from recserve.server.auth.tokens_file import append_entry, new_token_entry
+
+    token, entry = new_token_entry(args.name, args.roles)
+    if args.tokens_file is not None:
+        try:
+            append_entry(args.tokens_file, entry)
+        except (OSError, ValueError) as error:
+            sys.stderr.write(f"error: {error}\n")
+            return 1
+        sys.stderr.write(f"added token {args.name!r} ({', '.join(args.roles)}) to {args.tokens_file}\n")
+    else:
+        import yaml
+
+        sys.stderr.write("add this entry under `tokens:` in the tokens file:\n")
+        sys.stderr.write(yaml.safe_dump([entry], sort_keys=False))
+    sys.stdout.write(token + "\n")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -150,6 +202,8 @@ def _serve(args: argparse.Namespace) -> int:
                 "fsync": args.fsync,
                 "redis_url": args.redis_url,
             },
+            tls={"cert_file": args.tls_cert, "key_file": args.tls_key, "client_ca_file": args.tls_client_ca},
+            auth={"tokens_file": args.tokens_file},
         )
     except (ValidationError, FileNotFoundError) as error:
         sys.stderr.write(f"error: invalid settings: {error}\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -34,9 +34,12 @@ STATUS_BY_ERROR: dict[type[exceptions.RecserveError], grpc.StatusCode] = {
     exceptions.ModelExecutionError: grpc.StatusCode.INTERNAL,
     exceptions.UnimplementedError: grpc.StatusCode.UNIMPLEMENTED,
     exceptions.PermissionDeniedError: grpc.StatusCode.PERMISSION_DENIED,
+    exceptions.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
 }
 
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
+# Run before a request is decoded: raises a domain error (UNAUTHENTICATED, PERMISSION_DENIED) to refuse it.
+CallCheck = Callable[[Sequence[tuple[str, str | bytes]], str], object]
 
 
 def status_for(error: exceptions.RecserveError) -> grpc.StatusCode:
@@ -52,14 +55,18 @@ def guarded(
     request_type: type[Message],
     method: str = "",
     statistics: RpcStatistics | None = None,
+    check: CallCheck | None = None,
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
-    """Wrap a servicer method: decode the raw request, run it, map domain errors to statuses.
+    """Wrap a servicer method: check the caller, decode the raw request, run it, map domain errors.
 
-    With `statistics`, every call of `method` is counted by its final status code and timed.
+    With `statistics`, every call of `method` is counted by its final status code and timed; with `check`,
+    a call it refuses is answered before its request is even decoded.
     """
+    handle = (
+        _decoded(behavior, request_type) if check is None else _checked(behavior, request_type, check, method)
+    )
     if statistics is None:
-        return _decoded(behavior, request_type)
-    handle = _decoded(behavior, request_type)
+        return handle
 
     async def counted(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:
         started_ns = time.perf_counter_ns()
@@ -100,6 +107,21 @@ def _decoded(
     return handle
 
 
+def _checked(
+    behavior: Behavior, request_type: type[Message], check: CallCheck, method: str
+) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
+    handle = _decoded(behavior, request_type)
+
+    async def checked(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:
+        try:
+            check(context.invocation_metadata() or (), method)
+        except exceptions.RecserveError as error:
+            await context.abort(status_for(error), str(error))
+        return await handle(raw_request, context)
+
+    return checked
+
+
 def _decode_failure(request_type: type[Message], raw_request: bytes, error: DecodeError) -> str:
     """What to tell a caller whose request did not decode: the field with invalid UTF-8 when that is why."""
     field = invalid_utf8_field(request_type.DESCRIPTOR, raw_request)
@@ -113,11 +135,12 @@ def unary_handlers(
     servicer: object,
     statistics: RpcStatistics | None = None,
     tracing: RpcTracing | None = None,
+    check: CallCheck | None = None,
 ) -> grpc.GenericRpcHandler:
     """A generic handler for every unary method of `service`, served by the same-named servicer methods.
 
     With `statistics`, every call is counted by method and status code, and timed; with `tracing`, every
-    call runs in a server span.
+    call runs in a server span; with `check` (the service's role check), every call is checked first.
     """
     handlers = {}
     for method in service.methods:
@@ -126,7 +149,11 @@ def unary_handlers(
         request_type = message_factory.GetMessageClass(method.input_type)
         response_type = message_factory.GetMessageClass(method.output_type)
         behavior = guarded(
-            getattr(servicer, method.name), request_type, f"{service.full_name}/{method.name}", statistics
+            getattr(servicer, method.name),
+            request_type,
+            f"{service.full_name}/{method.name}",
+            statistics,
+            check,
         )
         if tracing is not None:
             behavior = traced(behavior, service.full_name, method.name, tracing)

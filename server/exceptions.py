@@ -19,6 +19,10 @@ class QueueFullError(RecserveError):
     """The batcher's queue is at its limit; the caller should back off and retry."""
 
 
+class OverloadedError(QueueFullError):
+    """The queue cannot serve the request in time (its deadline, or the server's queue-wait bound)."""
+
+
 class DeadlineExceededError(RecserveError):
     """The caller's deadline passed before the request could run."""
 
@@ -29,6 +33,10 @@ class UnavailableError(RecserveError):
 
 class ModelExecutionError(RecserveError):
     """A model or index call failed; only the batch it ran in is affected."""
+
+
+class UnauthenticatedError(RecserveError):
+    """The call carries no credential, or one the server does not know."""
 
 
 class PermissionDeniedError(RecserveError):

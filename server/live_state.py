@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import grpc
 from opentelemetry.trace import Tracer
 
+from recserve.server.auth import Authorizer
 from recserve.server.catalog.live import Version
 from recserve.server.errors import disabled_handlers, unary_handlers
 from recserve.server.exceptions import StartupError, UnavailableError
@@ -62,16 +63,32 @@ class LiveState:
         return [name for name, on in zip(SERVICE_NAMES, enabled, strict=True) if on]
 
     def handlers(
-        self, statistics: RpcStatistics, tracing: RpcTracing | None
+        self, statistics: RpcStatistics, tracing: RpcTracing | None, authorizer: Authorizer
     ) -> Sequence[grpc.GenericRpcHandler]:
-        """The Events and Catalog services, or handlers refusing them (PERMISSION_DENIED) where disabled."""
+        """The Events and Catalog services, or handlers refusing them (PERMISSION_DENIED) where disabled.
+
+        Raises:
+            StartupError: a write service is enabled without tokens (see `Authorizer.writes`).
+        """
         events = (
-            unary_handlers(EVENTS_SERVICE, EventsServicer(self.writes), statistics, tracing)
+            unary_handlers(
+                EVENTS_SERVICE,
+                EventsServicer(self.writes),
+                statistics,
+                tracing,
+                authorizer.writes(EVENTS_SERVICE.full_name),
+            )
             if self.settings.events_enabled
             else disabled_handlers(EVENTS_SERVICE, "events_enabled", "--enable-events")
         )
         catalog = (
-            unary_handlers(CATALOG_SERVICE, CatalogServicer(self.writes), statistics, tracing)
+            unary_handlers(
+                CATALOG_SERVICE,
+                CatalogServicer(self.writes),
+                statistics,
+                tracing,
+                authorizer.writes(CATALOG_SERVICE.full_name),
+            )
             if self.settings.catalog_enabled
             else disabled_handlers(CATALOG_SERVICE, "catalog_enabled", "--enable-catalog")
         )

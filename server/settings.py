@@ -54,6 +54,17 @@ class BatchingSettings(BaseModel):
     default_timeout_microseconds: int = Field(
         0, ge=0, description="Longest a request may wait in the queue; 0 = only the caller's deadline."
     )
+    max_queue_wait_microseconds: int = Field(
+        250_000,
+        ge=0,
+        description="Refuse (RESOURCE_EXHAUSTED, at once) a request whose expected queue wait is longer: the "
+        "queue is bounded by time, so under overload accepted requests stay fast; 0 = no bound.",
+    )
+    deadline_admission: bool = Field(
+        True,
+        description="Refuse (RESOURCE_EXHAUSTED, at once) a request whose deadline would pass before its "
+        "batch is done, instead of letting it wait and expire.",
+    )
     priority_levels: int = Field(1, ge=1, description="Priority levels; 1 is the highest.")
     default_priority_level: int = Field(1, ge=1, description="Level of requests that give priority 0.")
     adaptive: AdaptiveBatchingSettings = AdaptiveBatchingSettings()
@@ -208,6 +219,69 @@ class StateSettings(BaseModel):
     max_tags_per_item: int = Field(32, ge=1, description="Most tags on one item.")
 
 
+class TlsSettings(BaseModel):
+    """Transport security of the gRPC port: TLS, and mutual TLS when a client CA is given.
+
+    The files are re-read when they change (Kubernetes rotates mounted Secrets in place): new connections
+    get the new certificate, open ones keep theirs.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    cert_file: Path | None = Field(None, description="PEM server certificate chain; set with key_file: TLS.")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file.")
+    client_ca_file: Path | None = Field(
+        None,
+        description="PEM CA bundle; set: every client must present a certificate it signed (mTLS).",
+    )
+    reload_interval_seconds: float = Field(
+        10.0, gt=0, description="How often the certificate files are checked for changes."
+    )
+    plaintext_health_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="A second, plaintext port serving only grpc.health.v1 (for Kubernetes gRPC probes, "
+        "which cannot speak TLS); unset: none.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the gRPC port speaks TLS."""
+        return self.cert_file is not None
+
+    @model_validator(mode="after")
+    def _check_pairs(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls.cert_file and tls.key_file go together: set both or neither")
+        if self.client_ca_file is not None and self.cert_file is None:
+            raise ValueError("tls.client_ca_file (mTLS) needs tls.cert_file and tls.key_file")
+        return self
+
+
+class AuthSettings(BaseModel):
+    """Who may call what: bearer tokens in the `authorization` metadata, each with roles."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens_file: Path | None = Field(
+        None,
+        description="YAML list of token hashes with roles read/write/admin (`recserve token create` makes "
+        "entries); re-read when it changes. Unset: no tokens, so the write services cannot be enabled "
+        "unless allow_unauthenticated_writes.",
+    )
+    require_for_reads: bool = Field(
+        False, description="Recommender and inference calls need a token with the read role too."
+    )
+    allow_unauthenticated_writes: bool = Field(
+        False,
+        description="Let enabled write services take calls without a token (local development only).",
+    )
+    reload_interval_seconds: float = Field(
+        5.0, gt=0, description="How often tokens_file is checked for changes."
+    )
+
+
 class ServerSettings(BaseSettings):
     """Process-wide settings. Every field is also `RECSERVE_<FIELD>` in the environment."""
 
@@ -255,6 +329,8 @@ class ServerSettings(BaseSettings):
     metrics_port: int = Field(8002, ge=0, le=65535, description="Metrics HTTP port (/metrics); 0 picks one.")
     tracing: TracingSettings = TracingSettings()
     state: StateSettings = StateSettings()
+    tls: TlsSettings = TlsSettings()
+    auth: AuthSettings = AuthSettings()
     events_enabled: bool = Field(
         False, description="Serve recserve.v1.Events (RecordEvents, ...); off: PERMISSION_DENIED."
     )

@@ -63,6 +63,7 @@ class BatchStatistics:
     success_count: int = 0
     failure_count: int = 0
     rejected_count: int = 0
+    overloaded_count: int = 0
     expired_count: int = 0
     cancelled_count: int = 0
     queue_duration_ns: int = 0
@@ -111,6 +112,7 @@ class BatchStatistics:
                 success_count=self.success_count,
                 failure_count=self.failure_count,
                 rejected_count=self.rejected_count,
+                overloaded_count=self.overloaded_count,
                 expired_count=self.expired_count,
                 cancelled_count=self.cancelled_count,
                 queue_duration_ns=self.queue_duration_ns,
@@ -122,10 +124,13 @@ class BatchStatistics:
                 batch_compute_ns=collections.Counter(self.batch_compute_ns),
             )
 
-    def record_dropped(self, *, rejected: int = 0, expired: int = 0, cancelled: int = 0) -> None:
-        """Count requests that never ran: queue full, deadline passed in the queue, caller gone."""
+    def record_dropped(
+        self, *, rejected: int = 0, overloaded: int = 0, expired: int = 0, cancelled: int = 0
+    ) -> None:
+        """Count requests that never ran: queue full, refused as overload, deadline passed, caller gone."""
         with self._lock:
             self.rejected_count += rejected
+            self.overloaded_count += overloaded
             self.expired_count += expired
             self.cancelled_count += cancelled
 

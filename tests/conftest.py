@@ -16,6 +16,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from recserve.server.settings import ServerSettings, StateSettings  # noqa: E402
 from recserve.v1 import recommender_pb2_grpc  # noqa: E402
 from tests.serving import ServerThread  # noqa: E402
+from tests.tokens import Tokens  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 MODEL_NAME = "recommender"
@@ -63,6 +64,12 @@ def server_settings(model_repository: Path, tmp_path_factory: pytest.TempPathFac
         warmup_rounds=1,
         state=StateSettings(state_dir=tmp_path_factory.mktemp("state")),
     )
+
+
+@pytest.fixture(scope="session")
+def tokens(tmp_path_factory: pytest.TempPathFactory) -> Tokens:
+    """A tokens file with one token per role, for servers whose write services are on."""
+    return Tokens.create(tmp_path_factory.mktemp("auth"))
 
 
 @pytest.fixture(scope="session")

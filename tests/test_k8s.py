@@ -9,6 +9,7 @@ server's own settings and to the Dockerfile.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -523,6 +524,16 @@ def test_network_policy(rendered: dict[str, list[Manifest]], render: str) -> Non
     assert policy["podSelector"]["matchLabels"].items() <= labels.items()
     assert set(policy["policyTypes"]) == {"Ingress", "Egress"}
     assert policy_ports(policy["ingress"]) == {(ServerSettings().grpc_port, "TCP"), (METRICS_PORT, "TCP")}
+    grpc_rules = [r for r in policy["ingress"] if (ServerSettings().grpc_port, "TCP") in policy_ports([r])]
+    assert [peer for rule in grpc_rules for peer in rule["from"]] == [
+        {"podSelector": {"matchLabels": {"recserve.io/client": "true"}}}
+    ], "gRPC from labelled clients only"
+    metrics_rules = [r for r in policy["ingress"] if (METRICS_PORT, "TCP") in policy_ports([r])]
+    assert all(
+        peer["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"}
+        for rule in metrics_rules
+        for peer in rule["from"]
+    ), "metrics from the monitoring namespace only"
     assert {(53, "UDP"), (53, "TCP"), (4317, "TCP"), (4318, "TCP")} <= policy_ports(policy["egress"])
 
 
@@ -732,10 +743,35 @@ def test_memory_state_is_on_a_writable_volume(
 
 
 @pytest.mark.usefixtures("clean_environment")
-@pytest.mark.parametrize("render", SERVER_RENDERS)
-def test_write_services_stay_off(rendered: dict[str, list[Manifest]], render: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("render", ("base", "dev", "model-pvc"))
+def test_write_services_stay_off_without_tokens(
+    rendered: dict[str, list[Manifest]], render: str, tmp_path: Path
+) -> None:
     settings = server_settings_from(rendered[render], tmp_path)
-    assert not settings.events_enabled and not settings.catalog_enabled, "no authentication yet"
+    assert not settings.events_enabled and not settings.catalog_enabled
+    assert settings.auth.tokens_file is None and not settings.auth.allow_unauthenticated_writes
+
+
+@pytest.mark.usefixtures("clean_environment")
+def test_prod_writes_need_tokens_from_a_secret(rendered: dict[str, list[Manifest]], tmp_path: Path) -> None:
+    from recserve.server.auth.tokens import parse_tokens
+
+    prod = rendered["prod"]
+    settings = server_settings_from(prod, tmp_path)
+    assert settings.events_enabled and settings.catalog_enabled
+    assert not settings.auth.allow_unauthenticated_writes
+    pod = one(prod, "Deployment", SERVER)["spec"]["template"]["spec"]
+    mount = next(
+        m
+        for m in server_container(prod)["volumeMounts"]
+        if m["mountPath"] == str(settings.auth.tokens_file.parent)
+    )
+    assert mount.get("readOnly") is True
+    secret_name = next(v for v in pod["volumes"] if v["name"] == mount["name"])["secret"]["secretName"]
+    secret = one(prod, "Secret", secret_name)
+    assert secret_name == "recserve-tokens", "no hash suffix: the mounted file is refreshed in place"
+    encoded = secret["data"][settings.auth.tokens_file.name]
+    assert parse_tokens(base64.b64decode(encoded).decode(), "secret") == (), "ships without a token"
 
 
 # --- load testing ----------------------------------------------------------------------------------------
@@ -806,3 +842,22 @@ def test_ghz_configs_load_in_recserve_loadtest(directory: str, capsys: pytest.Ca
             for low, high in re.findall(prefix + r"-\{\{randomInt (\d+) (\d+)\}\}", text):
                 assert (int(low), int(high)) == (1, count + 1), f"{path.name}: {prefix} ids out of range"
     capsys.readouterr()  # recserve loadtest warns that it ignores ghz's lb-strategy
+
+
+# --- TLS (components/tls, components/mtls, overlays/prod-tls) ---------------------------------------------
+
+TLS_SECRET = "recserve-tls"
+TLS_RENDERS = ("prod-tls", "prod-tls-only")  # the overlay (mutual TLS), and prod with components/tls alone
+
+
+def test_the_loadtest_job_is_an_admitted_client(rendered: dict[str, list[Manifest]]) -> None:
+    (job,) = objects(rendered["loadtest"], "Job")
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    policy = one(rendered["dev"], "NetworkPolicy", SERVER)["spec"]
+    grpc_port = (ServerSettings().grpc_port, "TCP")
+    assert any(
+        selects(peer["podSelector"], labels)
+        for rule in policy["ingress"]
+        if grpc_port in policy_ports([rule])
+        for peer in rule["from"]
+    )

@@ -19,6 +19,7 @@ import pytest
 from recserve.client import Event, Item, RecommenderClient
 from recserve.server.settings import ServerSettings, StateSettings
 from tests.serving import ServerThread
+from tests.tokens import Tokens, bearer
 
 
 @pytest.fixture(scope="module")
@@ -27,11 +28,12 @@ def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def live_server(server_settings: ServerSettings, state_dir: Path) -> Iterator[ServerThread]:
+def live_server(server_settings: ServerSettings, state_dir: Path, tokens: Tokens) -> Iterator[ServerThread]:
     settings = server_settings.model_copy(
         update={
             "events_enabled": True,
             "catalog_enabled": True,
+            "auth": tokens.settings(),
             "state": StateSettings(state_dir=state_dir, fsync="always"),
         }
     )
@@ -40,8 +42,8 @@ def live_server(server_settings: ServerSettings, state_dir: Path) -> Iterator[Se
 
 
 @pytest.fixture
-def client(live_server: ServerThread) -> Iterator[RecommenderClient]:
-    with RecommenderClient(live_server.address, timeout_s=30) as connected:
+def client(live_server: ServerThread, tokens: Tokens) -> Iterator[RecommenderClient]:
+    with RecommenderClient(live_server.address, timeout_s=30, metadata=bearer(tokens.write)) as connected:
         yield connected
 
 
@@ -176,14 +178,18 @@ def test_an_invalid_write_names_the_field_and_changes_nothing(
         client.get_item("ok")
 
 
-def test_an_unspecified_event_type_is_rejected(client: RecommenderClient, live_server: ServerThread) -> None:
+def test_an_unspecified_event_type_is_rejected(
+    client: RecommenderClient, live_server: ServerThread, tokens: Tokens
+) -> None:
     stub = live_server.address  # the raw message: the client refuses to build an unspecified type
     from recserve.v1 import events_pb2, events_pb2_grpc
 
     with grpc.insecure_channel(stub) as channel:
         request = events_pb2.RecordEventsRequest(events=[events_pb2.UserEvent(user_id="u", item_id="item-1")])
         with pytest.raises(grpc.RpcError) as rejected:
-            events_pb2_grpc.EventsStub(channel).RecordEvents(request, timeout=10)
+            events_pb2_grpc.EventsStub(channel).RecordEvents(
+                request, timeout=10, metadata=bearer(tokens.write)
+            )
     assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "events[0].type is EVENT_TYPE_UNSPECIFIED" in rejected.value.details()
 

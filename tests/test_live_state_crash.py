@@ -9,13 +9,15 @@ import grpc
 
 from recserve.client import Event, Item, RecommenderClient
 from tests.serving import ServerProcess
+from tests.tokens import Tokens, bearer
 
 WRITERS = 4
 
 
-def test_sigkill_loses_no_acknowledged_write(model_repository: Path, tmp_path: Path) -> None:
+def test_sigkill_loses_no_acknowledged_write(model_repository: Path, tmp_path: Path, tokens: Tokens) -> None:
     state_dir = tmp_path / "state"
     environment = {
+        "RECSERVE_AUTH__TOKENS_FILE": str(tokens.file),
         "RECSERVE_EVENTS_ENABLED": "true",
         "RECSERVE_CATALOG_ENABLED": "true",
         "RECSERVE_STATE__STATE_DIR": str(state_dir),
@@ -29,7 +31,7 @@ def test_sigkill_loses_no_acknowledged_write(model_repository: Path, tmp_path: P
         def write(writer: int) -> None:
             user = f"crash-user-{writer}"
             acknowledged_events[user] = []
-            with RecommenderClient(server.address, timeout_s=10) as client:
+            with RecommenderClient(server.address, timeout_s=10, metadata=bearer(tokens.write)) as client:
                 for n in range(10_000):
                     if n == 20:
                         enough.wait()
@@ -52,7 +54,7 @@ def test_sigkill_loses_no_acknowledged_write(model_repository: Path, tmp_path: P
             thread.join(30)
 
     with ServerProcess(model_repository, tmp_path / "second.log", **environment) as server:
-        with RecommenderClient(server.address, timeout_s=30) as client:
+        with RecommenderClient(server.address, timeout_s=30, metadata=bearer(tokens.write)) as client:
             for user, items in acknowledged_events.items():
                 stored = [event.item_id for event in client.user_history(user)]
                 assert len(items) >= 20

@@ -13,6 +13,7 @@ from recserve.client import Event, Item, RecommenderClient
 from recserve.server.settings import ServerSettings, StateSettings
 from tests.redis_server import RedisServer
 from tests.serving import ServerThread
+from tests.tokens import Tokens, bearer
 
 
 @pytest.fixture
@@ -22,11 +23,12 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-def redis_settings(server_settings: ServerSettings, redis: RedisServer) -> ServerSettings:
+def redis_settings(server_settings: ServerSettings, redis: RedisServer, tokens: Tokens) -> ServerSettings:
     return server_settings.model_copy(
         update={
             "events_enabled": True,
             "catalog_enabled": True,
+            "auth": tokens.settings(),
             "state": StateSettings(backend="redis", redis_url=redis.url, redis_timeout_seconds=0.3),
         }
     )
@@ -46,11 +48,15 @@ def ids(recommendation) -> list[str]:  # noqa: ANN001
 
 
 def test_two_servers_converge_and_a_new_one_catches_up(
-    server_settings: ServerSettings, redis_server: RedisServer
+    server_settings: ServerSettings, redis_server: RedisServer, tokens: Tokens
 ) -> None:
-    settings = redis_settings(server_settings, redis_server)
+    settings = redis_settings(server_settings, redis_server, tokens)
+    writer = bearer(tokens.write)
     with ServerThread(settings) as first, ServerThread(settings) as second:
-        with RecommenderClient(first.address) as one, RecommenderClient(second.address) as two:
+        with (
+            RecommenderClient(first.address, metadata=writer) as one,
+            RecommenderClient(second.address, metadata=writer) as two,
+        ):
             one.record_events([Event("shared-user", item) for item in ids(two.recommend("user-4", k=3))])
             assert len(two.user_history("shared-user")) == 3, "history is read from Redis by every replica"
             assert not two.recommend("shared-user").cold_start
@@ -62,7 +68,7 @@ def test_two_servers_converge_and_a_new_one_catches_up(
             assert seconds < 1.0
             assert gone not in ids(two.recommend("user-4", k=200))
 
-    with ServerThread(settings) as late, RecommenderClient(late.address) as three:
+    with ServerThread(settings) as late, RecommenderClient(late.address, metadata=writer) as three:
         assert three.get_item("fresh-item").tags == ("tag-7",), "a new replica catches up at start"
         assert not _has_item(three, gone)
 
@@ -77,9 +83,11 @@ def _has_item(client: RecommenderClient, item_id: str) -> bool:
     return True
 
 
-def test_redis_down_then_back(server_settings: ServerSettings, redis_server: RedisServer) -> None:
-    with ServerThread(redis_settings(server_settings, redis_server)) as server:
-        with RecommenderClient(server.address, timeout_s=10) as client:
+def test_redis_down_then_back(
+    server_settings: ServerSettings, redis_server: RedisServer, tokens: Tokens
+) -> None:
+    with ServerThread(redis_settings(server_settings, redis_server, tokens)) as server:
+        with RecommenderClient(server.address, timeout_s=10, metadata=bearer(tokens.write)) as client:
             client.record_events([Event("outage-user", "item-8")])
             redis_server.kill()
 

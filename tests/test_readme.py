@@ -9,11 +9,13 @@ from pydantic import BaseModel
 
 from recserve.server.cli import build_parser
 from recserve.server.settings import (
+    AuthSettings,
     BatchingSettings,
     LimitSettings,
     RetrievalSettings,
     ServerSettings,
     StateSettings,
+    TlsSettings,
     TracingSettings,
 )
 
@@ -38,7 +40,10 @@ def documented_keys(prefix: str, model: type[BaseModel]) -> list[str]:
     return keys
 
 
-@pytest.mark.parametrize("section, model", [("tracing", TracingSettings), ("state", StateSettings)])
+@pytest.mark.parametrize(
+    "section, model",
+    [("tracing", TracingSettings), ("state", StateSettings), ("tls", TlsSettings), ("auth", AuthSettings)],
+)
 def test_every_nested_server_setting_is_documented(section: str, model: type[BaseModel]) -> None:
     missing = [key for key in documented_keys(section, model) if f"`{key}`" not in README]
     assert not missing, f"README lacks {section} settings {missing}"

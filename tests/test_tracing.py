@@ -254,21 +254,27 @@ def test_a_caller_that_gives_up_ends_its_spans(traced_server, server_spans, call
 
 
 def test_a_traced_write_has_its_store_step_as_a_child(
-    server_settings: ServerSettings, tmp_path, caller
+    server_settings: ServerSettings, tmp_path, caller, tokens
 ) -> None:  # noqa: ANN001
     from recserve.client import Event, Item
     from recserve.server.settings import StateSettings
+    from tests.tokens import bearer
 
     spans = InMemorySpanExporter()
     provider = TracerProvider(sampler=BatchAwareSampler(0.0))
     provider.add_span_processor(SimpleSpanProcessor(spans))
     settings = server_settings.model_copy(
-        update={"events_enabled": True, "catalog_enabled": True, "state": StateSettings(state_dir=tmp_path)}
+        update={
+            "events_enabled": True,
+            "catalog_enabled": True,
+            "auth": tokens.settings(),
+            "state": StateSettings(state_dir=tmp_path),
+        }
     )
     caller_provider, _ = caller
     with (
         ServerThread(settings, tracer_provider=provider) as server,
-        RecommenderClient(server.address) as client,
+        RecommenderClient(server.address, metadata=bearer(tokens.write)) as client,
     ):
         with caller_provider.get_tracer("test").start_as_current_span("caller"):
             client.record_events([Event("traced-user", "item-1"), Event("traced-user", "item-2")])

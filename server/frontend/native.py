@@ -212,6 +212,8 @@ class NativeServer:
             else:
                 self._frontend.set_string_option(key, str(value))
         self._limit = maximum_concurrent_rpcs
+        self._admitted_methods: frozenset[str] = frozenset()
+        self._refusal: Callable[[str, float | None], str | None] | None = None
         self._generic_handlers: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._handler_cache: dict[str, grpc.RpcMethodHandler] = {}
@@ -235,6 +237,18 @@ class NativeServer:
     def add_insecure_port(self, address: str) -> int:
         """Add `address`; grpc++ binds it in `start()`, which returns the bound ports."""
         return self._frontend.add_insecure_port(address)
+
+    def set_admission(
+        self, methods: Iterable[str], refusal: Callable[[str, float | None], str | None]
+    ) -> None:
+        """Ask `refusal(method, seconds_left)` before a call of `methods` even gets a task.
+
+        Under overload most calls are refused; answering them here, before a task, a context and the
+        request's decoding exist, keeps the refusals from eating the cores the accepted calls need. A
+        string is the RESOURCE_EXHAUSTED details; None lets the call in.
+        """
+        self._admitted_methods = frozenset(methods)
+        self._refusal = refusal
 
     # --- lifecycle ---
     async def start(self) -> list[int]:
@@ -274,7 +288,14 @@ class NativeServer:
         active = self._active
         for kind, call, payload, ok in self._frontend.drain():
             if kind == _NEW:
-                self._begin(call, payload)
+                try:
+                    self._begin(call, payload)
+                except Exception:  # noqa: BLE001 - one call's failure must not lose the rest of the drain
+                    logger.exception("could not start %s", call.method)
+                    call.finish(
+                        grpc.StatusCode.INTERNAL.value[0], "internal server error; see the server log", None
+                    )
+                    self._request_flush()
                 continue
             context = active.get(call.id)
             if context is not None:
@@ -308,6 +329,11 @@ class NativeServer:
         if self._limit is not None and len(self._active) >= self._limit:
             context._finish(grpc.StatusCode.RESOURCE_EXHAUSTED, CONCURRENCY_LIMIT_MESSAGE)
             return
+        if call.method in self._admitted_methods:
+            refusal = self._refusal(call.method, call.time_remaining())  # type: ignore[misc]
+            if refusal is not None:
+                context._finish(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+                return
         self._active[call.id] = context
         task = self._loop.create_task(self._run(handler, context))  # type: ignore[union-attr]
         task.add_done_callback(lambda _: self._release(context))

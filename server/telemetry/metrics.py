@@ -99,12 +99,14 @@ def _request_metrics(stats: BatchStatistics, labels: list[str]) -> Iterator[Metr
     yield success
     failure = CounterMetricFamily(
         "recserve_request_failure",
-        "Requests that failed in the batcher: rejected (queue full), expired (deadline passed while "
-        "queued), cancelled (caller left), backend (the batch failed).",
+        "Requests that failed in the batcher: rejected (queue full), overloaded (refused at once: the "
+        "queue could not serve it in time), expired (deadline passed while queued), cancelled (caller "
+        "left), backend (the batch failed).",
         labels=[*MODEL_LABELS, "reason"],
     )
     for reason, count in (
         ("rejected", stats.rejected_count),
+        ("overloaded", stats.overloaded_count),
         ("expired", stats.expired_count),
         ("cancelled", stats.cancelled_count),
         ("backend", stats.failure_count),
@@ -154,6 +156,12 @@ def _batch_metrics(
     for name, value, help_text in (
         ("recserve_queue_depth", service.batcher.queue_depth, "Requests waiting for a batch."),
         ("recserve_batches_in_flight", service.batcher.batches_in_flight, "Batches executing now."),
+        (
+            "recserve_expected_queue_wait_seconds",
+            service.batcher.expected_wait_s,
+            "How long a request queued now would wait for its batch (what admission compares with deadlines "
+            "and batching.max_queue_wait_microseconds): a queue-delay signal to autoscale on.",
+        ),
         ("recserve_max_batch_size", service.batcher.settings.max_batch_size, "Configured max_batch_size."),
     ):
         gauge = GaugeMetricFamily(name, help_text, labels=MODEL_LABELS)
