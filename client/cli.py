@@ -2,7 +2,8 @@
 
 `recserve.server.cli` calls `add_client_commands` on its subparsers; every subcommand sets `func`, a handler
 `(args) -> int` that returns the process exit code: 0 on success, 1 on a gRPC error (reported on stderr
-as `error: <STATUS_NAME>: <details>`, without a traceback) or, for `health`, when the answer is not SERVING.
+as `error: <STATUS_NAME>: <details>`, without a traceback) or, for `health`, when the answer is not SERVING,
+2 when the TLS options cannot be used (an unreadable file, a certificate without its key).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from recserve.client.live_cli import add_live_commands
 from recserve.client.loadtest import add_loadtest_command
 
 TARGET_ENV = "RECSERVE_TARGET"
+TOKEN_ENV = "RECSERVE_TOKEN"
 DEFAULT_TIMEOUT_S = 10.0
 
 Command = Callable[[argparse.Namespace, RecommenderClient, Console], int]
@@ -87,8 +89,27 @@ def _add_command(
         help=f"deadline for the call (default {DEFAULT_TIMEOUT_S:g})",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    _add_security(parser)
     parser.set_defaults(func=functools.partial(_run, command))
     return parser
+
+
+def _add_security(parser: argparse.ArgumentParser) -> None:
+    """TLS and token flags, named as ghz and grpcurl name them."""
+    group = parser.add_argument_group("transport security (plaintext unless --tls, --cacert or --cert)")
+    group.add_argument("--tls", action="store_true", help="TLS, verifying the server with the system's roots")
+    group.add_argument("--cacert", metavar="FILE", help="PEM root certificates to verify the server (TLS)")
+    group.add_argument("--cert", metavar="FILE", help="PEM client certificate for mutual TLS (with --key)")
+    group.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
+    group.add_argument(
+        "--cname", metavar="NAME", help="server name to verify in its certificate instead of the target host"
+    )
+    group.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV) or None,
+        metavar="TOKEN",
+        help=f"bearer token sent with every call (default ${TOKEN_ENV})",
+    )
 
 
 def _add_k(parser: argparse.ArgumentParser) -> None:
@@ -124,12 +145,42 @@ def _positive_seconds(value: str) -> float:
 
 def _run(command: Command, args: argparse.Namespace) -> int:
     """Run one command against the server; a gRPC error becomes a one-line message and exit code 1."""
+    problem = _security_problem(args)
+    if problem is not None:
+        sys.stderr.write(f"error: {problem}\n")
+        return 2
     try:
-        with RecommenderClient(args.target, timeout_s=args.timeout) as client:
+        client = RecommenderClient(
+            args.target,
+            timeout_s=args.timeout,
+            tls=args.tls,
+            root_certificates=args.cacert,
+            certificate_chain=args.cert,
+            private_key=args.key,
+            server_name=args.cname,
+            token=args.token,
+        )
+    except OSError as error:
+        sys.stderr.write(f"error: cannot read {error.filename}: {error.strerror}\n")
+        return 2
+    except ValueError as error:  # a token that cannot be a header value
+        sys.stderr.write(f"error: {error}\n")
+        return 2
+    try:
+        with client:
             return command(args, client, Console())
     except grpc.RpcError as error:
         sys.stderr.write(f"error: {describe_rpc_error(error)}\n")
         return 1
+
+
+def _security_problem(args: argparse.Namespace) -> str | None:
+    """What is contradictory in the TLS flags, in the flags' own words; None when nothing is."""
+    if bool(args.cert) != bool(args.key):
+        return "--cert and --key go together (mutual TLS): give both"
+    if args.cname and not (args.tls or args.cacert or args.cert):
+        return "--cname only applies to TLS: add --tls or --cacert"
+    return None
 
 
 def describe_rpc_error(error: grpc.RpcError) -> str:

@@ -2,9 +2,11 @@
 
 Callers never handle protobuf messages; conversion happens once, in the dataclasses' `from_proto`.
 gRPC failures are not wrapped: they surface as `grpc.RpcError` with the server's status code and details.
-Every call carries the caller's OpenTelemetry context (W3C `traceparent`, or what `OTEL_PROPAGATORS`
-selects) in its metadata, so the server's spans join the caller's trace. Only grpc, protobuf, the
-OpenTelemetry API and the standard library are imported, so the CLI starts fast.
+Both speak plaintext or TLS (mutual TLS with a client certificate) and can send a bearer token with every
+call (`recserve.client.credentials`). Every call carries the caller's OpenTelemetry context (W3C
+`traceparent`, or what `OTEL_PROPAGATORS` selects) in its metadata, so the server's spans join the caller's
+trace. Only grpc, protobuf, the OpenTelemetry API and the standard library are imported, so the CLI starts
+fast.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import grpc.aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from opentelemetry import propagate
 
+from recserve.client.credentials import AUTHORIZATION, ChannelSecurity, PemSource, channel_security
 from recserve.client.live import AsyncLiveStateCalls, LiveStateCalls
 from recserve.client.results import ModelInfo, ModelStatistics, Recommendation, ScoreResult, SimilarItems
 from recserve.v1 import recommender_pb2 as pb
@@ -85,10 +88,22 @@ def _score_request(
 class _ClientBase:
     """What both clients share: the target, the default deadline and the metadata sent with every call."""
 
-    def __init__(self, target: str, timeout_s: float | None, metadata: Metadata | None) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout_s: float | None,
+        metadata: Metadata | None,
+        security: ChannelSecurity,
+        channel: object | None,
+    ) -> None:
         self.target = target
         self.timeout_s = timeout_s
-        self._metadata = tuple(metadata or ())
+        given = tuple(metadata or ())
+        if security.metadata and any(key.lower() == AUTHORIZATION for key, _ in given):
+            raise ValueError("give token or an authorization metadata entry, not both")
+        if channel is not None and (security.credentials is not None or security.options):
+            raise ValueError("TLS arguments configure the channel the client opens: not with channel=")
+        self._metadata = (*given, *security.metadata)
 
     def _call_options(self, timeout_s: float | None) -> dict[str, object]:
         """Keyword arguments for a stub call; a per-call `timeout_s` of None means the client default."""
@@ -115,11 +130,22 @@ class RecommenderClient(_ClientBase, LiveStateCalls):
     Recommendations here; events and catalog writes from `LiveStateCalls` (record_events, upsert_items, ...).
 
     Args:
-        target: HOST:PORT of the server, dialled over an insecure channel with `CHANNEL_OPTIONS`; ignored
-            when `channel` is given.
+        target: HOST:PORT of the server, dialled with `CHANNEL_OPTIONS`, in plaintext unless a TLS argument
+            is given; ignored when `channel` is given.
         timeout_s: default deadline per call; None means no deadline.
         channel: an existing channel to use; the caller keeps ownership and closes it.
         metadata: (key, value) pairs sent with every call.
+        tls: TLS, verifying the server against the system's root certificates (implied by the next two).
+        root_certificates: PEM root certificates to verify the server with: bytes (the PEM text) or a
+            path to a PEM file.
+        certificate_chain: PEM client certificate for mutual TLS (bytes or a path), with `private_key`.
+        private_key: PEM private key of `certificate_chain` (bytes or a path).
+        server_name: the name to verify in the server's certificate instead of the target's host.
+        token: bearer token, sent as `authorization: Bearer <token>` metadata with every call.
+
+    Raises:
+        ValueError: contradictory arguments (a certificate without its key, TLS arguments with `channel`).
+        OSError: a PEM file cannot be read.
     """
 
     def __init__(
@@ -129,9 +155,23 @@ class RecommenderClient(_ClientBase, LiveStateCalls):
         timeout_s: float | None = 10.0,
         channel: grpc.Channel | None = None,
         metadata: Metadata | None = None,
+        tls: bool = False,
+        root_certificates: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
+        private_key: PemSource | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(target, timeout_s, metadata)
-        self._channel = channel if channel is not None else grpc.insecure_channel(target, CHANNEL_OPTIONS)
+        security = channel_security(
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            server_name=server_name,
+            token=token,
+        )
+        super().__init__(target, timeout_s, metadata, security, channel)
+        self._channel = channel if channel is not None else _open_channel(target, security)
         self._owns_channel = channel is None
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -223,6 +263,7 @@ class AsyncRecommenderClient(_ClientBase, AsyncLiveStateCalls):
     """Asyncio client (grpc.aio) with the same methods as `RecommenderClient`, as coroutines.
 
     Create it inside a running event loop; use as an async context manager to close the channel it created.
+    The arguments are `RecommenderClient`'s.
     """
 
     def __init__(
@@ -232,9 +273,23 @@ class AsyncRecommenderClient(_ClientBase, AsyncLiveStateCalls):
         timeout_s: float | None = 10.0,
         channel: grpc.aio.Channel | None = None,
         metadata: Metadata | None = None,
+        tls: bool = False,
+        root_certificates: PemSource | None = None,
+        certificate_chain: PemSource | None = None,
+        private_key: PemSource | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
     ) -> None:
-        super().__init__(target, timeout_s, metadata)
-        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target, CHANNEL_OPTIONS)
+        security = channel_security(
+            tls=tls,
+            root_certificates=root_certificates,
+            certificate_chain=certificate_chain,
+            private_key=private_key,
+            server_name=server_name,
+            token=token,
+        )
+        super().__init__(target, timeout_s, metadata, security, channel)
+        self._channel = channel if channel is not None else _open_aio_channel(target, security)
         self._owns_channel = channel is None
         self._stub = pb_grpc.RecommenderStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
@@ -324,6 +379,20 @@ class AsyncRecommenderClient(_ClientBase, AsyncLiveStateCalls):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def _open_channel(target: str, security: ChannelSecurity) -> grpc.Channel:
+    options = (*CHANNEL_OPTIONS, *security.options)
+    if security.credentials is None:
+        return grpc.insecure_channel(target, options)
+    return grpc.secure_channel(target, security.credentials, options)
+
+
+def _open_aio_channel(target: str, security: ChannelSecurity) -> grpc.aio.Channel:
+    options = (*CHANNEL_OPTIONS, *security.options)
+    if security.credentials is None:
+        return grpc.aio.insecure_channel(target, options)
+    return grpc.aio.secure_channel(target, security.credentials, options)
 
 
 def _not_yet_status(error: grpc.RpcError) -> str:

@@ -12,6 +12,9 @@
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/security/tls_certificate_provider.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <pthread.h>
@@ -288,10 +291,28 @@ class Frontend {
   }
 
   int add_insecure_port(const std::string& address) {
-    auto port = std::make_unique<int>(0);
-    builder_.AddListeningPort(address, grpc::InsecureServerCredentials(), port.get());
-    ports_.push_back(std::move(port));
-    return static_cast<int>(ports_.size()) - 1;
+    return AddPort(address, grpc::InsecureServerCredentials());
+  }
+
+  // Listen with TLS. grpc++ reads the key and certificate chain (and for mutual TLS the client CA bundle)
+  // by these paths now and every `refresh_interval_s` seconds after, so files replaced in place (a
+  // Kubernetes Secret's symlink swap) reach new connections without a restart; open connections keep theirs.
+  // An empty `client_ca_path` means no client certificate is asked for; otherwise one signed by that CA is
+  // required and verified in the handshake.
+  int add_tls_port(const std::string& address, const std::string& key_path, const std::string& cert_path,
+                   const std::string& client_ca_path, unsigned int refresh_interval_s) {
+    auto provider = std::make_shared<grpc::experimental::FileWatcherCertificateProvider>(
+        key_path, cert_path, client_ca_path, refresh_interval_s);
+    grpc::experimental::TlsServerCredentialsOptions options(provider);
+    options.watch_identity_key_cert_pairs();
+    if (client_ca_path.empty()) {
+      options.set_cert_request_type(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+    } else {
+      options.watch_root_certs();
+      options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    }
+    providers_.push_back(provider);  // the watcher thread lives as long as the server
+    return AddPort(address, grpc::experimental::TlsServerCredentials(options));
   }
 
   void set_int_option(const std::string& key, int value) { builder_.AddChannelArgument(key, value); }
@@ -337,11 +358,19 @@ class Frontend {
   }
 
  private:
+  int AddPort(const std::string& address, std::shared_ptr<grpc::ServerCredentials> credentials) {
+    auto port = std::make_unique<int>(0);
+    builder_.AddListeningPort(address, std::move(credentials), port.get());
+    ports_.push_back(std::move(port));
+    return static_cast<int>(ports_.size()) - 1;
+  }
+
   EventQueue queue_;
   OpRunner runner_;
   Service service_;
   grpc::ServerBuilder builder_;
   std::vector<std::unique_ptr<int>> ports_;
+  std::vector<std::shared_ptr<grpc::experimental::CertificateProviderInterface>> providers_;
   std::unique_ptr<grpc::Server> server_;
 };
 
@@ -371,6 +400,8 @@ PYBIND11_MODULE(_frontend, module) {
   py::class_<Frontend>(module, "Frontend")
       .def(py::init<>())
       .def("add_insecure_port", &Frontend::add_insecure_port)
+      .def("add_tls_port", &Frontend::add_tls_port, py::arg("address"), py::arg("key_path"),
+           py::arg("cert_path"), py::arg("client_ca_path"), py::arg("refresh_interval_s"))
       .def("set_int_option", &Frontend::set_int_option)
       .def("set_string_option", &Frontend::set_string_option)
       .def("start", &Frontend::start)

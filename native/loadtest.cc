@@ -44,14 +44,27 @@ struct PendingCall {
   grpc::ByteBuffer response;
 };
 
+// Plaintext, or TLS with these PEM roots (empty: the system's) and, for mutual TLS, a client key and chain.
+std::shared_ptr<grpc::ChannelCredentials> Credentials(bool tls, const std::string& root_pem,
+                                                      const std::string& key_pem, const std::string& cert_pem) {
+  if (!tls) return grpc::InsecureChannelCredentials();
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = root_pem;
+  options.pem_private_key = key_pem;
+  options.pem_cert_chain = cert_pem;
+  return grpc::SslCredentials(options);
+}
+
 class Channel {
  public:
+  // `grpc.ssl_target_name_override` among the string options replaces the host name TLS verifies.
   Channel(const std::string& target, const std::vector<std::pair<std::string, int>>& int_options,
-          const std::vector<std::pair<std::string, std::string>>& string_options) {
+          const std::vector<std::pair<std::string, std::string>>& string_options, bool tls,
+          const std::string& root_pem, const std::string& key_pem, const std::string& cert_pem) {
     grpc::ChannelArguments arguments;
     for (const auto& [key, value] : int_options) arguments.SetInt(key, value);
     for (const auto& [key, value] : string_options) arguments.SetString(key, value);
-    channel_ = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), arguments);
+    channel_ = grpc::CreateCustomChannel(target, Credentials(tls, root_pem, key_pem, cert_pem), arguments);
     stub_ = std::make_unique<grpc::GenericStub>(channel_);
   }
 
@@ -313,7 +326,10 @@ PYBIND11_MODULE(_loadtest, module) {
   module.doc() = "grpc++ unary calls for the load generator, completions handed over in bulk.";
   py::class_<Channel>(module, "Channel")
       .def(py::init<const std::string&, const std::vector<std::pair<std::string, int>>&,
-                    const std::vector<std::pair<std::string, std::string>>&>())
+                    const std::vector<std::pair<std::string, std::string>>&, bool, const std::string&,
+                    const std::string&, const std::string&>(),
+           py::arg("target"), py::arg("int_options"), py::arg("string_options"), py::arg("tls") = false,
+           py::arg("root_pem") = "", py::arg("key_pem") = "", py::arg("cert_pem") = "")
       .def("wait_ready", &Channel::wait_ready)
       .def("start", &Channel::start)
       .def("cancel", &Channel::cancel)

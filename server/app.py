@@ -24,6 +24,7 @@ from recserve.server.auth import Authorizer
 from recserve.server.context import UserQuery
 from recserve.server.errors import unary_handlers
 from recserve.server.frontend import bind_and_start, build_grpc_server, resolve_frontend
+from recserve.server.frontend.health_port import start_health_port
 from recserve.server.live_state import LiveState
 from recserve.server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery
 from recserve.server.recommender import RecommenderService, ServiceSlot
@@ -74,6 +75,9 @@ class RunningServer:
     owns_tracer_provider: bool = False
     metrics: MetricsServer | None = None
     state: LiveState | None = None
+    health_port_server: grpc.aio.Server | None = None
+    """The plaintext health-only server (tls.plaintext_health_port), when there is one."""
+    health_port: int | None = None
 
     @property
     def tracer(self) -> Tracer | None:
@@ -133,8 +137,15 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = [RECOMMENDER_SERVICE, INFERENCE_SERVICE, EVENTS_SERVICE, CATALOG_SERVICE]
     add_reflection(server, [*(service.full_name for service in services), HEALTH_SERVICE])
-    running.port = await bind_and_start(server, f"{settings.grpc_host}:{settings.grpc_port}")
+    running.port = await bind_and_start(server, f"{settings.grpc_host}:{settings.grpc_port}", settings.tls)
     await running.set_serving(False)
+    if settings.tls.plaintext_health_port is not None:
+        running.health_port_server, running.health_port = await start_health_port(
+            health_servicer, settings.grpc_host, settings.tls.plaintext_health_port
+        )
+        logger.info(
+            "plaintext health port (grpc.health.v1 only) on %s:%d", settings.grpc_host, running.health_port
+        )
     logger.info(
         "gRPC server (%s front end) listening on %s:%d (health NOT_SERVING until the model is ready)",
         resolve_frontend(settings.frontend),
@@ -292,6 +303,8 @@ async def stop_server(running: RunningServer, grace_s: float, drain_s: float = 0
         running.metrics.stop()
     if running.owns_tracer_provider and running.tracer_provider is not None:
         running.tracer_provider.shutdown()  # flushes spans still buffered for the exporter
+    if running.health_port_server is not None:  # last: probes see NOT_SERVING until the end
+        await running.health_port_server.stop(0)
 
 
 async def serve(settings: ServerSettings) -> None:

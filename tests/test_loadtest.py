@@ -728,7 +728,7 @@ def test_deadline_errors_read_as_go_prints_them(
     }
 
 
-def test_native_transport_is_plaintext_only(server_address: str, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = loadtest(["--transport", "native", "--call", RECOMMEND, server_address], capsys)
+def test_a_client_certificate_needs_its_key(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = loadtest(["--cert", "client.pem", "--call", RECOMMEND, "127.0.0.1:9"], capsys)
     assert (code, out) == (1, "")
-    assert "--transport native is plaintext only" in err
+    assert "--cert and --key go together" in err

@@ -6,7 +6,7 @@ The transport is the extension `recserve.native._loadtest` (native/loadtest.cc).
 the event loop takes every completion since it last looked in one `drain()`. `closed_loop`: when every
 request is fixed bytes and calls are not paced, the whole loop runs in C++ and Python only reads the
 results at the end. Either costs a fraction of grpc.aio's client CPU, which matters when the generator shares
-the cores with the server it measures. Insecure channels only; TLS runs on grpc.aio.
+the cores with the server it measures. Plaintext, TLS and mutual TLS (grpc::SslCredentials).
 """
 
 from __future__ import annotations
@@ -53,12 +53,24 @@ def closed_loop(
 
 
 class NativeChannel:
-    """One connection to `target`, for unary calls with raw bytes in and out."""
+    """One connection to `target`, for unary calls with raw bytes in and out.
 
-    def __init__(self, target: str, options: Sequence[tuple[str, Any]] = ()) -> None:
+    `tls`: None for plaintext, else the PEM bytes of (root certificates, client key, client certificate
+    chain), each empty where not given (no roots: the system's; no key and chain: no client certificate).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        options: Sequence[tuple[str, Any]] = (),
+        tls: tuple[bytes, bytes, bytes] | None = None,
+    ) -> None:
         int_options = [(key, int(value)) for key, value in options if isinstance(value, int)]
         string_options = [(key, str(value)) for key, value in options if not isinstance(value, int)]
-        self._channel = _native.Channel(target, int_options, string_options)
+        root, key, chain = tls if tls is not None else (b"", b"", b"")
+        self._channel = _native.Channel(
+            target, int_options, string_options, tls is not None, root, key, chain
+        )
         self._pending: dict[int, asyncio.Future[tuple[int, str]]] = {}
         self._next_tag = 0
         self._loop: asyncio.AbstractEventLoop | None = None

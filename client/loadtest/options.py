@@ -94,8 +94,8 @@ class LoadtestOptions:
     cpus: int = 0
     """Only reported, as ghz's `CPUs`; 0 means the number of CPUs of this machine."""
     transport: str = "auto"
-    """Not in ghz: native (grpc++, least CPU per call), aio (grpc.aio), or auto: native for plaintext
-    connections when it was built, else aio."""
+    """Not in ghz: native (grpc++, least CPU per call), aio (grpc.aio), or auto: native when it was built,
+    else aio. Both speak plaintext (--insecure), TLS and mutual TLS."""
 
     @property
     def effective_total(self) -> int:
@@ -118,15 +118,23 @@ class LoadtestOptions:
             arguments.append(("grpc.ssl_target_name_override", self.cname))
         return arguments
 
-    def channel_credentials(self) -> grpc.ChannelCredentials:
-        """TLS credentials from --cacert/--cert/--key (system roots when no --cacert)."""
+    def tls_files(self) -> tuple[bytes, bytes, bytes]:
+        """The PEM bytes of --cacert, --key and --cert; empty where not given (no --cacert: system roots).
+
+        Raises:
+            SetupError: a file cannot be read.
+        """
         try:
-            root = Path(self.cacert).read_bytes() if self.cacert else None
-            key = Path(self.key).read_bytes() if self.key else None
-            chain = Path(self.cert).read_bytes() if self.cert else None
+            return tuple(
+                Path(path).read_bytes() if path else b"" for path in (self.cacert, self.key, self.cert)
+            )
         except OSError as error:
             raise SetupError(f"cannot read TLS file {error.filename}: {error.strerror}") from error
-        return grpc.ssl_channel_credentials(root, key, chain)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """TLS credentials for grpc from --cacert/--cert/--key (system roots when no --cacert)."""
+        root, key, chain = self.tls_files()
+        return grpc.ssl_channel_credentials(root or None, key or None, chain or None)
 
 
 def parse_go_duration(text: str) -> int:
@@ -188,7 +196,7 @@ _VALUE_FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (
         ("--transport",),
         "transport",
-        "not in ghz: native (grpc++), aio (grpc.aio) or auto (default: native for --insecure when built)",
+        "not in ghz: native (grpc++), aio (grpc.aio) or auto (default: native when built)",
     ),
 )
 _SWITCH_FLAGS = (
@@ -465,8 +473,8 @@ def _validate(options: LoadtestOptions) -> None:
         raise SetupError("--connect-timeout must be positive")
     if options.proto and options.protoset:
         raise SetupError("give --proto or --protoset, not both")
-    if options.transport == "native" and not options.insecure:
-        raise SetupError("--transport native is plaintext only: add --insecure, or use --transport aio")
+    if bool(options.cert) != bool(options.key):
+        raise SetupError("--cert and --key go together (mutual TLS): give both")
 
 
 def machine_cpus() -> int:

@@ -243,7 +243,8 @@ def _open_channel(options: LoadtestOptions) -> grpc.aio.Channel:
     if use_native_transport(options):
         from recserve.client.loadtest.native_channel import NativeChannel
 
-        return NativeChannel(options.host, options.channel_options())  # type: ignore[return-value]
+        tls = None if options.insecure else options.tls_files()
+        return NativeChannel(options.host, options.channel_options(), tls)  # type: ignore[return-value]
     if options.insecure:
         return grpc.aio.insecure_channel(options.host, options.channel_options())
     return grpc.aio.secure_channel(options.host, options.channel_credentials(), options.channel_options())
@@ -259,7 +260,7 @@ def native_transport_available() -> bool:
 
 
 def use_native_transport(options: LoadtestOptions) -> bool:
-    """Whether calls go through grpc++: --transport native, or auto for plaintext when it is built.
+    """Whether calls go through grpc++: --transport native, or auto when it is built.
 
     Raises:
         SetupError: --transport native where the grpc++ transport is not built.
@@ -273,7 +274,7 @@ def use_native_transport(options: LoadtestOptions) -> bool:
                 "(install libgrpc++-dev and reinstall recserve), or use --transport aio"
             )
         return True
-    return options.insecure and native_transport_available()
+    return native_transport_available()
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """The gRPC transport under the servicers: grpc++ through `native` when it is built, else grpc.aio.
 
 Both take the same handlers and give them the same servicer context API; `build_grpc_server` picks one and
-`bind_and_start` hides the one difference in their lifecycles (grpc.aio binds a port when it is added,
-grpc++ when the server starts).
+`bind_and_start` hides the differences in their lifecycles (grpc.aio binds a port when it is added,
+grpc++ when the server starts) and in how they take TLS (`tls.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +12,9 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import grpc.aio
+
+from recserve.server.frontend.tls import add_secure_port
+from recserve.server.settings import TlsSettings
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +55,16 @@ def build_grpc_server(
     return grpc.aio.server(options=list(options), maximum_concurrent_rpcs=maximum_concurrent_rpcs)
 
 
-async def bind_and_start(server: Any, address: str) -> int:
-    """Bind `address`, start serving, and return the bound port."""
-    port = server.add_insecure_port(address)
+async def bind_and_start(server: Any, address: str, tls: TlsSettings | None = None) -> int:
+    """Bind `address` (TLS-only when `tls` is enabled), start serving, and return the bound port.
+
+    Raises:
+        StartupError: `tls` names files that are missing, unreadable or do not fit together.
+    """
+    if tls is not None and tls.enabled:
+        port = add_secure_port(server, address, tls)
+    else:
+        port = server.add_insecure_port(address)
     started = await server.start()
     if isinstance(started, list):  # grpc++ binds on start
         port = started[0]

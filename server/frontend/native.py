@@ -238,6 +238,16 @@ class NativeServer:
         """Add `address`; grpc++ binds it in `start()`, which returns the bound ports."""
         return self._frontend.add_insecure_port(address)
 
+    def add_tls_port(
+        self, address: str, key_file: str, cert_file: str, client_ca_file: str, refresh_interval_s: int
+    ) -> int:
+        """Add `address` with TLS (mutual TLS when `client_ca_file` is not empty); bound in `start()`.
+
+        grpc++ reads the files by these paths now and every `refresh_interval_s` seconds: changed files
+        reach new connections; open ones keep their certificate (`recserve.server.frontend.tls`).
+        """
+        return self._frontend.add_tls_port(address, key_file, cert_file, client_ca_file, refresh_interval_s)
+
     def set_admission(
         self, methods: Iterable[str], refusal: Callable[[str, float | None], str | None]
     ) -> None:
