@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
@@ -31,6 +31,7 @@ from recserve.server.recommender import RecommenderService, ServiceSlot
 from recserve.server.repository import load_model, resolve_version_dir
 from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
 from recserve.server.servicers.events import SERVICE as EVENTS_SERVICE
+from recserve.server.servicers.health import health_handlers
 from recserve.server.servicers.inference import SERVICE as INFERENCE_SERVICE
 from recserve.server.servicers.inference import InferenceServicer
 from recserve.server.servicers.inference import stream_handlers as inference_stream_handlers
@@ -134,7 +135,7 @@ async def start_server(
             *running.state.handlers(statistics, rpc_tracing, authorizer),
         )
     )
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_generic_rpc_handlers((health_handlers(health_servicer),))
     services = [RECOMMENDER_SERVICE, INFERENCE_SERVICE, EVENTS_SERVICE, CATALOG_SERVICE]
     add_reflection(server, [*(service.full_name for service in services), HEALTH_SERVICE])
     running.port = await bind_and_start(server, f"{settings.grpc_host}:{settings.grpc_port}", settings.tls)

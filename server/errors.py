@@ -87,12 +87,7 @@ def _decoded(
     behavior: Behavior, request_type: type[Message]
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Any]:
     async def handle(raw_request: bytes, context: grpc.aio.ServicerContext) -> Message:
-        try:
-            request = request_type.FromString(raw_request)
-        except DecodeError as error:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, _decode_failure(request_type, raw_request, error)
-            )
+        request = await decoded(request_type, raw_request, context)
         try:
             return await behavior(request, context)
         except exceptions.RecserveError as error:
@@ -120,6 +115,20 @@ def _checked(
         return await handle(raw_request, context)
 
     return checked
+
+
+async def decoded(request_type: type[Message], raw_request: bytes, context: grpc.aio.ServicerContext) -> Any:
+    """The message `raw_request` holds; one that does not decode ends the call with INVALID_ARGUMENT.
+
+    Handlers take raw bytes and decode with this: grpc.aio answers UNKNOWN when a deserializer raises.
+    """
+    try:
+        return request_type.FromString(raw_request)
+    except DecodeError as error:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, _decode_failure(request_type, raw_request, error)
+        )
+        raise AssertionError("unreachable: context.abort raises") from error
 
 
 def _decode_failure(request_type: type[Message], raw_request: bytes, error: DecodeError) -> str:

@@ -2,16 +2,19 @@
 
 Load testers such as ghz ask for the file containing `recserve.v1.Recommender.Recommend`; the stock
 Python servicer looks the name up in the descriptor pool, which knows services and messages but not
-methods, and answers NOT_FOUND. Here a method symbol resolves to its service's file.
+methods, and answers NOT_FOUND. Here a method symbol resolves to its service's file. Requests are decoded
+here, not by grpc: grpc.aio answers a request that does not decode with UNKNOWN, this INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 
 import grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
+
+from recserve.server.errors import decoded
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
@@ -41,15 +44,26 @@ def add_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> Non
     """
     names = [*service_names, REFLECTION_V1ALPHA, REFLECTION_V1]
     servicer = MethodAwareReflectionServicer(names)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
-    handler = grpc.method_handlers_generic_handler(
-        REFLECTION_V1,
-        {
-            "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
-                servicer.ServerReflectionInfo,
-                request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
-                response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
-            )
-        },
+
+    async def info(
+        raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[reflection_pb2.ServerReflectionResponse]:
+        async for response in servicer.ServerReflectionInfo(_decoded(raw_requests, context), context):
+            yield response
+
+    handler = grpc.stream_stream_rpc_method_handler(
+        info, response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString
     )
-    server.add_generic_rpc_handlers((handler,))
+    server.add_generic_rpc_handlers(
+        tuple(
+            grpc.method_handlers_generic_handler(name, {"ServerReflectionInfo": handler})
+            for name in (REFLECTION_V1ALPHA, REFLECTION_V1)
+        )
+    )
+
+
+async def _decoded(
+    raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+) -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
+    async for raw_request in raw_requests:
+        yield await decoded(reflection_pb2.ServerReflectionRequest, raw_request, context)
