@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +260,22 @@ def test_live_state_metrics_are_exported(client: RecommenderClient, live_server:
         'recserve_compute_duration_us_total{model="recommender",stage="history"',
     ):
         assert line in text, f"{line} missing from /metrics"
+
+
+@pytest.mark.parametrize(
+    "method, field",
+    [("/recserve.v1.Catalog/UpsertItems", "items"), ("/recserve.v1.Events/RecordEvents", "events")],
+)
+def test_a_call_far_over_its_limit_is_refused_before_it_is_converted(
+    live_server: ServerThread, tokens: Tokens, method: str, field: str
+) -> None:
+    # Two million empty items (or events) in 4 MiB: the servicer converted each before the count was
+    # checked, ~4 s of the event loop for one request (found by tests/test_fuzz.py).
+    with grpc.insecure_channel(live_server.address) as channel:
+        started = time.perf_counter()
+        with pytest.raises(grpc.RpcError) as rejected:
+            channel.unary_unary(method)(b"\x0a\x00" * 2_000_000, timeout=30, metadata=bearer(tokens.write))
+        elapsed_s = time.perf_counter() - started
+    assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert rejected.value.details().startswith(f"{field} has 2000000 entries")
+    assert elapsed_s < 1.5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from recserve.server.servicers.converted import Converted
 from recserve.server.state.events import UserEvent
 from recserve.server.state.validation import RawEvent
 from recserve.server.state.writes import StateWrites
@@ -17,6 +18,10 @@ def _time_ms(event: pb.UserEvent) -> int | None:
     if not event.HasField("time"):
         return None
     return event.time.seconds * 1000 + event.time.nanos // 1_000_000
+
+
+def _raw_event(event: pb.UserEvent) -> RawEvent:
+    return RawEvent(event.user_id, event.item_id, event.type, _time_ms(event))
 
 
 def _message(event: UserEvent) -> pb.UserEvent:
@@ -35,8 +40,7 @@ class EventsServicer:
         self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordEventsResponse:
         """Store events."""
-        raw = [RawEvent(e.user_id, e.item_id, e.type, _time_ms(e)) for e in request.events]
-        recorded = await self._writes.record_events(raw)
+        recorded = await self._writes.record_events(Converted(request.events, _raw_event))
         return pb.RecordEventsResponse(accepted=recorded.accepted, unknown_item_ids=recorded.unknown_item_ids)
 
     async def GetUserHistory(  # noqa: N802
