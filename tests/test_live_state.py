@@ -279,3 +279,28 @@ def test_a_call_far_over_its_limit_is_refused_before_it_is_converted(
     assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert rejected.value.details().startswith(f"{field} has 2000000 entries")
     assert elapsed_s < 1.5
+
+
+@pytest.mark.parametrize("seconds", [253_402_300_800, -62_135_596_801, 2**63 - 1, -(2**63)])
+def test_an_event_time_protobuf_cannot_hold_is_refused(
+    live_server: ServerThread, tokens: Tokens, seconds: int
+) -> None:
+    # Stored, such a time made the user's GetUserHistory INTERNAL for good: protobuf's Timestamp holds
+    # years 1 to 9999 only and refuses to be set outside them (found by tests/test_fuzz.py).
+    from recserve.v1 import events_pb2, events_pb2_grpc
+
+    user = f"time-traveller-{seconds}"
+    event = events_pb2.UserEvent(user_id=user, item_id="item-1", type=events_pb2.CLICK)
+    event.time.seconds = seconds
+    with grpc.insecure_channel(live_server.address) as channel:
+        stub = events_pb2_grpc.EventsStub(channel)
+        with pytest.raises(grpc.RpcError) as rejected:
+            stub.RecordEvents(
+                events_pb2.RecordEventsRequest(events=[event]), timeout=10, metadata=bearer(tokens.write)
+            )
+        assert rejected.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert rejected.value.details().startswith("events[0].time is out of range")
+        history = stub.GetUserHistory(
+            events_pb2.GetUserHistoryRequest(user_id=user), timeout=10, metadata=bearer(tokens.write)
+        )
+    assert list(history.events) == []

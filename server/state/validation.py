@@ -13,6 +13,10 @@ from recserve.server.state.events import EventType, ItemDelete, ItemUpsert, User
 
 MAX_ID_BYTES = 256
 MAX_TAG_BYTES = 256
+# protobuf's Timestamp range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z, in ms: a stored time outside
+# it could never be read back (GetUserHistory failed on it for good).
+MIN_TIME_MS = -62_135_596_800_000
+MAX_TIME_MS = 253_402_300_799_999
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +66,19 @@ def checked_events(events: Sequence[RawEvent], limits: WriteLimits, now_ms: int)
         field = f"events[{position}]"
         check_id(event.user_id, f"{field}.user_id")
         check_id(event.item_id, f"{field}.item_id")
-        time_ms = now_ms if event.time_ms is None else event.time_ms
+        time_ms = now_ms if event.time_ms is None else _check_time(event.time_ms, f"{field}.time")
         checked.append(
             UserEvent(event.user_id, event.item_id, _event_type(event.type, f"{field}.type"), time_ms)
         )
     return checked
+
+
+def _check_time(time_ms: int, field: str) -> int:
+    if not MIN_TIME_MS <= time_ms <= MAX_TIME_MS:
+        raise InvalidArgumentError(
+            f"{field} is out of range ({time_ms} ms since the epoch); times are from year 1 to 9999 UTC"
+        )
+    return time_ms
 
 
 _EVENT_TYPES = {int(member): member for member in EventType}  # a dict lookup, not an enum call per event
