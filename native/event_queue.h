@@ -7,6 +7,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <stdexcept>
@@ -29,6 +30,7 @@ class EventQueue {
 
   void Push(Event event) {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (events_.empty()) oldest_ = std::chrono::steady_clock::now();
     events_.push_back(std::move(event));
     if (!signalled_) {
       signalled_ = true;
@@ -51,10 +53,19 @@ class EventQueue {
     return taken;
   }
 
+  // How long the oldest event not yet taken has waited (0 when none waits): how far the consumer lags.
+  int64_t OldestAgeNs() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (events_.empty()) return 0;
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - oldest_)
+        .count();
+  }
+
  private:
   int fd_;
   std::mutex mutex_;
   std::vector<Event> events_;
+  std::chrono::steady_clock::time_point oldest_;
   bool signalled_ = false;
 };
 

@@ -19,6 +19,7 @@
 #include <pybind11/stl.h>
 #include <pthread.h>
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <thread>
@@ -118,12 +119,106 @@ class OpRunner {
   std::thread thread_;
 };
 
+// Overload admission before Python: under overload most calls must be refused, and refusing them on the
+// event loop (a task, a context, a decode each) eats the cores the accepted calls need, while new calls pile
+// up in the event queue unseen by the batcher. So the batcher publishes its expected queue wait here (at
+// every batch boundary), and the first read of a call of a batched method checks it, plus how long events
+// now wait for the event loop, against the server's queue-wait bound and the call's own deadline. A refused
+// call is answered RESOURCE_EXHAUSTED from this thread and never reaches Python. The batcher checks again,
+// exactly, for the calls let through.
+class Admission {
+ public:
+  struct Config {
+    std::vector<std::string> methods;
+    int64_t max_wait_ns = 0;  // 0: no bound
+    bool deadline_aware = false;
+  };
+
+  Admission() : config_(std::make_shared<const Config>()) {}
+
+  void Configure(std::vector<std::string> methods, int64_t max_wait_ns, bool deadline_aware) {
+    auto config = std::make_shared<Config>();
+    config->methods = std::move(methods);
+    config->max_wait_ns = max_wait_ns;
+    config->deadline_aware = deadline_aware;
+    std::lock_guard<std::mutex> lock(counts_mutex_);
+    counts_.resize(std::max(counts_.size(), config->methods.size()), 0);
+    std::atomic_store(&config_, std::shared_ptr<const Config>(std::move(config)));
+  }
+
+  // The batcher's estimate now; it counts down as time passes (the batch executing gets closer to its end).
+  void Publish(int64_t wait_ns, int64_t batch_ns) {
+    wait_until_ns_.store(NowNs() + wait_ns, std::memory_order_relaxed);
+    batch_ns_.store(batch_ns, std::memory_order_relaxed);
+  }
+
+  // Why a call of `method` arriving now is refused, or nothing to let it in.
+  std::optional<std::string> Refusal(const std::string& method, const gpr_timespec& deadline, int64_t lag_ns) {
+    auto config = std::atomic_load(&config_);
+    size_t index = 0;
+    while (index < config->methods.size() && config->methods[index] != method) ++index;
+    if (index == config->methods.size()) return std::nullopt;
+    int64_t wait_ns = std::max<int64_t>(0, wait_until_ns_.load(std::memory_order_relaxed) - NowNs()) + lag_ns;
+    std::optional<std::string> reason;
+    if (config->max_wait_ns > 0 && wait_ns > config->max_wait_ns) {
+      reason = "overloaded: a request queued now would wait ~" + Ms(wait_ns) + " ms, more than the " +
+               Ms(config->max_wait_ns) +
+               " ms this server queues a request (batching.max_queue_wait_microseconds); back off and "
+               "retry, or use another replica";
+    } else if (config->deadline_aware && gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) != 0) {
+      gpr_timespec left = gpr_time_sub(deadline, gpr_now(deadline.clock_type));
+      int64_t left_ns = static_cast<int64_t>(left.tv_sec) * 1000000000 + left.tv_nsec;
+      int64_t done_ns = wait_ns + batch_ns_.load(std::memory_order_relaxed);
+      if (done_ns > left_ns) {
+        reason = "overloaded: a request queued now would be answered in ~" + Ms(done_ns) +
+                 " ms, after its deadline (" + Ms(std::max<int64_t>(left_ns, 0)) +
+                 " ms left); back off and retry, or use another replica";
+      }
+    }
+    if (reason) {
+      std::lock_guard<std::mutex> lock(counts_mutex_);
+      ++counts_[index];
+    }
+    return reason;
+  }
+
+  // Calls refused so far, by method.
+  std::vector<std::pair<std::string, uint64_t>> Refused() {
+    auto config = std::atomic_load(&config_);
+    std::lock_guard<std::mutex> lock(counts_mutex_);
+    std::vector<std::pair<std::string, uint64_t>> out;
+    for (size_t i = 0; i < config->methods.size(); ++i) out.emplace_back(config->methods[i], counts_[i]);
+    return out;
+  }
+
+ private:
+  static std::string Ms(int64_t ns) { return std::to_string((ns + 500000) / 1000000); }
+  static int64_t NowNs() {
+    return std::chrono::duration_cast<std::chrono::nanoseconds>(
+               std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+  }
+
+  std::shared_ptr<const Config> config_;
+  std::atomic<int64_t> wait_until_ns_{0};
+  std::atomic<int64_t> batch_ns_{0};
+  std::mutex counts_mutex_;
+  std::vector<uint64_t> counts_;
+};
+
 // One call: the grpc++ reactor, and the handle Python holds. It lives while either side needs it: grpc's
 // side drops its reference in OnDone, Python's when it lets go of the handle.
 class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_from_this<Call> {
  public:
-  Call(grpc::GenericCallbackServerContext* context, EventQueue* queue, OpRunner* runner, uint64_t id)
-      : context_(context), queue_(queue), runner_(runner), id_(id), method_(context->method()), deadline_(context->raw_deadline()) {}
+  Call(grpc::GenericCallbackServerContext* context, EventQueue* queue, OpRunner* runner, Admission* admission,
+       uint64_t id)
+      : context_(context),
+        queue_(queue),
+        runner_(runner),
+        admission_(admission),
+        id_(id),
+        method_(context->method()),
+        deadline_(context->raw_deadline()) {}
 
   void Begin(std::shared_ptr<Call> self) {
     self_ = std::move(self);
@@ -132,6 +227,7 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
 
   // --- grpc++ reactions (grpc's threads; no GIL) ---
   void OnReadDone(bool ok) override {
+    if (first_read_ && ok && RefusedAsOverload()) return;
     Event event{first_read_ ? kNew : kRead, shared_from_this(), std::nullopt, ok};
     first_read_ = false;
     if (ok) event.payload = ToString(request_);
@@ -149,6 +245,19 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
       done_ = true;
     }
     self_.reset();  // may delete this
+  }
+
+  // Answer RESOURCE_EXHAUSTED here, on grpc's thread, if admission refuses the call; Python never sees it.
+  bool RefusedAsOverload() {
+    auto self = shared_from_this();  // Finish may end the call (OnDone) before this returns
+    std::optional<std::string> reason = admission_->Refusal(method_, deadline_, queue_->OldestAgeNs());
+    if (!reason) return false;
+    first_read_ = false;
+    request_.Clear();
+    std::lock_guard<std::recursive_mutex> lock(mutex_);
+    finished_ = true;
+    Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, *reason));
+    return true;
   }
 
   // --- Python's side (event loop thread, GIL held unless released below) ---
@@ -236,6 +345,7 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
   grpc::GenericCallbackServerContext* context_;
   EventQueue* queue_;
   OpRunner* runner_;
+  Admission* admission_;
   uint64_t id_;
   std::string method_;
   gpr_timespec deadline_;
@@ -265,10 +375,11 @@ void OpRunner::Loop() {
 
 class Service : public grpc::CallbackGenericService {
  public:
-  Service(EventQueue* queue, OpRunner* runner) : queue_(queue), runner_(runner) {}
+  Service(EventQueue* queue, OpRunner* runner, Admission* admission)
+      : queue_(queue), runner_(runner), admission_(admission) {}
 
   grpc::ServerGenericBidiReactor* CreateReactor(grpc::GenericCallbackServerContext* context) override {
-    auto call = std::make_shared<Call>(context, queue_, runner_, next_id_.fetch_add(1));
+    auto call = std::make_shared<Call>(context, queue_, runner_, admission_, next_id_.fetch_add(1));
     Call* raw = call.get();
     raw->Begin(std::move(call));
     return raw;
@@ -277,12 +388,13 @@ class Service : public grpc::CallbackGenericService {
  private:
   EventQueue* queue_;
   OpRunner* runner_;
+  Admission* admission_;
   std::atomic<uint64_t> next_id_{1};
 };
 
 class Frontend {
  public:
-  Frontend() : service_(&queue_, &runner_) {}
+  Frontend() : service_(&queue_, &runner_, &admission_) {}
   ~Frontend() {
     if (server_) {
       py::gil_scoped_release release;
@@ -332,6 +444,14 @@ class Frontend {
 
   int event_fd() const { return queue_.fd(); }
 
+  // Overload admission (see Admission): which methods it guards, the queue-wait bound (0: none), whether
+  // deadlines count; then, at every batch boundary, the batcher's expected wait and batch time.
+  void set_admission(std::vector<std::string> methods, int64_t max_wait_ns, bool deadline_aware) {
+    admission_.Configure(std::move(methods), max_wait_ns, deadline_aware);
+  }
+  void publish_queue_wait(int64_t wait_ns, int64_t batch_ns) { admission_.Publish(wait_ns, batch_ns); }
+  std::vector<std::pair<std::string, uint64_t>> admission_refused() { return admission_.Refused(); }
+
   // Start every read, write and finish queued since the last flush.
   void flush() { runner_.Flush(); }
 
@@ -367,6 +487,7 @@ class Frontend {
 
   EventQueue queue_;
   OpRunner runner_;
+  Admission admission_;
   Service service_;
   grpc::ServerBuilder builder_;
   std::vector<std::unique_ptr<int>> ports_;
@@ -407,6 +528,9 @@ PYBIND11_MODULE(_frontend, module) {
       .def("start", &Frontend::start)
       .def("event_fd", &Frontend::event_fd)
       .def("flush", &Frontend::flush)
+      .def("set_admission", &Frontend::set_admission)
+      .def("publish_queue_wait", &Frontend::publish_queue_wait)
+      .def("admission_refused", &Frontend::admission_refused)
       .def("drain", &Frontend::drain)
       .def("shutdown", &Frontend::shutdown);
 }

@@ -37,6 +37,7 @@ class QueueWaitEstimator:
     def __init__(self, settings: BatchingSettings) -> None:
         self._instances = settings.instance_count
         self._max_batch = settings.max_batch_size
+        self._overlap_only_full = settings.overlap_only_full_batches
         self.cost = LinearCostModel()
         self._running_started_ns = 0
         self._running_size = 0
@@ -60,10 +61,19 @@ class QueueWaitEstimator:
             return 0.0
         full_batches_ahead = queued // self._max_batch
         wait_s = full_batches_ahead * self.cost.predict(self._max_batch) / self._instances
-        if running >= self._instances:  # all instances busy: the one started last is the best guess
-            elapsed_s = (now_ns - self._running_started_ns) / 1e9
+        if running and self._waits_for_running(queued, running):
+            elapsed_s = (now_ns - self._running_started_ns) / 1e9  # the batch started last: the best guess
             wait_s += max(0.0, self.cost.predict(self._running_size) - elapsed_s)
         return wait_s * 1e9
+
+    def _waits_for_running(self, queued: int, running: int) -> bool:
+        """Whether the newcomer's batch starts only when a running one ends.
+
+        So it does when no instance is free, or when one is but (`overlap_only_full_batches`) a batch that
+        is not full does not start beside another.
+        """
+        partial = queued % self._max_batch + 1 < self._max_batch
+        return running >= self._instances or (self._overlap_only_full and partial)
 
     def batch_ns(self, queued: int) -> float:
         """How long the batch a request queued now joins takes to execute."""

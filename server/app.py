@@ -11,7 +11,6 @@ import gc
 import logging
 import signal
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -208,8 +207,7 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     service.start()
     running.service = service
     running.slot.set(service)
-    if hasattr(running.server, "set_admission"):
-        running.server.set_admission(BATCHED_METHODS, _early_refusal(running))
+    _admit_in_frontend(running, service)
     state.follow()
     await running.set_serving(True)
     logger.info(
@@ -228,19 +226,19 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     return service
 
 
-def _early_refusal(running: RunningServer) -> Callable[[str, float | None], str | None]:
-    """The front end's overload check: the serving version's batcher decides; counted like any answer."""
-
-    def refusal(method: str, seconds_left: float | None) -> str | None:
-        service = running.slot.current
-        if service is None:
-            return None
-        refused = service.batcher.refusal(seconds_left)
-        if refused is not None:
-            running.rpc_statistics.record(method[1:], "RESOURCE_EXHAUSTED", 0.0)
-        return refused
-
-    return refusal
+def _admit_in_frontend(running: RunningServer, service: RecommenderService) -> None:
+    """Let the native front end refuse overload before Python sees it (see NativeServer.set_admission)."""
+    server = running.server
+    if not hasattr(server, "set_admission"):
+        return  # grpc.aio: the batcher refuses on its own
+    batching = service.batcher.settings
+    server.set_admission(
+        BATCHED_METHODS, batching.max_queue_wait_microseconds * 1000, batching.deadline_admission
+    )
+    service.batcher.on_estimate = server.publish_queue_wait
+    running.rpc_statistics.add_source(
+        lambda: {(method[1:], "RESOURCE_EXHAUSTED"): n for method, n in server.admission_refused().items()}
+    )
 
 
 def freeze_long_lived_objects() -> None:

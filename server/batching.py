@@ -81,6 +81,8 @@ class DynamicBatcher(Generic[Item, Result]):
         self.statistics = BatchStatistics()
         self.policy: BatchPolicy = make_policy(settings)
         self.admission = Admission(settings)
+        # Told the expected queue wait and batch time (ns) at every batch boundary: the front end's check.
+        self.on_estimate: Callable[[int, int], None] | None = None
         self._levels: list[collections.deque[_Pending[Item, Result]]] = [
             collections.deque() for _ in range(settings.priority_levels)
         ]
@@ -219,9 +221,16 @@ class DynamicBatcher(Generic[Item, Result]):
         span = self._start_batch_span(batch, queue_us)
         execution = loop.run_in_executor(self._executor, self._execute_in_span, span, [p.item for p in batch])
         self._running += 1
+        self._publish_estimate(started_ns)
         task = loop.create_task(self._complete_batch(batch, execution, started_ns, queue_us, span))
         self._executing.add(task)
         task.add_done_callback(self._executing.discard)
+
+    def _publish_estimate(self, now_ns: int) -> None:
+        if self.on_estimate is not None:
+            estimator = self.admission.estimator
+            wait_ns = estimator.wait_ns(self._queued, self._running, now_ns)
+            self.on_estimate(int(wait_ns), int(estimator.batch_ns(self._queued)))
 
     async def _wait_for_batch(self) -> None:
         """Return once a batch should go: full, preferred size reached, delay over, or closing."""
@@ -302,6 +311,7 @@ class DynamicBatcher(Generic[Item, Result]):
                 self._slots.release()
                 self._running -= 1
                 self._arrived.set()
+                self._publish_estimate(time.perf_counter_ns())
             if len(results) != len(batch):
                 raise ModelExecutionError(
                     f"{self.name} returned {len(results)} results for {len(batch)} requests"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import collections
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 # Upper bounds (µs) of the latency buckets: 100 µs to 10 s, about three per decade, as Prometheus expects.
@@ -158,6 +158,8 @@ class RpcStatistics:
 
     calls: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
     durations_us: dict[str, Histogram] = field(default_factory=dict)
+    # Counts kept elsewhere (calls the native front end answered itself), added to `calls` when read.
+    sources: list[Callable[[], dict[tuple[str, str], int]]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record(self, method: str, code: str, duration_us: float) -> None:
@@ -169,7 +171,15 @@ class RpcStatistics:
                 histogram = self.durations_us[method] = Histogram()
             histogram.observe(duration_us)
 
+    def add_source(self, counts: Callable[[], dict[tuple[str, str], int]]) -> None:
+        """Add calls counted elsewhere, by (method, code), to every snapshot."""
+        self.sources.append(counts)
+
     def snapshot(self) -> tuple[dict[tuple[str, str], int], dict[str, Histogram]]:
         """Consistent copies of (calls, durations_us), safe to read from another thread."""
         with self._lock:
-            return dict(self.calls), {method: h.copy() for method, h in self.durations_us.items()}
+            calls = collections.Counter(self.calls)
+            durations = {method: h.copy() for method, h in self.durations_us.items()}
+        for source in self.sources:
+            calls.update(source())
+        return dict(calls), durations

@@ -1,17 +1,27 @@
-"""Admission under overload, in pure asyncio: the batcher refuses at once what it cannot serve in time."""
+"""Admission under overload: the batcher and a real server refuse at once what they cannot serve in time."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import threading
 import time
+import urllib.request
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import grpc
 import pytest
+import yaml
 
+from recserve.client import RecommenderClient
 from recserve.server.admission import QueueWaitEstimator
 from recserve.server.batching import DynamicBatcher
 from recserve.server.exceptions import OverloadedError, QueueFullError
-from recserve.server.settings import BatchingSettings
+from recserve.server.frontend import native_available
+from recserve.server.settings import BatchingSettings, ServerSettings, StateSettings
+from tests.serving import ServerThread
 
 HUGE_DELAY_US = 60_000_000
 
@@ -101,3 +111,73 @@ async def test_deadline_admission_can_be_turned_off(executor) -> None:
     results = await asyncio.gather(*queued, late, return_exceptions=True)
     assert type(results[-1]).__name__ == "DeadlineExceededError", "queued, then expired: the old way"
     await batcher.close()
+
+
+# --- against a real server -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bounded_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's model with a 5 ms queue-wait bound, so one slow batch makes the queue too long."""
+    source = model_repository / "recommender"
+    target = tmp_path_factory.mktemp("bounded") / "recommender"
+    target.mkdir()
+    config = yaml.safe_load((source / "config.yaml").read_text())
+    config.setdefault("batching", {})["max_queue_wait_microseconds"] = 5_000
+    (target / "config.yaml").write_text(yaml.safe_dump(config))
+    (target / "1").symlink_to((source / "1").resolve(), target_is_directory=True)
+    return target.parent
+
+
+@contextlib.contextmanager
+def slow_ranker(server: ServerThread, seconds: float) -> Iterator[None]:
+    """Make every batch of the running server take `seconds` longer, until the block ends."""
+    model = server.running.service.pipeline.model
+    real_ranker = model.ranker
+
+    def slow(**inputs: object) -> object:
+        time.sleep(seconds)
+        return real_ranker(**inputs)
+
+    model.ranker = slow
+    try:
+        yield
+    finally:
+        model.ranker = real_ranker
+
+
+@pytest.mark.parametrize("frontend", ["native", "aio"])
+def test_a_server_refuses_overload_at_once_and_counts_it(
+    server_settings: ServerSettings, bounded_repository: Path, tmp_path: Path, frontend: str
+) -> None:
+    if frontend == "native" and not native_available():
+        pytest.skip("the grpc++ front end is not built")  # under CI it is (tests/test_frontend.py)
+    settings = server_settings.model_copy(
+        update={
+            "model_repository": bounded_repository,
+            "frontend": frontend,
+            "state": StateSettings(state_dir=tmp_path),
+        }
+    )
+    with ServerThread(settings) as server, RecommenderClient(server.address, timeout_s=30) as client:
+        with slow_ranker(server, 0.2):
+            for _ in range(5):
+                client.recommend("user-1", k=3)  # the cost model learns: a batch takes ~0.2 s now
+            first = threading.Thread(target=client.recommend, args=("user-2",), kwargs={"k": 3})
+            first.start()
+            time.sleep(0.05)  # its batch is executing: anything queued now waits ~0.15 s, far past 5 ms
+            started = time.perf_counter()
+            with pytest.raises(grpc.RpcError) as refused:
+                client.recommend("user-3", k=3)
+            refused_after_s = time.perf_counter() - started
+            first.join(10)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "more than the 5 ms this server queues a request" in refused.value.details()
+        assert refused_after_s < 0.1, "refused on arrival, not after waiting"
+        assert len(client.recommend("user-3", k=3).items) == 3, "admitted again once the queue drained"
+        if frontend == "native":  # refused on grpc's thread, before Python heard of the call
+            assert server.running.server.admission_refused()["/recserve.v1.Recommender/Recommend"] >= 1
+        metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    wanted = ('method="recserve.v1.Recommender/Recommend"', 'code="RESOURCE_EXHAUSTED"')
+    counted = [line for line in metrics.splitlines() if all(part in line for part in wanted)]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, metrics

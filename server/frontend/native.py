@@ -212,8 +212,6 @@ class NativeServer:
             else:
                 self._frontend.set_string_option(key, str(value))
         self._limit = maximum_concurrent_rpcs
-        self._admitted_methods: frozenset[str] = frozenset()
-        self._refusal: Callable[[str, float | None], str | None] | None = None
         self._generic_handlers: list[grpc.GenericRpcHandler] = []
         self._registered: dict[str, grpc.RpcMethodHandler] = {}
         self._handler_cache: dict[str, grpc.RpcMethodHandler] = {}
@@ -248,17 +246,24 @@ class NativeServer:
         """
         return self._frontend.add_tls_port(address, key_file, cert_file, client_ca_file, refresh_interval_s)
 
-    def set_admission(
-        self, methods: Iterable[str], refusal: Callable[[str, float | None], str | None]
-    ) -> None:
-        """Ask `refusal(method, seconds_left)` before a call of `methods` even gets a task.
+    def set_admission(self, methods: Iterable[str], max_wait_ns: int, deadline_aware: bool) -> None:
+        """Refuse overload on grpc's threads, before Python hears of the call (native/frontend.cc).
 
-        Under overload most calls are refused; answering them here, before a task, a context and the
-        request's decoding exist, keeps the refusals from eating the cores the accepted calls need. A
-        string is the RESOURCE_EXHAUSTED details; None lets the call in.
+        A call of `methods` whose expected wait (the last published queue wait plus the event loop's lag)
+        passes `max_wait_ns` (0: no bound) or, if `deadline_aware`, its deadline, is RESOURCE_EXHAUSTED.
+
+        Under overload most calls are refused; doing that on the event loop would eat the cores the
+        accepted calls need, while new calls wait unseen in the event queue.
         """
-        self._admitted_methods = frozenset(methods)
-        self._refusal = refusal
+        self._frontend.set_admission(list(methods), max_wait_ns, deadline_aware)
+
+    def publish_queue_wait(self, wait_ns: int, batch_ns: int) -> None:
+        """The batcher's expected queue wait and batch time now, for `set_admission`'s check."""
+        self._frontend.publish_queue_wait(wait_ns, batch_ns)
+
+    def admission_refused(self) -> dict[str, int]:
+        """Calls refused by `set_admission`'s check so far, by method (`/package.Service/Method`)."""
+        return dict(self._frontend.admission_refused())
 
     # --- lifecycle ---
     async def start(self) -> list[int]:
@@ -339,11 +344,6 @@ class NativeServer:
         if self._limit is not None and len(self._active) >= self._limit:
             context._finish(grpc.StatusCode.RESOURCE_EXHAUSTED, CONCURRENCY_LIMIT_MESSAGE)
             return
-        if call.method in self._admitted_methods:
-            refusal = self._refusal(call.method, call.time_remaining())  # type: ignore[misc]
-            if refusal is not None:
-                context._finish(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
-                return
         self._active[call.id] = context
         task = self._loop.create_task(self._run(handler, context))  # type: ignore[union-attr]
         task.add_done_callback(lambda _: self._release(context))
