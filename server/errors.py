@@ -37,9 +37,26 @@ STATUS_BY_ERROR: dict[type[exceptions.RecserveError], grpc.StatusCode] = {
     exceptions.UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
 }
 
+# grpc-message is percent-encoded: 1 KiB of UTF-8 is at most 3 KiB of header, under every client's limit.
+MAX_DETAILS_BYTES = 1024
+CUT = " ... (cut)"
+
 Behavior = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Message]]
 # Run before a request is decoded: raises a domain error (UNAUTHENTICATED, PERMISSION_DENIED) to refuse it.
 CallCheck = Callable[[Sequence[tuple[str, str | bytes]], str], object]
+
+
+def details(error: exceptions.RecserveError) -> str:
+    """The error's message as the caller gets it: at most MAX_DETAILS_BYTES of UTF-8, the rest cut.
+
+    Messages quote what the caller sent (`unknown item id '...'`); a 100 kB id made the status's
+    grpc-message header larger than clients accept, and the caller saw RESOURCE_EXHAUSTED instead.
+    """
+    message = str(error)
+    encoded = message.encode()
+    if len(encoded) <= MAX_DETAILS_BYTES:
+        return message
+    return encoded[: MAX_DETAILS_BYTES - len(CUT)].decode(errors="ignore") + CUT
 
 
 def status_for(error: exceptions.RecserveError) -> grpc.StatusCode:
@@ -91,7 +108,7 @@ def _decoded(
         try:
             return await behavior(request, context)
         except exceptions.RecserveError as error:
-            await context.abort(status_for(error), str(error))
+            await context.abort(status_for(error), details(error))
         except (grpc.aio.AbortError, KeyboardInterrupt):
             raise
         except Exception:
@@ -111,7 +128,7 @@ def _checked(
         try:
             check(context.invocation_metadata() or (), method)
         except exceptions.RecserveError as error:
-            await context.abort(status_for(error), str(error))
+            await context.abort(status_for(error), details(error))
         return await handle(raw_request, context)
 
     return checked

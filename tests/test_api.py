@@ -203,3 +203,14 @@ def test_model_statistics_count_requests_batches_and_stages(stub) -> None:
     old = {stage.name: stage for stage in before.stages}
     assert stages["user_tower"].inference_count - old["user_tower"].inference_count == 2
     assert stages["ranker"].inference_count - old["ranker"].inference_count >= 3 + 10
+
+
+@pytest.mark.parametrize("item_id", ["x" * 100_000, "é" * 50_000])
+def test_an_error_quoting_a_long_id_still_arrives(stub, item_id: str) -> None:
+    # The message quoted the whole id: its grpc-message header was over the client's metadata limit, and the
+    # client saw RESOURCE_EXHAUSTED instead of NOT_FOUND (found by tests/test_fuzz.py).
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.SimilarItems(pb.SimilarItemsRequest(item_id=item_id), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND, caught.value.details()
+    assert caught.value.details().startswith("unknown item id '")
+    assert len(caught.value.details().encode()) <= 1024
