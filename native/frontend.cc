@@ -23,6 +23,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <thread>
+#include <tuple>
 #include <chrono>
 #include <memory>
 #include <mutex>
@@ -142,7 +143,7 @@ class Admission {
     config->max_wait_ns = max_wait_ns;
     config->deadline_aware = deadline_aware;
     std::lock_guard<std::mutex> lock(counts_mutex_);
-    counts_.resize(std::max(counts_.size(), config->methods.size()), 0);
+    counts_.resize(std::max(counts_.size(), 2 * config->methods.size()), 0);
     std::atomic_store(&config_, std::shared_ptr<const Config>(std::move(config)));
   }
 
@@ -152,42 +153,52 @@ class Admission {
     batch_ns_.store(batch_ns, std::memory_order_relaxed);
   }
 
-  // Why a call of `method` arriving now is refused, or nothing to let it in.
-  std::optional<std::string> Refusal(const std::string& method, const gpr_timespec& deadline, int64_t lag_ns) {
+  // Why a call of `method` arriving now is refused (and with which status), or nothing to let it in.
+  std::optional<grpc::Status> Refusal(const std::string& method, const gpr_timespec& deadline, int64_t lag_ns) {
     auto config = std::atomic_load(&config_);
     size_t index = 0;
     while (index < config->methods.size() && config->methods[index] != method) ++index;
     if (index == config->methods.size()) return std::nullopt;
     int64_t wait_ns = std::max<int64_t>(0, wait_until_ns_.load(std::memory_order_relaxed) - NowNs()) + lag_ns;
-    std::optional<std::string> reason;
+    std::optional<grpc::Status> reason;
     if (config->max_wait_ns > 0 && wait_ns > config->max_wait_ns) {
-      reason = "overloaded: a request queued now would wait ~" + Ms(wait_ns) + " ms, more than the " +
-               Ms(config->max_wait_ns) +
-               " ms this server queues a request (batching.max_queue_wait_microseconds); back off and "
-               "retry, or use another replica";
+      reason = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                            "overloaded: a request queued now would wait ~" + Ms(wait_ns) + " ms, more than the " +
+                                Ms(config->max_wait_ns) +
+                                " ms this server queues a request (batching.max_queue_wait_microseconds); back "
+                                "off and retry, or use another replica");
     } else if (config->deadline_aware && gpr_time_cmp(deadline, gpr_inf_future(deadline.clock_type)) != 0) {
       gpr_timespec left = gpr_time_sub(deadline, gpr_now(deadline.clock_type));
       int64_t left_ns = static_cast<int64_t>(left.tv_sec) * 1000000000 + left.tv_nsec;
-      int64_t done_ns = wait_ns + batch_ns_.load(std::memory_order_relaxed);
-      if (done_ns > left_ns) {
-        reason = "overloaded: a request queued now would be answered in ~" + Ms(done_ns) +
-                 " ms, after its deadline (" + Ms(std::max<int64_t>(left_ns, 0)) +
-                 " ms left); back off and retry, or use another replica";
+      int64_t batch_ns = batch_ns_.load(std::memory_order_relaxed);
+      if (batch_ns > left_ns) {
+        reason = grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED,
+                              "the deadline (" + Ms(std::max<int64_t>(left_ns, 0)) +
+                                  " ms left) is shorter than a batch takes (~" + Ms(batch_ns) +
+                                  " ms); the request was not executed");
+      } else if (wait_ns + batch_ns > left_ns) {
+        reason = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                              "overloaded: a request queued now would be answered in ~" + Ms(wait_ns + batch_ns) +
+                                  " ms, after its deadline (" + Ms(std::max<int64_t>(left_ns, 0)) +
+                                  " ms left); back off and retry, or use another replica");
       }
     }
     if (reason) {
       std::lock_guard<std::mutex> lock(counts_mutex_);
-      ++counts_[index];
+      ++counts_[2 * index + (reason->error_code() == grpc::StatusCode::DEADLINE_EXCEEDED ? 1 : 0)];
     }
     return reason;
   }
 
-  // Calls refused so far, by method.
-  std::vector<std::pair<std::string, uint64_t>> Refused() {
+  // Calls refused so far, as (method, status name, count).
+  std::vector<std::tuple<std::string, std::string, uint64_t>> Refused() {
     auto config = std::atomic_load(&config_);
     std::lock_guard<std::mutex> lock(counts_mutex_);
-    std::vector<std::pair<std::string, uint64_t>> out;
-    for (size_t i = 0; i < config->methods.size(); ++i) out.emplace_back(config->methods[i], counts_[i]);
+    std::vector<std::tuple<std::string, std::string, uint64_t>> out;
+    for (size_t i = 0; i < config->methods.size(); ++i) {
+      out.emplace_back(config->methods[i], "RESOURCE_EXHAUSTED", counts_[2 * i]);
+      out.emplace_back(config->methods[i], "DEADLINE_EXCEEDED", counts_[2 * i + 1]);
+    }
     return out;
   }
 
@@ -250,13 +261,13 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
   // Answer RESOURCE_EXHAUSTED here, on grpc's thread, if admission refuses the call; Python never sees it.
   bool RefusedAsOverload() {
     auto self = shared_from_this();  // Finish may end the call (OnDone) before this returns
-    std::optional<std::string> reason = admission_->Refusal(method_, deadline_, queue_->OldestAgeNs());
-    if (!reason) return false;
+    std::optional<grpc::Status> status = admission_->Refusal(method_, deadline_, queue_->OldestAgeNs());
+    if (!status) return false;
     first_read_ = false;
     request_.Clear();
     std::lock_guard<std::recursive_mutex> lock(mutex_);
     finished_ = true;
-    Finish(grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED, *reason));
+    Finish(*status);
     return true;
   }
 
@@ -450,7 +461,7 @@ class Frontend {
     admission_.Configure(std::move(methods), max_wait_ns, deadline_aware);
   }
   void publish_queue_wait(int64_t wait_ns, int64_t batch_ns) { admission_.Publish(wait_ns, batch_ns); }
-  std::vector<std::pair<std::string, uint64_t>> admission_refused() { return admission_.Refused(); }
+  std::vector<std::tuple<std::string, std::string, uint64_t>> admission_refused() { return admission_.Refused(); }
 
   // Start every read, write and finish queued since the last flush.
   void flush() { runner_.Flush(); }

@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 
 from recserve.server.batching_policy import LinearCostModel
+from recserve.server.exceptions import DeadlineExceededError, OverloadedError
 from recserve.server.settings import BatchingSettings
 
 
@@ -88,25 +89,36 @@ class Admission:
         self._max_wait_ns = settings.max_queue_wait_microseconds * 1000
         self._deadline_aware = settings.deadline_admission
 
-    def refusal(self, queued: int, running: int, timeout_s: float | None) -> str | None:
-        """Why a request with `timeout_s` left must be refused now, or None to queue it."""
+    def refusal(
+        self, queued: int, running: int, timeout_s: float | None
+    ) -> OverloadedError | DeadlineExceededError | None:
+        """Why a request with `timeout_s` left must be refused now, or None to queue it.
+
+        OverloadedError (RESOURCE_EXHAUSTED: back off, or try another replica) when the queue is the cause;
+        DeadlineExceededError when the deadline is shorter than one batch takes on an idle server.
+        """
         estimator = self.estimator
         if not estimator.measured:
             return None
         now_ns = time.perf_counter_ns()
         wait_ns = estimator.wait_ns(queued, running, now_ns)
         if self._max_wait_ns and wait_ns > self._max_wait_ns:
-            return (
+            return OverloadedError(
                 f"overloaded: a request queued now would wait ~{wait_ns / 1e6:.0f} ms, more than the "
                 f"{self._max_wait_ns / 1e6:.0f} ms this server queues a request "
                 "(batching.max_queue_wait_microseconds); back off and retry, or use another replica"
             )
-        if self._deadline_aware and timeout_s is not None:
-            done_ns = wait_ns + estimator.batch_ns(queued)
-            if done_ns > timeout_s * 1e9:
-                return (
-                    f"overloaded: a request queued now would be answered in ~{done_ns / 1e6:.0f} ms, after "
-                    f"its deadline ({max(timeout_s, 0.0) * 1e3:.0f} ms left); back off and retry, or use "
-                    "another replica"
-                )
+        if not self._deadline_aware or timeout_s is None:
+            return None
+        batch_ns, left_ms = estimator.batch_ns(queued), max(timeout_s, 0.0) * 1e3
+        if batch_ns > timeout_s * 1e9:
+            return DeadlineExceededError(
+                f"the deadline ({left_ms:.0f} ms left) is shorter than a batch takes (~{batch_ns / 1e6:.0f} "
+                "ms); the request was not executed"
+            )
+        if wait_ns + batch_ns > timeout_s * 1e9:
+            return OverloadedError(
+                f"overloaded: a request queued now would be answered in ~{(wait_ns + batch_ns) / 1e6:.0f} "
+                f"ms, after its deadline ({left_ms:.0f} ms left); back off and retry, or use another replica"
+            )
         return None

@@ -210,6 +210,7 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     _admit_in_frontend(running, service)
     state.follow()
     await running.set_serving(True)
+    state.watch(lambda problem: _report_state(running, problem))
     logger.info(
         "model %s version %s ready in %.1fs: %d users, %d items, dim %d, index %d trees (search_k %d); "
         "batching %s",
@@ -226,6 +227,15 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     return service
 
 
+async def _report_state(running: RunningServer, problem: str | None) -> None:
+    """The write services' health follows their backend: NOT_SERVING while it cannot store writes."""
+    if running.slot.state != "ready" or running.state is None:
+        return
+    status = health_pb2.HealthCheckResponse.NOT_SERVING if problem else health_pb2.HealthCheckResponse.SERVING
+    for name in running.state.enabled_services:
+        await running.health.set(name, status)
+
+
 def _admit_in_frontend(running: RunningServer, service: RecommenderService) -> None:
     """Let the native front end refuse overload before Python sees it (see NativeServer.set_admission)."""
     server = running.server
@@ -237,7 +247,7 @@ def _admit_in_frontend(running: RunningServer, service: RecommenderService) -> N
     )
     service.batcher.on_estimate = server.publish_queue_wait
     running.rpc_statistics.add_source(
-        lambda: {(method[1:], "RESOURCE_EXHAUSTED"): n for method, n in server.admission_refused().items()}
+        lambda: {(method[1:], code): n for (method, code), n in server.admission_refused().items() if n}
     )
 
 

@@ -93,6 +93,8 @@ class DynamicBatcher(Generic[Item, Result]):
         self._executing: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
+        self.restarts = 0
+        """Times the batch loop ended unexpectedly and was started again."""
 
     @property
     def settings(self) -> BatchingSettings:
@@ -109,14 +111,13 @@ class DynamicBatcher(Generic[Item, Result]):
         """How long a request queued now would wait for its batch to start (the admission estimate)."""
         return self.admission.estimator.wait_ns(self._queued, self._running, time.perf_counter_ns()) / 1e9
 
-    def refusal(self, timeout_s: float | None) -> str | None:
-        """Why a request with `timeout_s` left is refused as overload now (counted), or None to queue it.
-
-        `submit` asks this itself; the front end may ask first, to refuse before decoding the request.
-        """
+    def refusal(self, timeout_s: float | None) -> OverloadedError | DeadlineExceededError | None:
+        """The error refusing a request with `timeout_s` left now (counted), or None to queue it."""
         refusal = self.admission.refusal(self._queued, self._running, self._timeout_s(timeout_s))
-        if refusal is not None:
+        if isinstance(refusal, OverloadedError):
             self.statistics.record_dropped(overloaded=1)
+        elif refusal is not None:
+            self.statistics.record_dropped(expired=1)
         return refusal
 
     @property
@@ -127,7 +128,28 @@ class DynamicBatcher(Generic[Item, Result]):
     def start(self) -> None:
         """Start forming batches (call from the event loop)."""
         if self._loop_task is None:
-            self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-loop")
+            self._start_loop()
+
+    def _start_loop(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name}-loop")
+        self._loop_task.add_done_callback(self._on_loop_end)
+
+    def _on_loop_end(self, task: asyncio.Task[None]) -> None:
+        """The batch loop ends only when closed; if anything else ends it, it starts again at once.
+
+        Queued requests stay queued meanwhile (a request is only taken out of the queue into a batch that
+        starts), so a bug in batch formation costs a log line and a restart, not a server that stops
+        answering.
+        """
+        if self._closed and (task.cancelled() or task.exception() is None):
+            return  # closed: it finished everything queued, or the server is going away
+        cause = "cancelled" if task.cancelled() else repr(task.exception())
+        self.restarts += 1
+        logger.error(
+            "%s: the batch loop ended (%s); restarting it (restart %d)", self.name, cause, self.restarts
+        )
+        self._slots = asyncio.Semaphore(self._settings.instance_count - self._running)
+        self._start_loop()
 
     async def close(self) -> None:
         """Finish everything queued and in flight, then stop. Later submits are UNAVAILABLE."""
@@ -162,7 +184,7 @@ class DynamicBatcher(Generic[Item, Result]):
             )
         refusal = self.refusal(timeout_s)
         if refusal is not None:
-            raise OverloadedError(refusal)
+            raise refusal
         timeout_s = self._timeout_s(timeout_s)
         now_ns = time.perf_counter_ns()
         pending = _Pending(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -37,6 +37,7 @@ from recserve.server.telemetry.grpc_tracing import RpcTracing
 logger = logging.getLogger(__name__)
 
 OPEN_RETRY_S = 1.0
+WATCH_INTERVAL_S = 1.0
 SERVICE_NAMES = (EVENTS_SERVICE.full_name, CATALOG_SERVICE.full_name)
 
 
@@ -48,6 +49,7 @@ class LiveState:
     backend: MemoryBackend | RedisBackend
     writes: StateWrites
     stored_changes: list[tuple[CatalogChange, Version | None]] | None = None
+    watcher: asyncio.Task[None] | None = None
 
     @classmethod
     def from_settings(cls, settings: ServerSettings, slot: ServiceSlot, tracer: Tracer | None) -> LiveState:
@@ -135,6 +137,33 @@ class LiveState:
         if isinstance(self.backend, RedisBackend):
             self.backend.follow_catalog(self.writes.apply_stored)
 
+    def watch(self, report: Callable[[str | None], Awaitable[None]]) -> None:
+        """Check the backend every second and `report(problem)` at each change.
+
+        The problem is the cause, or None once the backend is usable again (Redis answers a PING, the state
+        disk has room): found by itself, without waiting for a write to succeed.
+        """
+        self.watcher = asyncio.get_running_loop().create_task(self._watch(report), name="state-watch")
+
+    async def _watch(self, report: Callable[[str | None], Awaitable[None]]) -> None:
+        reported: str | None = None
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            problem = self.backend.problem
+            if problem is not None:
+                problem = await self.backend.probe()
+            if (problem is None) == (reported is None):
+                continue
+            if problem is None:
+                logger.info("state: the %s backend works again", self.settings.state.backend)
+            else:
+                logger.warning("state: %s; writes answer UNAVAILABLE until it recovers", problem)
+            reported = problem
+            await report(problem)
+
     async def close(self) -> None:
-        """Flush and close the backend."""
+        """Stop watching, flush and close the backend."""
+        if self.watcher is not None:
+            self.watcher.cancel()
+            await asyncio.gather(self.watcher, return_exceptions=True)
         await self.backend.close()

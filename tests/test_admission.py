@@ -176,7 +176,8 @@ def test_a_server_refuses_overload_at_once_and_counts_it(
         assert refused_after_s < 0.1, "refused on arrival, not after waiting"
         assert len(client.recommend("user-3", k=3).items) == 3, "admitted again once the queue drained"
         if frontend == "native":  # refused on grpc's thread, before Python heard of the call
-            assert server.running.server.admission_refused()["/recserve.v1.Recommender/Recommend"] >= 1
+            refused_here = server.running.server.admission_refused()
+            assert refused_here["/recserve.v1.Recommender/Recommend", "RESOURCE_EXHAUSTED"] >= 1
         metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     wanted = ('method="recserve.v1.Recommender/Recommend"', 'code="RESOURCE_EXHAUSTED"')
     counted = [line for line in metrics.splitlines() if all(part in line for part in wanted)]

@@ -261,9 +261,9 @@ class NativeServer:
         """The batcher's expected queue wait and batch time now, for `set_admission`'s check."""
         self._frontend.publish_queue_wait(wait_ns, batch_ns)
 
-    def admission_refused(self) -> dict[str, int]:
-        """Calls refused by `set_admission`'s check so far, by method (`/package.Service/Method`)."""
-        return dict(self._frontend.admission_refused())
+    def admission_refused(self) -> dict[tuple[str, str], int]:
+        """Calls refused by `set_admission`'s check so far, by (`/package.Service/Method`, status name)."""
+        return {(method, code): count for method, code, count in self._frontend.admission_refused()}
 
     # --- lifecycle ---
     async def start(self) -> list[int]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -152,7 +153,7 @@ class AppendLog:
         try:
             written = os.write(self._fd, data)
             if written != len(data):
-                raise OSError(28, "short write")
+                raise OSError(errno.ENOSPC, "No space left on device: a short write")  # the rest did not fit
         except OSError as error:
             with contextlib.suppress(OSError):
                 os.ftruncate(self._fd, self._segment_bytes)

@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from recserve.server.exceptions import UnavailableError
 from recserve.server.state.events import CatalogChange, EventType, ItemDelete, ItemUpsert, UserEvent
 from recserve.server.state.history import (
     EMPTY_PROFILE,
@@ -27,6 +29,8 @@ from recserve.server.state.history import (
 from recserve.server.state.log import AppendLog
 
 logger = logging.getLogger(__name__)
+# Below this much free space the state disk counts as full (a write of a 1,000-event call is ~100 KiB).
+PROBE_FREE_BYTES = 1024 * 1024
 
 SNAPSHOT_CHUNK = 1000  # users or items per snapshot record
 
@@ -140,6 +144,27 @@ class MemoryBackend:
         self._users: dict[str, _User] = {}
         self._catalog: dict[str, tuple[str, ...] | None] = {}  # item id -> tags, or None when deleted
         self._compaction: asyncio.Task[None] | None = None
+        self._state_dir = state_dir
+        self.problem: str | None = None
+        """Why the last write failed (a full disk, an I/O error); None once one succeeds again."""
+
+    @property
+    def available(self) -> bool:
+        """Whether writes succeed (as far as the last one and `probe` know)."""
+        return self.problem is None
+
+    async def probe(self) -> str | None:
+        """After a failed write: the problem, or None once the disk has room again (a write confirms)."""
+        try:
+            status = await asyncio.get_running_loop().run_in_executor(None, os.statvfs, self._state_dir)
+        except OSError as error:
+            return f"cannot read the state directory ({error.strerror})"
+        free = status.f_bavail * status.f_frsize
+        if free < PROBE_FREE_BYTES:
+            cause = self.problem or "the state disk is full"
+            return f"{cause} ({free // 1024} KiB free under {self._state_dir})"
+        self.problem = None
+        return None
 
     async def open(self) -> list[tuple[CatalogChange, None]]:
         """Rebuild the state from disk; returns the catalog changes since the base catalog (unversioned)."""
@@ -200,9 +225,14 @@ class MemoryBackend:
 
     async def _write(self, record: Record) -> None:
         """The write path of this backend: log the record, apply it, wait for the fsync policy."""
-        self._log.append(encode(record))
-        self._apply(record)
-        await self._log.flushed()
+        try:
+            self._log.append(encode(record))
+            self._apply(record)
+            await self._log.flushed()
+        except UnavailableError as error:
+            self.problem = str(error)
+            raise
+        self.problem = None
         if self._compaction_due() and (self._compaction is None or self._compaction.done()):
             self._compaction = asyncio.get_running_loop().create_task(self._log.compact(self._snapshot))
 

@@ -108,6 +108,8 @@ class RedisBackend:
         """Redis commands that failed."""
         self.available = True
         """Whether the last Redis command answered."""
+        self.problem: str | None = None
+        """Why the last Redis command failed; None once one answers again."""
 
     def _key(self, kind: str, name: str = "") -> str:
         return f"{self._prefix}{kind}{name}"
@@ -198,13 +200,14 @@ class RedisBackend:
             self.errors += 1
             self.read_fallbacks += 1
             self.available = False
+            self.problem = f"Redis at {self.url} does not answer ({error})"
             self._reads_paused_until = time.monotonic() + READ_RETRY_S
             logger.warning("state: Redis did not answer a history read (%s); serving without history", error)
             return [EMPTY_PROFILE] * len(user_ids)
 
     def _read_profiles(self, user_ids: Sequence[str]) -> list[UserProfile]:
         versions = self._reader.mget([self._key("v:", user_id) for user_id in user_ids])
-        self.available = True
+        self.available, self.problem = True, None
         with self._profiles_lock:
             cached = [self._profiles.get(user_id) for user_id in user_ids]
         stale = [
@@ -242,10 +245,22 @@ class RedisBackend:
         except RedisError as error:
             self.errors += 1
             self.available = False
+            self.problem = f"Redis at {self.url} does not answer ({error})"
             raise UnavailableError(
                 f"could not {what}: Redis at {self.url} did not answer ({error}); retry later"
             ) from error
-        self.available = True
+        self.available, self.problem = True, None
+
+    async def probe(self) -> str | None:
+        """Whether Redis answers a PING now: the problem, or None."""
+        try:
+            await self._writer.ping()
+        except RedisError as error:
+            self.available = False
+            self.problem = f"Redis at {self.url} does not answer ({error})"
+            return self.problem
+        self.available, self.problem = True, None
+        return None
 
     async def _follow(self, on_changes: ChangeHandler) -> None:
         """Read the stream from the last entry seen; after an outage, reload the hash if entries were lost."""

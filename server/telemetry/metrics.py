@@ -138,6 +138,11 @@ def _batch_metrics(
         ("recserve_inference_count", stats.inference_count, "Requests (rows) executed in batches."),
         ("recserve_execution_count", stats.execution_count, "Batches executed (one forward pass each)."),
         (
+            "recserve_batch_loop_restarts",
+            service.batcher.restarts,
+            "Times the batch loop ended unexpectedly and was started again (queued requests kept).",
+        ),
+        (
             "recserve_batch_compute_duration_us",
             stats.compute_duration_ns / 1000,
             "Time batches spent executing, µs.",

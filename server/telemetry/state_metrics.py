@@ -56,10 +56,12 @@ def _write_metrics(state: LiveState) -> Iterator[Metric]:
 def _backend_metrics(state: LiveState) -> Iterator[Metric]:
     backend = state.backend
     up = GaugeMetricFamily(
-        "recserve_state_backend_up", "1 when the state backend answers (memory: always).", labels=["backend"]
+        "recserve_state_backend_up",
+        "1 when the state backend stores writes (Redis answers; the memory backend's disk takes them).",
+        labels=["backend"],
     )
     is_redis = isinstance(backend, RedisBackend)
-    up.add_metric([state.settings.state.backend], float(backend.available) if is_redis else 1.0)
+    up.add_metric([state.settings.state.backend], float(backend.available))
     yield up
     errors = CounterMetricFamily("recserve_redis_errors", "Redis commands that failed (redis backend).")
     errors.add_metric([], backend.errors if is_redis else 0)

@@ -1,0 +1,181 @@
+"""Faults the server must ride out by itself: a full state disk, Redis gone, a dead batch loop, a flood of
+idle connections. Each: the server stays up, answers what it can, says why in health, metrics and logs, and
+recovers without a restart once the fault clears."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from recserve.client import Event, RecommenderClient
+from recserve.server.settings import ServerSettings, StateSettings
+from tests.redis_server import RedisServer
+from tests.serving import ServerThread
+from tests.tokens import Tokens, bearer
+
+EVENTS = "recserve.v1.Events"
+
+
+def eventually(check: Callable[[], bool], within_s: float) -> float:
+    """Seconds until `check()` held; fails after `within_s`."""
+    started = time.monotonic()
+    while not check():
+        assert time.monotonic() - started < within_s, f"not within {within_s} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def metric(server: ServerThread, name: str) -> float:
+    text = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a state disk that can really fill up (ENOSPC)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root with CAP_SYS_ADMIN")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the disk to the last byte with one file; returns it."""
+    filler = disk / "filler"
+    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for size in (65536, 4096, 1):
+            while True:
+                try:
+                    os.write(descriptor, b"\0" * size)
+                except OSError:
+                    break
+    finally:
+        os.close(descriptor)
+    return filler
+
+
+def test_a_full_state_disk_refuses_writes_keeps_reading_and_recovers(
+    server_settings: ServerSettings, small_disk: Path, tokens: Tokens
+) -> None:
+    settings = server_settings.model_copy(
+        update={
+            "events_enabled": True,
+            "auth": tokens.settings(),
+            "state": StateSettings(state_dir=small_disk / "state", fsync="always"),
+        }
+    )
+    with (
+        ServerThread(settings) as server,
+        RecommenderClient(server.address, timeout_s=10, metadata=bearer(tokens.write)) as client,
+    ):
+        assert client.record_events([Event("disk-user", "item-1")]).accepted == 1
+        filler = fill(small_disk)
+        with pytest.raises(grpc.RpcError) as refused:
+            client.record_events([Event("disk-user", "item-2")] * 200)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "No space left on device" in refused.value.details()
+        assert len(client.recommend("disk-user", k=5).items) == 5, "reads go on"
+        eventually(lambda: client.health(EVENTS) == "NOT_SERVING", 5)
+        assert client.health() == "SERVING" and client.health("recserve.v1.Recommender") == "SERVING"
+        assert metric(server, "recserve_state_backend_up") == 0
+
+        filler.unlink()
+        recovered_s = eventually(lambda: client.health(EVENTS) == "SERVING", 5)
+        assert client.record_events([Event("disk-user", "item-3")]).accepted == 1
+        assert [e.item_id for e in client.user_history("disk-user")] == ["item-1", "item-3"], (
+            "the acknowledged writes are there, the refused one is not"
+        )
+        assert metric(server, "recserve_state_backend_up") == 1
+    assert recovered_s < 3
+
+
+def test_redis_gone_turns_the_write_services_not_serving_until_it_is_back(
+    server_settings: ServerSettings, tmp_path: Path, tokens: Tokens
+) -> None:
+    redis = RedisServer(tmp_path / "redis").start()
+    settings = server_settings.model_copy(
+        update={
+            "events_enabled": True,
+            "auth": tokens.settings(),
+            "state": StateSettings(backend="redis", redis_url=redis.url, redis_timeout_seconds=0.3),
+        }
+    )
+    try:
+        with (
+            ServerThread(settings) as server,
+            RecommenderClient(server.address, timeout_s=10, metadata=bearer(tokens.write)) as client,
+        ):
+            client.record_events([Event("redis-user", "item-1")])
+            redis.kill()
+            assert len(client.recommend("redis-user", k=5).items) == 5, "reads fall back to the request"
+            eventually(lambda: client.health(EVENTS) == "NOT_SERVING", 5)
+            assert client.health() == "SERVING"
+            redis.start()
+            recovered_s = eventually(lambda: client.health(EVENTS) == "SERVING", 10)
+            assert client.record_events([Event("redis-user", "item-2")]).accepted == 1
+            assert metric(server, "recserve_state_backend_up") == 1
+    finally:
+        redis.stop()
+    assert recovered_s < 5
+
+
+def test_a_dead_batch_loop_is_restarted_and_loses_no_queued_request(server: ServerThread) -> None:
+    batcher = server.running.service.batcher
+    policy = batcher.policy
+    real_batch_size = policy.batch_size
+    broken = {"left": 1}
+
+    def batch_size_once_broken(queued: int) -> int:
+        if broken["left"]:
+            broken["left"] -= 1
+            raise RuntimeError("a bug in batch formation")
+        return real_batch_size(queued)
+
+    restarts = batcher.restarts
+    policy.batch_size = batch_size_once_broken  # type: ignore[method-assign]
+    try:
+        with RecommenderClient(server.address, timeout_s=10) as client:
+            answers = [client.recommend(f"user-{n}", k=3) for n in range(1, 6)]
+    finally:
+        policy.batch_size = real_batch_size  # type: ignore[method-assign]
+    assert all(len(answer.items) == 3 for answer in answers)
+    assert batcher.restarts == restarts + 1
+    assert metric(server, "recserve_batch_loop_restarts") >= 1
+
+
+def test_thousands_of_idle_connections_do_not_stop_serving(server: ServerThread) -> None:
+    host, port = server.address.rsplit(":", 1)
+    sockets = []
+    try:
+        for _ in range(2000):
+            sockets.append(socket.create_connection((host, int(port)), timeout=5))  # never says a word
+        half_open = []
+        for sock in sockets[:200]:  # and some send half an HTTP/2 preface, then nothing
+            sock.sendall(b"PRI * HTTP/2.0\r\n")
+            half_open.append(sock)
+        with RecommenderClient(server.address, timeout_s=10) as client:
+            started = time.perf_counter()
+            for n in range(20):
+                assert len(client.recommend(f"user-{n + 1}", k=3).items) == 3
+            per_call_s = (time.perf_counter() - started) / 20
+            assert client.health() == "SERVING"
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert per_call_s < 0.25
