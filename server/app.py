@@ -7,27 +7,23 @@ and warms up off the event loop; health turns SERVING only when the first batch 
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 import time
 from dataclasses import dataclass, field
 
 import grpc
-import numpy as np
 from grpc_health.v1 import health, health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
 from recserve.server.auth import Authorizer
-from recserve.server.context import UserQuery
 from recserve.server.errors import unary_handlers
 from recserve.server.frontend import bind_and_start, build_grpc_server, resolve_frontend
 from recserve.server.frontend.health_port import start_health_port
 from recserve.server.live_state import LiveState
-from recserve.server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery
 from recserve.server.recommender import RecommenderService, ServiceSlot
-from recserve.server.repository import load_model, resolve_version_dir
+from recserve.server.repository import candidate_version_dirs
 from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
 from recserve.server.servicers.events import SERVICE as EVENTS_SERVICE
 from recserve.server.servicers.health import health_handlers
@@ -38,7 +34,6 @@ from recserve.server.servicers.recommender import SERVICE as RECOMMENDER_SERVICE
 from recserve.server.servicers.recommender import RecommenderServicer
 from recserve.server.servicers.reflection import add_reflection
 from recserve.server.settings import (
-    BatchingSettings,
     ServerSettings,
     effective_model_config,
     load_model_config,
@@ -48,6 +43,7 @@ from recserve.server.telemetry.grpc_tracing import RpcTracing
 from recserve.server.telemetry.metrics import MetricsServer, start_metrics_server
 from recserve.server.telemetry.tracing import INSTRUMENTATION_NAME, build_tracer_provider
 from recserve.server.telemetry.tracing import describe as describe_tracing
+from recserve.server.version_loading import describe_batching, first_good_version, freeze_long_lived_objects
 
 logger = logging.getLogger(__name__)
 
@@ -187,22 +183,18 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
     assert state is not None
     model_dir = settings.model_repository / settings.model_name
     config = effective_model_config(settings, load_model_config(model_dir))
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
     try:
-        version_dir = resolve_version_dir(model_dir, settings.model_version)
-        model, _ = await asyncio.gather(
-            loop.run_in_executor(None, load_model, version_dir, config.retrieval.search_k), state.open()
+        candidates = candidate_version_dirs(model_dir, settings.model_version)
+        loading = first_good_version(
+            candidates, config, running.slot, state.backend, running.tracer, settings.warmup_rounds
         )
+        service, _ = await asyncio.gather(loading, state.open())
+        await state.attach(service)
     except Exception:
         running.slot.state = "failed"
         raise
-    batching = config.batching
-    service = RecommenderService(model, config, batching, state.backend, running.tracer)
-    await state.attach(service)
-    await loop.run_in_executor(
-        service.executor, warm_up, service.pipeline, batching.max_batch_size, settings.warmup_rounds
-    )
+    model, batching = service.pipeline.model, config.batching
     freeze_long_lived_objects()
     service.start()
     running.service = service
@@ -249,46 +241,6 @@ def _admit_in_frontend(running: RunningServer, service: RecommenderService) -> N
     running.rpc_statistics.add_source(
         lambda: {(method[1:], code): n for (method, code), n in server.admission_refused().items() if n}
     )
-
-
-def freeze_long_lived_objects() -> None:
-    """Put everything alive now out of the garbage collector's reach (gc.freeze).
-
-    The loaded model is ~330k Python objects (TensorFlow graphs, vocabularies); every full collection
-    walked them all: measured 150-280 ms on 2 cores, a stall of every request in flight. Objects created
-    later (requests, batches) are collected as usual.
-    """
-    gc.collect()
-    gc.freeze()
-    logger.debug("gc: %d long-lived objects frozen", gc.get_freeze_count())
-
-
-def describe_batching(batching: BatchingSettings) -> str:
-    """One log-friendly line of the batching settings in force."""
-    adaptive = batching.adaptive
-    mode = f"adaptive (latency target {adaptive.latency_target_us} us)" if adaptive.enabled else "fixed"
-    return (
-        f"{mode} max_batch_size={batching.max_batch_size} "
-        f"max_queue_delay_us={batching.max_queue_delay_microseconds} "
-        f"preferred={batching.preferred_batch_sizes} instance_count={batching.instance_count} "
-        f"overlap_only_full_batches={batching.overlap_only_full_batches} "
-        f"max_queue_size={batching.max_queue_size} priority_levels={batching.priority_levels}"
-    )
-
-
-def warm_up(pipeline: BatchPipeline, max_batch_size: int, rounds: int) -> None:
-    """Run every power-of-two batch size up to max_batch_size so no request pays first-call costs."""
-    users = pipeline.model.users
-    context = np.arange(1, min(len(pipeline.model.items), 5) + 1, dtype=np.int32)
-    user = UserQuery(users.ids[0] if len(users) else "", 1 if len(users) else 0, context)
-    size = 1
-    while rounds:
-        queries = [RecommendQuery(user, 10) if i % 2 == 0 else ScoreQuery(user, context) for i in range(size)]
-        for _ in range(rounds):
-            pipeline.run_batch(queries)
-        if size >= max_batch_size:
-            break
-        size = min(size * 2, max_batch_size)
 
 
 async def stop_server(running: RunningServer, grace_s: float, drain_s: float = 0.0) -> None:

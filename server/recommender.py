@@ -259,6 +259,8 @@ class ServiceSlot:
     def __init__(self) -> None:
         self._service: RecommenderService | None = None
         self.state = "loading"
+        self.rejected: dict[str, str] = {}
+        """Versions that did not load or failed their smoke batch, with why (the next older one serves)."""
 
     @property
     def current(self) -> RecommenderService | None:

@@ -90,6 +90,18 @@ def resolve_version_dir(model_dir: Path, version: str | None = None) -> Path:
     return model_dir / version
 
 
+def candidate_version_dirs(model_dir: Path, version: str | None = None) -> list[Path]:
+    """The version directories to try, best first: `version` alone when pinned, else newest to oldest.
+
+    Raises:
+        UnavailableError: no such version has been built.
+    """
+    if version is not None:
+        return [resolve_version_dir(model_dir, version)]
+    resolve_version_dir(model_dir)  # raises when there is none
+    return [model_dir / name for name in reversed(list_versions(model_dir))]
+
+
 def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:
     """Load one version directory (TensorFlow graphs, Annoy index, item arrays, id maps).
 
@@ -118,6 +130,42 @@ def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:
         item_tags=np.load(version_dir / "item_tags.npy").astype(np.int32),
         item_tower=_optional_runner(version_dir / "item_tower"),
     )
+
+
+class VersionRejectedError(Exception):
+    """A version directory that does not load or does not hang together; the message says why."""
+
+
+def check_consistent(model: LoadedModel) -> None:
+    """Every array and the index describe the same items at the same dimension.
+
+    Raises:
+        VersionRejectedError: they do not (a truncated or mixed-up version directory).
+    """
+    items, dimension = len(model.items), model.embedding_dim
+    problems = []
+    if model.item_embeddings.shape != (items, dimension):
+        problems.append(f"item_embeddings.npy is {model.item_embeddings.shape}, not ({items}, {dimension})")
+    if len(model.index) < items:
+        problems.append(f"items.ann holds {len(model.index)} items, not {items}")
+    if model.item_popularity.shape[0] != items or model.item_tags.shape[0] != items:
+        problems.append("item_popularity.npy or item_tags.npy does not have a row per item")
+    if problems:
+        raise VersionRejectedError("; ".join(problems))
+
+
+def load_checked(version_dir: Path, search_k: int = -1) -> LoadedModel:
+    """`load_model`, then `check_consistent`.
+
+    Raises:
+        VersionRejectedError: the version does not load, or does not hang together; the message says why.
+    """
+    try:
+        model = load_model(version_dir, search_k)
+    except Exception as error:  # noqa: BLE001 - any damage in the directory rejects the version
+        raise VersionRejectedError(f"{type(error).__name__}: {error}") from error
+    check_consistent(model)
+    return model
 
 
 def _optional_runner(path: Path) -> SignatureRunner | None:

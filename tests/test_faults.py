@@ -5,6 +5,7 @@ recovers without a restart once the fault clears."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -179,3 +180,59 @@ def test_thousands_of_idle_connections_do_not_stop_serving(server: ServerThread)
         for sock in sockets:
             sock.close()
     assert per_call_s < 0.25
+
+
+def damaged_copy(source: Path, target: Path, damage: Callable[[Path], None]) -> None:
+    """A copy of a version directory, damaged by `damage`."""
+    shutil.copytree(source, target)
+    damage(target)
+
+
+def truncate_ranker(version: Path) -> None:
+    graph = version / "ranker" / "saved_model.pb"
+    graph.write_bytes(graph.read_bytes()[:100])
+
+
+def shrink_embeddings(version: Path) -> None:
+    import numpy as np
+
+    embeddings = np.load(version / "item_embeddings.npy")
+    np.save(version / "item_embeddings.npy", embeddings[:, : embeddings.shape[1] // 2])
+
+
+@pytest.mark.parametrize("damage", [truncate_ranker, shrink_embeddings])
+def test_a_damaged_newest_version_is_rejected_and_the_previous_one_serves(
+    server_settings: ServerSettings, version_dir: Path, tmp_path: Path, damage: Callable[[Path], None]
+) -> None:
+    model_dir = tmp_path / "models" / "recommender"
+    model_dir.mkdir(parents=True)
+    shutil.copy(version_dir.parent / "config.yaml", model_dir / "config.yaml")
+    (model_dir / "1").symlink_to(version_dir.resolve(), target_is_directory=True)
+    damaged_copy(version_dir, model_dir / "2", damage)
+    settings = server_settings.model_copy(
+        update={"model_repository": model_dir.parent, "state": StateSettings(state_dir=tmp_path / "state")}
+    )
+    with ServerThread(settings) as server, RecommenderClient(server.address, timeout_s=10) as client:
+        assert client.model_info().model_version == "1"
+        assert len(client.recommend("user-1", k=3).items) == 3
+        assert "2" in server.running.slot.rejected
+        assert 'recserve_model_version_rejected{model="recommender",version="2"} 1.0' in (
+            urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
+        )
+
+
+def test_a_pinned_damaged_version_does_not_serve(
+    server_settings: ServerSettings, version_dir: Path, tmp_path: Path
+) -> None:
+    from recserve.server.repository import VersionRejectedError
+
+    model_dir = tmp_path / "models" / "recommender"
+    model_dir.mkdir(parents=True)
+    damaged_copy(version_dir, model_dir / "1", truncate_ranker)
+    settings = server_settings.model_copy(
+        update={"model_repository": model_dir.parent, "state": StateSettings(state_dir=tmp_path / "state")}
+    )
+    server = ServerThread(settings)
+    with pytest.raises(VersionRejectedError, match="version 1: .*ranker"):
+        server.start()
+    server.stop()

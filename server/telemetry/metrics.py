@@ -74,6 +74,15 @@ class ServerCollector(Collector):
         for name in MODEL_STATES:
             state.add_metric([self._model_name, name], 1.0 if self._slot.state == name else 0.0)
         yield state
+        rejected = GaugeMetricFamily(
+            "recserve_model_version_rejected",
+            "1 for each version that did not load or failed its smoke batch at start-up (the log says why); "
+            "an older version serves instead.",
+            labels=MODEL_LABELS,
+        )
+        for rejected_version in sorted(self._slot.rejected, key=int):
+            rejected.add_metric([self._model_name, rejected_version], 1.0)
+        yield rejected
 
     def _rpc_metrics(self) -> Iterator[Metric]:
         calls, durations = self._rpc.snapshot()
