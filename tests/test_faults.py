@@ -236,3 +236,74 @@ def test_a_pinned_damaged_version_does_not_serve(
     with pytest.raises(VersionRejectedError, match="version 1: .*ranker"):
         server.start()
     server.stop()
+
+
+# --- a client that never reads: raw HTTP/2, so nothing reads on its behalf ------------------------------
+
+
+def _frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def _literal(name: str, value: str) -> bytes:
+    """An HPACK literal header field without indexing, new name, no Huffman (names and values < 127 bytes)."""
+    return bytes([0, len(name)]) + name.encode() + bytes([len(value)]) + value.encode()
+
+
+def never_reading_connection(address: str, streams: int, request: bytes) -> socket.socket:
+    """A connection that sends `streams` Recommend calls and then never reads a byte (window 0 besides)."""
+    host, port = address.rsplit(":", 1)
+    sock = socket.create_connection((host, int(port)), timeout=5)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    settings = (4).to_bytes(2, "big") + (0).to_bytes(4, "big")  # INITIAL_WINDOW_SIZE = 0
+    out = [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", _frame(4, 0, 0, settings)]
+    headers = b"".join(
+        _literal(name, value)
+        for name, value in (
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", "/recserve.v1.Recommender/Recommend"),
+            (":authority", address),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        )
+    )
+    message = b"\0" + len(request).to_bytes(4, "big") + request
+    for n in range(streams):
+        stream = 2 * n + 1
+        out += [_frame(1, 0x4, stream, headers), _frame(0, 0x1, stream, message)]
+    sock.sendall(b"".join(out))
+    return sock
+
+
+def answers(client: RecommenderClient) -> bool:
+    try:
+        return len(client.recommend("user-1", k=3).items) == 3
+    except grpc.RpcError as error:
+        if error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+            raise
+        return False
+
+
+def test_clients_that_never_read_their_answers_do_not_stop_serving(server: ServerThread) -> None:
+    from recserve.v1 import recommender_pb2
+
+    request = recommender_pb2.RecommendRequest(user_id="user-1", k=50).SerializeToString()
+    hostile = [never_reading_connection(server.address, 100, request) for _ in range(20)]  # 2,000 calls
+    try:
+        with RecommenderClient(server.address, timeout_s=10) as client:
+            # 2,000 calls at once are an overload (refused or answered, never read); then it serves again,
+            # with those connections still open and still not reading.
+            eventually(lambda: answers(client), 15)
+            started = time.perf_counter()
+            for n in range(20):
+                assert len(client.recommend(f"user-{n + 1}", k=3).items) == 3
+            per_call_s = (time.perf_counter() - started) / 20
+            assert client.health() == "SERVING"
+    finally:
+        for sock in hostile:
+            sock.close()
+    assert per_call_s < 0.25
+    frontend = server.running.server
+    if hasattr(frontend, "_active"):  # native: every call of the closed connections is released
+        eventually(lambda: len(frontend._active) == 0, 10)
