@@ -11,6 +11,7 @@
 #include "event_queue.h"
 
 #include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/alarm.h>
 #include <grpcpp/grpcpp.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -183,15 +184,19 @@ enum class StopMode { kClose, kIgnore, kWait };
 
 // `concurrency` workers, each with one call in flight at a time, spread over the channels; request N sends
 // payloads[N % payloads.size()]. Runs until `total` calls were issued (0 = no limit) or `stop` is called.
+// With `rps` > 0, request N goes out no earlier than start + N / rps (ghz's --rps): a free worker whose
+// request is not due yet waits on an alarm, so with workers enough the offered rate is fixed whatever the
+// server answers (an open loop).
 class ClosedLoop {
  public:
   ClosedLoop(std::vector<Channel*> channels, std::string method, const std::vector<py::bytes>& payloads,
              std::vector<std::pair<std::string, std::string>> metadata, int concurrency, int64_t total,
-             std::optional<double> timeout_s)
+             std::optional<double> timeout_s, double rps = 0.0)
       : method_(std::move(method)),
         metadata_(std::move(metadata)),
         total_(total),
         timeout_ns_(timeout_s ? static_cast<int64_t>(*timeout_s * 1e9) : 0),
+        interval_ns_(rps > 0 ? 1e9 / rps : 0.0),
         workers_(concurrency) {
     if (channels.empty() || payloads.empty() || concurrency < 1) {
       throw std::invalid_argument("a closed loop needs a channel, a payload and concurrency >= 1");
@@ -208,6 +213,7 @@ class ClosedLoop {
   std::pair<int64_t, int64_t> run() {
     py::gil_scoped_release release;
     int64_t started = MonotonicNs();
+    started_ns_ = started;
     int in_flight = 0;
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -222,6 +228,11 @@ class ClosedLoop {
       Worker& worker = *static_cast<Worker*>(tag);
       int64_t end_ns = MonotonicNs();
       std::lock_guard<std::mutex> lock(mutex_);
+      if (worker.waiting) {  // its alarm: the request it holds is due now (or the run was stopped)
+        worker.waiting = false;
+        if (!SendLocked(worker)) --in_flight;
+        continue;
+      }
       RecordLocked(worker, end_ns);
       if (!StartLocked(worker)) --in_flight;
     }
@@ -239,6 +250,9 @@ class ClosedLoop {
     if (stopping_) return;
     stopping_ = true;
     stop_mode_ = mode == "close" ? StopMode::kClose : mode == "ignore" ? StopMode::kIgnore : StopMode::kWait;
+    for (Worker& worker : workers_) {
+      if (worker.waiting) worker.alarm.Cancel();  // a request not sent yet is not sent at all
+    }
     if (stop_mode_ == StopMode::kWait) return;
     for (Worker& worker : workers_) {
       if (worker.context) worker.context->TryCancel();
@@ -270,6 +284,9 @@ class ClosedLoop {
     grpc::ByteBuffer response;
     grpc::Status status;
     int64_t started_ns = 0;
+    grpc::Alarm alarm;     // --rps: fires when the worker's next request is due
+    bool waiting = false;  // on the alarm, not on a call
+    int64_t number = 0;    // the request it sends next
   };
 
   // Start `worker`'s next call unless the run is over; the caller holds mutex_.
@@ -279,8 +296,26 @@ class ClosedLoop {
       worker.context.reset();
       return false;
     }
-    const grpc::ByteBuffer& payload = payloads_[issued_ % payloads_.size()];
-    ++issued_;
+    worker.number = issued_++;
+    if (interval_ns_ > 0) {
+      int64_t due_ns = started_ns_ + static_cast<int64_t>(worker.number * interval_ns_);
+      int64_t wait_ns = due_ns - MonotonicNs();
+      if (wait_ns > 0) {
+        worker.waiting = true;
+        worker.alarm.Set(&queue_, std::chrono::system_clock::now() + std::chrono::nanoseconds(wait_ns), &worker);
+        return true;
+      }
+    }
+    return SendLocked(worker);
+  }
+
+  // Send `worker`'s request now unless the run was stopped meanwhile; the caller holds mutex_.
+  bool SendLocked(Worker& worker) {
+    if (stopping_) {
+      worker.context.reset();
+      return false;
+    }
+    const grpc::ByteBuffer& payload = payloads_[worker.number % payloads_.size()];
     worker.context = std::make_unique<grpc::ClientContext>();
     for (const auto& [key, value] : metadata_) worker.context->AddMetadata(key, value);
     worker.started_ns = MonotonicNs();
@@ -311,6 +346,8 @@ class ClosedLoop {
   std::vector<std::pair<std::string, std::string>> metadata_;
   int64_t total_;
   int64_t timeout_ns_;
+  double interval_ns_;  // --rps: ns between scheduled requests; 0 = as fast as answers come
+  int64_t started_ns_ = 0;
   std::vector<Worker> workers_;
   grpc::CompletionQueue queue_;
   std::mutex mutex_;  // guards the workers' contexts, issued_, the stop state and records_
@@ -338,8 +375,10 @@ PYBIND11_MODULE(_loadtest, module) {
       .def("close", &Channel::close);
   py::class_<ClosedLoop>(module, "ClosedLoop")
       .def(py::init<std::vector<Channel*>, std::string, const std::vector<py::bytes>&,
-                    std::vector<std::pair<std::string, std::string>>, int, int64_t, std::optional<double>>(),
-           py::keep_alive<1, 2>())
+                    std::vector<std::pair<std::string, std::string>>, int, int64_t, std::optional<double>,
+                    double>(),
+           py::arg("channels"), py::arg("method"), py::arg("payloads"), py::arg("metadata"), py::arg("concurrency"),
+           py::arg("total"), py::arg("timeout_s"), py::arg("rps") = 0.0, py::keep_alive<1, 2>())
       .def("run", &ClosedLoop::run)
       .def("stop", &ClosedLoop::stop)
       .def("take_records", &ClosedLoop::take_records);

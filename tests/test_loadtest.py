@@ -677,12 +677,23 @@ def test_fixed_requests_run_in_the_native_closed_loop(trivial_address: str) -> N
     assert all(0 < latency < result.total_ns for _, latency, _, _ in result.results)
 
 
+@requires_native
+def test_native_loop_keeps_the_rps_schedule(trivial_address: str) -> None:
+    runner, result = run_direct(
+        ["--insecure", "--call", HEALTH_CHECK, "-n", "100", "-c", "8", "--rps", "200", trivial_address]
+    )
+    assert runner.runs_in_native_loop
+    assert len(result.results) == 100 and {status for _, _, status, _ in result.results} == {"OK"}
+    ends = sorted(end for end, *_ in result.results)
+    assert 0.45e9 < ends[-1] - ends[0] < 0.7e9, "100 requests at 200/s: request N at N/200 s"
+
+
 @pytest.mark.parametrize(
     "argv",
-    [["-d", '{"service":"{{.WorkerID}}"}'], ["--rps", "500"], ["--transport", "aio"]],
-    ids=["templated", "paced", "aio"],
+    [["-d", '{"service":"{{.WorkerID}}"}'], ["--transport", "aio"]],
+    ids=["templated", "aio"],
 )
-def test_templated_paced_or_aio_runs_call_from_python(trivial_address: str, argv: list[str]) -> None:
+def test_templated_or_aio_runs_call_from_python(trivial_address: str, argv: list[str]) -> None:
     runner, result = run_direct(
         ["--insecure", "--call", HEALTH_CHECK, "-n", "20", "-c", "2", *argv, trivial_address]
     )

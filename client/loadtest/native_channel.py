@@ -34,8 +34,11 @@ def closed_loop(
     concurrency: int,
     total: int,
     timeout_s: float | None,
+    rps: float = 0.0,
 ) -> Any:
     """A `_native.ClosedLoop` of `concurrency` workers over `channels`, request N sending payloads[N % len].
+
+    With `rps` > 0 request N goes out no earlier than start + N / rps (an open loop, given workers enough).
 
     `run()` blocks (without the GIL) until `total` calls (0 = no limit) were made or `stop(mode)` is
     called; `take_records()` returns (end ns, latency ns, code, details) per call, code -1 for calls cut
@@ -49,6 +52,7 @@ def closed_loop(
         concurrency,
         total,
         timeout_s,
+        rps,
     )
 
 

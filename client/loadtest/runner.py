@@ -82,7 +82,7 @@ class LoadRunner:
 
     @property
     def runs_in_native_loop(self) -> bool:
-        """Whether this run's calls were made by the C++ closed loop (fixed requests, no pacing, grpc++)."""
+        """Whether this run's calls were made by the C++ loop (fixed requests, grpc++)."""
         return self._native_loop is not None
 
     def stop(self, reason: str) -> None:
@@ -110,7 +110,7 @@ class LoadRunner:
         try:
             with _interrupt_stops(loop, self):
                 static = self._plan.static_requests()
-                if static is not None and not self._interval_ns and use_native_transport(self._options):
+                if static is not None and use_native_transport(self._options):
                     return await self._run_native_loop(loop, channels, *static)
                 return await self._run_workers(loop, channels)
         finally:
@@ -164,7 +164,7 @@ class LoadRunner:
         payloads: list[bytes],
         metadata: tuple[tuple[str, str], ...],
     ) -> RunResult:
-        """The whole closed loop in C++ (fixed payloads, no pacing): no Python per call."""
+        """The whole loop in C++ (fixed payloads; paced by --rps if given): no Python per call."""
         from recserve.client.loadtest.native_channel import closed_loop
 
         options = self._options
@@ -176,6 +176,7 @@ class LoadRunner:
             options.concurrency,
             self._total,
             self._timeout_s,
+            float(options.rps),
         )
         if self._stopping:  # interrupted while connecting
             self._native_loop.stop(options.duration_stop)
