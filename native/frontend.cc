@@ -122,11 +122,13 @@ class OpRunner {
 
 // Overload admission before Python: under overload most calls must be refused, and refusing them on the
 // event loop (a task, a context, a decode each) eats the cores the accepted calls need, while new calls pile
-// up in the event queue unseen by the batcher. So the batcher publishes its expected queue wait here (at
-// every batch boundary), and the first read of a call of a batched method checks it, plus how long events
-// now wait for the event loop, against the server's queue-wait bound and the call's own deadline. A refused
-// call is answered RESOURCE_EXHAUSTED from this thread and never reaches Python. The batcher checks again,
-// exactly, for the calls let through.
+// up in the event queue unseen by the batcher. So the batcher publishes its cost model here (at every batch
+// boundary: how long the queue takes to drain per request, how long a batch of one takes, how many rows can
+// execute at once), this side counts the batched calls it let in and that are not done yet, and the first
+// read of a call of a batched method is checked against the queue-wait bound and the call's own deadline:
+// expected wait = (calls let in beyond what executes at once) x drain time per request + how long events now
+// wait for the event loop. A refused call is answered from this thread and never reaches Python. The batcher
+// checks again, exactly, the calls let through.
 class Admission {
  public:
   struct Config {
@@ -147,19 +149,38 @@ class Admission {
     std::atomic_store(&config_, std::shared_ptr<const Config>(std::move(config)));
   }
 
-  // The batcher's estimate now; it counts down as time passes (the batch executing gets closer to its end).
-  void Publish(int64_t wait_ns, int64_t batch_ns) {
-    wait_until_ns_.store(NowNs() + wait_ns, std::memory_order_relaxed);
+  // The batcher's cost model now.
+  void Publish(int64_t drain_ns, int64_t batch_ns, int64_t parallel_rows) {
+    drain_ns_.store(drain_ns, std::memory_order_relaxed);
     batch_ns_.store(batch_ns, std::memory_order_relaxed);
+    parallel_rows_.store(parallel_rows, std::memory_order_relaxed);
   }
 
-  // Why a call of `method` arriving now is refused (and with which status), or nothing to let it in.
-  std::optional<grpc::Status> Refusal(const std::string& method, const gpr_timespec& deadline, int64_t lag_ns) {
+  // A call let in has ended.
+  void Done() { admitted_.fetch_sub(1, std::memory_order_relaxed); }
+
+  struct Decision {
+    bool guarded = false;               // a batched method: Done() is due when the call ends, if admitted
+    std::optional<grpc::Status> refusal;  // set: answer this, and the call is not admitted
+  };
+
+  // Whether a call of `method` arriving now is let in.
+  Decision Admit(const std::string& method, const gpr_timespec& deadline, int64_t lag_ns) {
     auto config = std::atomic_load(&config_);
     size_t index = 0;
     while (index < config->methods.size() && config->methods[index] != method) ++index;
-    if (index == config->methods.size()) return std::nullopt;
-    int64_t wait_ns = std::max<int64_t>(0, wait_until_ns_.load(std::memory_order_relaxed) - NowNs()) + lag_ns;
+    if (index == config->methods.size()) return {};
+    Decision decision{true, Refusal(*config, index, deadline, lag_ns)};
+    if (!decision.refusal) admitted_.fetch_add(1, std::memory_order_relaxed);
+    return decision;
+  }
+
+ private:
+  std::optional<grpc::Status> Refusal(const Config& settings, size_t index, const gpr_timespec& deadline,
+                                      int64_t lag_ns) {
+    const Config* config = &settings;
+    int64_t ahead = admitted_.load(std::memory_order_relaxed) - parallel_rows_.load(std::memory_order_relaxed);
+    int64_t wait_ns = std::max<int64_t>(0, ahead) * drain_ns_.load(std::memory_order_relaxed) + lag_ns;
     std::optional<grpc::Status> reason;
     if (config->max_wait_ns > 0 && wait_ns > config->max_wait_ns) {
       reason = grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
@@ -190,6 +211,8 @@ class Admission {
     return reason;
   }
 
+ public:
+
   // Calls refused so far, as (method, status name, count).
   std::vector<std::tuple<std::string, std::string, uint64_t>> Refused() {
     auto config = std::atomic_load(&config_);
@@ -204,15 +227,12 @@ class Admission {
 
  private:
   static std::string Ms(int64_t ns) { return std::to_string((ns + 500000) / 1000000); }
-  static int64_t NowNs() {
-    return std::chrono::duration_cast<std::chrono::nanoseconds>(
-               std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
 
   std::shared_ptr<const Config> config_;
-  std::atomic<int64_t> wait_until_ns_{0};
+  std::atomic<int64_t> drain_ns_{0};
   std::atomic<int64_t> batch_ns_{0};
+  std::atomic<int64_t> parallel_rows_{0};
+  std::atomic<int64_t> admitted_{0};  // batched calls let in and not ended
   std::mutex counts_mutex_;
   std::vector<uint64_t> counts_;
 };
@@ -255,19 +275,23 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
       std::lock_guard<std::recursive_mutex> lock(mutex_);
       done_ = true;
     }
+    if (admitted_) admission_->Done();
     self_.reset();  // may delete this
   }
 
   // Answer RESOURCE_EXHAUSTED here, on grpc's thread, if admission refuses the call; Python never sees it.
   bool RefusedAsOverload() {
     auto self = shared_from_this();  // Finish may end the call (OnDone) before this returns
-    std::optional<grpc::Status> status = admission_->Refusal(method_, deadline_, queue_->OldestAgeNs());
-    if (!status) return false;
+    Admission::Decision decision = admission_->Admit(method_, deadline_, queue_->OldestAgeNs());
+    if (!decision.refusal) {
+      admitted_ = decision.guarded;
+      return false;
+    }
     first_read_ = false;
     request_.Clear();
     std::lock_guard<std::recursive_mutex> lock(mutex_);
     finished_ = true;
-    Finish(*status);
+    Finish(*decision.refusal);
     return true;
   }
 
@@ -365,6 +389,7 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
   grpc::ByteBuffer response_;
   mutable std::recursive_mutex mutex_;
   bool first_read_ = true;
+  bool admitted_ = false;  // counted by admission until OnDone
   bool done_ = false;
   bool finished_ = false;
   std::atomic<bool> cancelled_{false};
@@ -456,11 +481,13 @@ class Frontend {
   int event_fd() const { return queue_.fd(); }
 
   // Overload admission (see Admission): which methods it guards, the queue-wait bound (0: none), whether
-  // deadlines count; then, at every batch boundary, the batcher's expected wait and batch time.
+  // deadlines count; then, at every batch boundary, the batcher's cost model.
   void set_admission(std::vector<std::string> methods, int64_t max_wait_ns, bool deadline_aware) {
     admission_.Configure(std::move(methods), max_wait_ns, deadline_aware);
   }
-  void publish_queue_wait(int64_t wait_ns, int64_t batch_ns) { admission_.Publish(wait_ns, batch_ns); }
+  void publish_costs(int64_t drain_ns, int64_t batch_ns, int64_t parallel_rows) {
+    admission_.Publish(drain_ns, batch_ns, parallel_rows);
+  }
   std::vector<std::tuple<std::string, std::string, uint64_t>> admission_refused() { return admission_.Refused(); }
 
   // Start every read, write and finish queued since the last flush.
@@ -540,7 +567,7 @@ PYBIND11_MODULE(_frontend, module) {
       .def("event_fd", &Frontend::event_fd)
       .def("flush", &Frontend::flush)
       .def("set_admission", &Frontend::set_admission)
-      .def("publish_queue_wait", &Frontend::publish_queue_wait)
+      .def("publish_costs", &Frontend::publish_costs)
       .def("admission_refused", &Frontend::admission_refused)
       .def("drain", &Frontend::drain)
       .def("shutdown", &Frontend::shutdown);

@@ -76,6 +76,15 @@ class QueueWaitEstimator:
         partial = queued % self._max_batch + 1 < self._max_batch
         return running >= self._instances or (self._overlap_only_full and partial)
 
+    def drain_ns(self) -> float:
+        """Queue drain time per request when batches are full and every instance busy."""
+        return self.cost.predict(self._max_batch) * 1e9 / (self._max_batch * self._instances)
+
+    @property
+    def parallel_rows(self) -> int:
+        """Requests that can execute at once (full batches on every instance)."""
+        return self._max_batch * self._instances
+
     def batch_ns(self, queued: int) -> float:
         """How long the batch a request queued now joins takes to execute."""
         return self.cost.predict(queued % self._max_batch + 1) * 1e9

@@ -237,7 +237,7 @@ def _admit_in_frontend(running: RunningServer, service: RecommenderService) -> N
     server.set_admission(
         BATCHED_METHODS, batching.max_queue_wait_microseconds * 1000, batching.deadline_admission
     )
-    service.batcher.on_estimate = server.publish_queue_wait
+    service.batcher.on_estimate = server.publish_costs
     running.rpc_statistics.add_source(
         lambda: {(method[1:], code): n for (method, code), n in server.admission_refused().items() if n}
     )

@@ -81,8 +81,9 @@ class DynamicBatcher(Generic[Item, Result]):
         self.statistics = BatchStatistics()
         self.policy: BatchPolicy = make_policy(settings)
         self.admission = Admission(settings)
-        # Told the expected queue wait and batch time (ns) at every batch boundary: the front end's check.
-        self.on_estimate: Callable[[int, int], None] | None = None
+        # Told the cost model at every batch boundary (drain ns per request, batch-of-one ns, rows that
+        # execute at once): the front end's check.
+        self.on_estimate: Callable[[int, int, int], None] | None = None
         self._levels: list[collections.deque[_Pending[Item, Result]]] = [
             collections.deque() for _ in range(settings.priority_levels)
         ]
@@ -249,10 +250,9 @@ class DynamicBatcher(Generic[Item, Result]):
         task.add_done_callback(self._executing.discard)
 
     def _publish_estimate(self, now_ns: int) -> None:
-        if self.on_estimate is not None:
+        if self.on_estimate is not None and self.admission.estimator.measured:
             estimator = self.admission.estimator
-            wait_ns = estimator.wait_ns(self._queued, self._running, now_ns)
-            self.on_estimate(int(wait_ns), int(estimator.batch_ns(self._queued)))
+            self.on_estimate(int(estimator.drain_ns()), int(estimator.batch_ns(0)), estimator.parallel_rows)
 
     async def _wait_for_batch(self) -> None:
         """Return once a batch should go: full, preferred size reached, delay over, or closing."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import threading
 import time
@@ -21,6 +22,7 @@ from recserve.server.batching import DynamicBatcher
 from recserve.server.exceptions import OverloadedError, QueueFullError
 from recserve.server.frontend import native_available
 from recserve.server.settings import BatchingSettings, ServerSettings, StateSettings
+from recserve.v1 import recommender_pb2, recommender_pb2_grpc
 from tests.serving import ServerThread
 
 HUGE_DELAY_US = 60_000_000
@@ -146,6 +148,17 @@ def slow_ranker(server: ServerThread, seconds: float) -> Iterator[None]:
         model.ranker = real_ranker
 
 
+async def burst(address: str, calls: int) -> collections.Counter[str]:
+    """`calls` Recommends at once; their final statuses."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        request = recommender_pb2.RecommendRequest(user_id="user-4", k=3)
+        results = await asyncio.gather(
+            *(stub.Recommend(request, timeout=30) for _ in range(calls)), return_exceptions=True
+        )
+    return collections.Counter(r.code().name if isinstance(r, grpc.RpcError) else "OK" for r in results)
+
+
 @pytest.mark.parametrize("frontend", ["native", "aio"])
 def test_a_server_refuses_overload_at_once_and_counts_it(
     server_settings: ServerSettings, bounded_repository: Path, tmp_path: Path, frontend: str
@@ -175,9 +188,12 @@ def test_a_server_refuses_overload_at_once_and_counts_it(
         assert "more than the 5 ms this server queues a request" in refused.value.details()
         assert refused_after_s < 0.1, "refused on arrival, not after waiting"
         assert len(client.recommend("user-3", k=3).items) == 3, "admitted again once the queue drained"
-        if frontend == "native":  # refused on grpc's thread, before Python heard of the call
+        if frontend == "native":  # a burst far past what executes at once: refused on grpc's threads
+            with slow_ranker(server, 0.2):
+                statuses = asyncio.run(burst(server.address, 400))
             refused_here = server.running.server.admission_refused()
             assert refused_here["/recserve.v1.Recommender/Recommend", "RESOURCE_EXHAUSTED"] >= 1
+            assert statuses["OK"] >= 1 and statuses["RESOURCE_EXHAUSTED"] >= 1
         metrics = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
     wanted = ('method="recserve.v1.Recommender/Recommend"', 'code="RESOURCE_EXHAUSTED"')
     counted = [line for line in metrics.splitlines() if all(part in line for part in wanted)]

@@ -249,17 +249,22 @@ class NativeServer:
     def set_admission(self, methods: Iterable[str], max_wait_ns: int, deadline_aware: bool) -> None:
         """Refuse overload on grpc's threads, before Python hears of the call (native/frontend.cc).
 
-        A call of `methods` whose expected wait (the last published queue wait plus the event loop's lag)
-        passes `max_wait_ns` (0: no bound) or, if `deadline_aware`, its deadline, is RESOURCE_EXHAUSTED.
+        A call of `methods` whose expected wait (the calls let in beyond what executes at once, times the
+        published drain time per request, plus the event loop's lag) passes `max_wait_ns` (0: no bound) or,
+        if `deadline_aware`, its deadline, is RESOURCE_EXHAUSTED.
 
         Under overload most calls are refused; doing that on the event loop would eat the cores the
         accepted calls need, while new calls wait unseen in the event queue.
         """
         self._frontend.set_admission(list(methods), max_wait_ns, deadline_aware)
 
-    def publish_queue_wait(self, wait_ns: int, batch_ns: int) -> None:
-        """The batcher's expected queue wait and batch time now, for `set_admission`'s check."""
-        self._frontend.publish_queue_wait(wait_ns, batch_ns)
+    def publish_costs(self, drain_ns: int, batch_ns: int, parallel_rows: int) -> None:
+        """The batcher's cost model, for `set_admission`'s check.
+
+        Queue drain time per request at full batches, the time of a batch of one, and how many requests
+        execute at once.
+        """
+        self._frontend.publish_costs(drain_ns, batch_ns, parallel_rows)
 
     def admission_refused(self) -> dict[tuple[str, str], int]:
         """Calls refused by `set_admission`'s check so far, by (`/package.Service/Method`, status name)."""
