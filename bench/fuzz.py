@@ -25,7 +25,9 @@ from common import DEFAULT_REPOSITORY, REPO_ROOT, machine_note, write_result  # 
 # isort: on
 
 import argparse
+import itertools
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -59,6 +61,7 @@ PLOT = REPO_ROOT / "docs" / "reliability-fuzz-rss.png"
 SECTION = "## Hostile input"
 DOC_INTRO = "# Reliability\n\nHow recserve behaves when things go wrong, measured on a real server.\n"
 MOST_FAILURES_KEPT = 20
+EXAMPLES_PER_RUN = 100  # of one hypothesis run, each with its own seed: ~5 calls per example
 
 
 @dataclass
@@ -126,17 +129,18 @@ def fuzz(server: ServerProcess, channel: grpc.Channel, calls: int, seed_value: i
             if tally.calls % (every * 10) == 0:
                 print(f"{tally.calls} calls, RSS {tally.rss_samples[-1][1] / 1024:.0f} MiB", flush=True)
 
-    attempt = 0
-    while tally.calls < calls:  # hypothesis may end a run early; go on with the next seed
-        run = settings(
-            max_examples=calls - tally.calls,
+    for run in itertools.count():  # short runs: hypothesis keeps every example of a run, megabytes each
+        if tally.calls >= calls:
+            break
+        given_examples = given(example)(lambda drawn: one_example(*drawn))
+        fuzz_run = settings(
+            max_examples=EXAMPLES_PER_RUN,
             database=None,
             deadline=None,
             phases=[Phase.generate],
             suppress_health_check=list(HealthCheck),
-        )(given(example)(lambda drawn: one_example(*drawn)))
-        seed(seed_value + attempt)(run)()
-        attempt += 1
+        )(given_examples)
+        seed(seed_value * 1_000_000 + run)(fuzz_run)()
     return tally
 
 
@@ -309,6 +313,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> int:
     """Run, write the results, and say whether the server held."""
     args = parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # so the server is stopped on the way out
     os.environ.update(SERVER_ENV)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="recserve-fuzz-") as workdir:

@@ -29,7 +29,7 @@ from tests.serving import ServerThread
 METHODS = served_methods()
 CALL_TIMEOUT_S = 20.0
 CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", -1)]
-EXAMPLES = 12  # each example is one call of every kind of request (tests/fuzzing/strategies.py), 4 to 6 calls
+EXAMPLES = 10  # each example is one call of every kind of request (tests/fuzzing/strategies.py), 5 to 7 calls
 # Methods with the most logic behind their decoding get more examples.
 EXAMPLES_BY_PATH = {
     "/inference.GRPCInferenceService/ModelInfer": 60,

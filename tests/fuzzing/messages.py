@@ -152,7 +152,9 @@ _SMALL_NUMBERS = st.sampled_from((0, 1, 2, 5, 10))
 @cache
 def _plain(descriptor: Descriptor, depth: int) -> st.SearchStrategy[Message]:
     message_class = message_factory.GetMessageClass(descriptor)
-    fields = {field.name: st.one_of(st.none(), _plain_field(field, depth)) for field in descriptor.fields}
+    fields = {
+        field.name: st.one_of(st.none(), *[_plain_field(field, depth)] * 2) for field in descriptor.fields
+    }
     return st.fixed_dictionaries(fields).map(
         lambda drawn: message_class(**{name: value for name, value in drawn.items() if value is not None})
     )

@@ -1,13 +1,14 @@
 """What to send to a method: one call of each kind of request, so that every example exercises them all.
 
 The kinds: noise (random bytes, malformed wire data), messages of the method's type with extreme values,
-those messages broken afterwards, plain valid messages, and targeted requests where the method has them
-(twice: they reach the deepest checks).
+those messages broken afterwards, plain valid messages (twice), and targeted requests where the method has
+them (twice: they reach the deepest checks).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 
 from hypothesis import strategies as st
 
@@ -25,6 +26,7 @@ MOST_STREAMED = 3  # requests in one client stream
 Call = tuple[bytes, ...]  # the request messages of one call
 
 
+@cache
 def kinds(method: Method) -> dict[str, st.SearchStrategy[bytes]]:
     """The kinds of request message `method` gets, by name."""
     extreme = messages.message(method.input_type)
@@ -34,14 +36,20 @@ def kinds(method: Method) -> dict[str, st.SearchStrategy[bytes]]:
         "broken": wire.corrupted(extreme),
         "plain": messages.plain(method.input_type),
     }
+    found["plain again"] = found["plain"]  # the answers behind the checks: as many as the refusals
     targeted = TARGETED.get(method.path)
     if targeted is not None:
         found["targeted"] = found["targeted again"] = targeted()
     return found
 
 
+@cache
 def calls(method: Method) -> st.SearchStrategy[tuple[Call, ...]]:
-    """One call of every kind: a single request each, or 0 to MOST_STREAMED for a client stream."""
+    """One call of every kind: a single request each, or 0 to MOST_STREAMED for a client stream.
+
+    Built once per method: hypothesis keeps what every strategy it has drawn from refers to, and a flatmap
+    over the methods would otherwise build new ones, megabytes each, for every example.
+    """
 
     def call(message: st.SearchStrategy[bytes]) -> st.SearchStrategy[Call]:
         if method.client_streaming:

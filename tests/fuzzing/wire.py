@@ -8,6 +8,7 @@ nested past the parser's recursion limit.
 from __future__ import annotations
 
 import struct
+from functools import cache
 
 from hypothesis import strategies as st
 
@@ -58,8 +59,10 @@ def nested_groups(depth: int, closed: bool = True) -> bytes:
     return opening + key(UNKNOWN_FIELD, END_GROUP) * depth if closed else opening
 
 
+@cache
 def malformed() -> st.SearchStrategy[bytes]:
-    """Byte strings that break the wire format in one specific way each."""
+    """Byte strings that break the wire format in one specific way each (one strategy, built once: it holds
+    a megabyte of nested groups)."""
     return st.sampled_from(
         (
             b"\x08" + b"\xff" * 10 + b"\x01",  # an 11-byte varint
@@ -85,6 +88,7 @@ def malformed() -> st.SearchStrategy[bytes]:
     )
 
 
+@cache
 def random_bytes() -> st.SearchStrategy[bytes]:
     """Bytes with no structure: short random strings, a random pattern repeated, or one of `malformed`."""
     return st.one_of(
