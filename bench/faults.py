@@ -20,17 +20,14 @@ from common import DEFAULT_REPOSITORY, REPO_ROOT, machine_note, median, write_re
 # isort: on
 
 import argparse
-import contextlib
 import json
-import os
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -41,6 +38,7 @@ from recserve.client import Event, RecommenderClient
 from recserve.server.auth import Role, new_token, token_entry
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
+from disks import fill, tmpfs  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 
 EVENTS = "recserve.v1.Events"
@@ -117,29 +115,6 @@ def recommend_ms(client: RecommenderClient, calls: int = 50) -> float:
         client.recommend(f"user-{n % 50 + 1}", k=10)
         latencies.append((time.perf_counter() - started) * 1000)
     return median(latencies)
-
-
-@contextlib.contextmanager
-def tmpfs(path: Path, size: str) -> Iterator[Path]:
-    path.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (65536, 4096, 1):
-            with contextlib.suppress(OSError):
-                while True:
-                    os.write(descriptor, b"\0" * size)
-    finally:
-        os.close(descriptor)
-    return filler
 
 
 def full_disk(workdir: Path) -> dict:

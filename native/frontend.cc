@@ -275,8 +275,13 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
       std::lock_guard<std::recursive_mutex> lock(mutex_);
       done_ = true;
     }
-    if (admitted_) admission_->Done();
+    Release();
     self_.reset();  // may delete this
+  }
+
+  // No longer counted by admission (once: whichever of finish and OnDone comes first).
+  void Release() {
+    if (admitted_.exchange(false)) admission_->Done();
   }
 
   // Answer RESOURCE_EXHAUSTED here, on grpc's thread, if admission refuses the call; Python never sees it.
@@ -284,7 +289,7 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
     auto self = shared_from_this();  // Finish may end the call (OnDone) before this returns
     Admission::Decision decision = admission_->Admit(method_, deadline_, queue_->OldestAgeNs());
     if (!decision.refusal) {
-      admitted_ = decision.guarded;
+      admitted_.store(decision.guarded);
       return false;
     }
     first_read_ = false;
@@ -348,6 +353,7 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
       if (finished_) return;
       finished_ = true;
     }
+    Release();  // its work is done: an answer the client does not read must not count as queued
     runner_->Push(Op{OpKind::kFinish, shared_from_this(), code, std::move(details), std::move(payload)});
   }
 
@@ -389,7 +395,7 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
   grpc::ByteBuffer response_;
   mutable std::recursive_mutex mutex_;
   bool first_read_ = true;
-  bool admitted_ = false;  // counted by admission until OnDone
+  std::atomic<bool> admitted_{false};  // counted by admission until Python finishes the call, or it ends
   bool done_ = false;
   bool finished_ = false;
   std::atomic<bool> cancelled_{false};

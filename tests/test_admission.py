@@ -79,7 +79,7 @@ async def test_a_request_that_cannot_meet_its_deadline_is_refused_at_once(execut
     started = time.perf_counter()
     with pytest.raises(OverloadedError, match=r"after its deadline \(20 ms left\)") as refused:
         await batcher.submit(99, timeout_s=0.020)
-    assert time.perf_counter() - started < 0.005, "refused without waiting"
+    assert time.perf_counter() - started < 0.05, "refused without waiting for the ~80 ms queued ahead"
     assert isinstance(refused.value, QueueFullError)  # RESOURCE_EXHAUSTED, like a full queue
     assert await batcher.submit(100, timeout_s=10) == 100, "a deadline that fits is queued"
     assert len(await asyncio.gather(*queued)) == 40

@@ -4,10 +4,8 @@ recovers without a restart once the fault clears."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,6 +16,7 @@ import pytest
 
 from recserve.client import Event, RecommenderClient
 from recserve.server.settings import ServerSettings, StateSettings
+from tests.disks import fill, tmpfs
 from tests.redis_server import RedisServer
 from tests.serving import ServerThread
 from tests.tokens import Tokens, bearer
@@ -42,33 +41,11 @@ def metric(server: ServerThread, name: str) -> float:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs: a state disk that can really fill up (ENOSPC)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount_point)], capture_output=True, text=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()}): needs root with CAP_SYS_ADMIN")
     try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill the disk to the last byte with one file; returns it."""
-    filler = disk / "filler"
-    descriptor = os.open(filler, os.O_WRONLY | os.O_CREAT)
-    try:
-        for size in (65536, 4096, 1):
-            while True:
-                try:
-                    os.write(descriptor, b"\0" * size)
-                except OSError:
-                    break
-    finally:
-        os.close(descriptor)
-    return filler
+        with tmpfs(tmp_path / "disk", "4m") as disk:
+            yield disk
+    except PermissionError as error:
+        pytest.skip(str(error))
 
 
 def test_a_full_state_disk_refuses_writes_keeps_reading_and_recovers(
@@ -160,6 +137,16 @@ def test_a_dead_batch_loop_is_restarted_and_loses_no_queued_request(server: Serv
     assert metric(server, "recserve_batch_loop_restarts") >= 1
 
 
+def serves_normally(client: RecommenderClient, calls: int = 20) -> float:
+    """Seconds per Recommend over `calls` calls that all answer; the server is SERVING after them."""
+    started = time.perf_counter()
+    for n in range(calls):
+        assert len(client.recommend(f"user-{n + 1}", k=3).items) == 3
+    per_call_s = (time.perf_counter() - started) / calls
+    assert client.health() == "SERVING"
+    return per_call_s
+
+
 def test_thousands_of_idle_connections_do_not_stop_serving(server: ServerThread) -> None:
     host, port = server.address.rsplit(":", 1)
     sockets = []
@@ -171,11 +158,7 @@ def test_thousands_of_idle_connections_do_not_stop_serving(server: ServerThread)
             sock.sendall(b"PRI * HTTP/2.0\r\n")
             half_open.append(sock)
         with RecommenderClient(server.address, timeout_s=10) as client:
-            started = time.perf_counter()
-            for n in range(20):
-                assert len(client.recommend(f"user-{n + 1}", k=3).items) == 3
-            per_call_s = (time.perf_counter() - started) / 20
-            assert client.health() == "SERVING"
+            per_call_s = serves_normally(client)
     finally:
         for sock in sockets:
             sock.close()
@@ -295,11 +278,7 @@ def test_clients_that_never_read_their_answers_do_not_stop_serving(server: Serve
             # 2,000 calls at once are an overload (refused or answered, never read); then it serves again,
             # with those connections still open and still not reading.
             eventually(lambda: answers(client), 15)
-            started = time.perf_counter()
-            for n in range(20):
-                assert len(client.recommend(f"user-{n + 1}", k=3).items) == 3
-            per_call_s = (time.perf_counter() - started) / 20
-            assert client.health() == "SERVING"
+            per_call_s = serves_normally(client)
     finally:
         for sock in hostile:
             sock.close()
