@@ -18,6 +18,7 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -27,6 +28,7 @@
 #include <string>
 #include <unordered_map>
 #include <utility>
+#include <thread>
 #include <vector>
 
 namespace py = pybind11;
@@ -206,7 +208,15 @@ class ClosedLoop {
       grpc::Slice slice(bytes);
       payloads_.emplace_back(&slice, 1);
     }
-    for (size_t i = 0; i < workers_.size(); ++i) workers_[i].channel = channels[i % channels.size()];
+    // One completion queue, polled by a thread of its own, per connection (up to the cores): a single
+    // poller fell behind reading thousands of answers, so calls expired in the client, not the server.
+    size_t cores = std::max<size_t>(1, std::thread::hardware_concurrency());
+    size_t pollers = std::min<size_t>(channels.size(), cores);
+    for (size_t i = 0; i < pollers; ++i) queues_.push_back(std::make_unique<grpc::CompletionQueue>());
+    for (size_t i = 0; i < workers_.size(); ++i) {
+      workers_[i].channel = channels[i % channels.size()];
+      workers_[i].queue = queues_[(i % channels.size()) % pollers].get();
+    }
   }
 
   // Run to the end (blocking, without the GIL); returns the start and end times in perf_counter ns.
@@ -214,17 +224,36 @@ class ClosedLoop {
     py::gil_scoped_release release;
     int64_t started = MonotonicNs();
     started_ns_ = started;
-    int in_flight = 0;
+    std::vector<int> in_flight(queues_.size(), 0);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       for (Worker& worker : workers_) {
         if (!StartLocked(worker)) break;
-        ++in_flight;
+        ++in_flight[QueueIndex(worker.queue)];
       }
     }
+    std::vector<std::thread> threads;
+    for (size_t i = 1; i < queues_.size(); ++i) {
+      threads.emplace_back([this, i, &in_flight] { Poll(i, in_flight[i]); });
+    }
+    Poll(0, in_flight[0]);
+    for (std::thread& thread : threads) thread.join();
+    int64_t ended = MonotonicNs();
     void* tag;
     bool ok;
-    while (in_flight > 0 && queue_.Next(&tag, &ok)) {
+    for (auto& queue : queues_) {
+      queue->Shutdown();
+      while (queue->Next(&tag, &ok)) {
+      }
+    }
+    return {started, ended};
+  }
+
+  // Serve one completion queue until none of its workers has a call or an alarm left.
+  void Poll(size_t index, int in_flight) {
+    void* tag;
+    bool ok;
+    while (in_flight > 0 && queues_[index]->Next(&tag, &ok)) {
       Worker& worker = *static_cast<Worker*>(tag);
       int64_t end_ns = MonotonicNs();
       std::lock_guard<std::mutex> lock(mutex_);
@@ -236,11 +265,13 @@ class ClosedLoop {
       RecordLocked(worker, end_ns);
       if (!StartLocked(worker)) --in_flight;
     }
-    int64_t ended = MonotonicNs();
-    queue_.Shutdown();
-    while (queue_.Next(&tag, &ok)) {
+  }
+
+  size_t QueueIndex(const grpc::CompletionQueue* queue) const {
+    for (size_t i = 0; i < queues_.size(); ++i) {
+      if (queues_[i].get() == queue) return i;
     }
-    return {started, ended};
+    return 0;
   }
 
   // No new calls; calls in flight are cancelled and reported as cancelled (close), cancelled and left
@@ -279,6 +310,7 @@ class ClosedLoop {
  private:
   struct Worker {
     Channel* channel = nullptr;
+    grpc::CompletionQueue* queue = nullptr;  // its connection's, polled by one thread
     std::unique_ptr<grpc::ClientContext> context;
     std::unique_ptr<grpc::GenericClientAsyncResponseReader> reader;
     grpc::ByteBuffer response;
@@ -302,7 +334,7 @@ class ClosedLoop {
       int64_t wait_ns = due_ns - MonotonicNs();
       if (wait_ns > 0) {
         worker.waiting = true;
-        worker.alarm.Set(&queue_, std::chrono::system_clock::now() + std::chrono::nanoseconds(wait_ns), &worker);
+        worker.alarm.Set(worker.queue, std::chrono::system_clock::now() + std::chrono::nanoseconds(wait_ns), &worker);
         return true;
       }
     }
@@ -322,7 +354,7 @@ class ClosedLoop {
     if (timeout_ns_ > 0) {
       worker.context->set_deadline(std::chrono::system_clock::now() + std::chrono::nanoseconds(timeout_ns_));
     }
-    worker.reader = worker.channel->stub_->PrepareUnaryCall(worker.context.get(), method_, payload, &queue_);
+    worker.reader = worker.channel->stub_->PrepareUnaryCall(worker.context.get(), method_, payload, worker.queue);
     worker.reader->StartCall();
     worker.reader->Finish(&worker.response, &worker.status, &worker);
     return true;
@@ -349,7 +381,7 @@ class ClosedLoop {
   double interval_ns_;  // --rps: ns between scheduled requests; 0 = as fast as answers come
   int64_t started_ns_ = 0;
   std::vector<Worker> workers_;
-  grpc::CompletionQueue queue_;
+  std::vector<std::unique_ptr<grpc::CompletionQueue>> queues_;
   std::mutex mutex_;  // guards the workers' contexts, issued_, the stop state and records_
   int64_t issued_ = 0;
   bool stopping_ = false;
