@@ -362,6 +362,8 @@ def test_the_plaintext_health_port_serves_the_same_health_and_nothing_else(
         )
         reflection = channel.unary_unary("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
         assert status_of(lambda: reflection(b"", timeout=5)) == grpc.StatusCode.UNIMPLEMENTED
+        check = channel.unary_unary("/grpc.health.v1.Health/Check")  # raw bytes that do not decode
+        assert status_of(lambda: check(b"\xff\xff", timeout=5)) == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def write_text(path: Path, text: str) -> Path:

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2_grpc
+from grpc_health.v1 import health
 
 from recserve.server.exceptions import StartupError
+from recserve.server.servicers.health import health_handlers
 
 
 async def start_health_port(
@@ -24,7 +25,7 @@ async def start_health_port(
         StartupError: the port cannot be bound.
     """
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_generic_rpc_handlers((health_handlers(health_servicer),))  # bad bytes: INVALID_ARGUMENT
     try:
         bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError as error:
