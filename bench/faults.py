@@ -117,34 +117,42 @@ def recommend_ms(client: RecommenderClient, calls: int = 50) -> float:
     return median(latencies)
 
 
+def outage(
+    server: ServerProcess, name: str, cause: Callable[[], object], clear: Callable[[], object]
+) -> dict:
+    """Writes, reads and health while `cause()` holds, and how long after `clear()` the server recovers."""
+    with RecommenderClient(server.address, timeout_s=5) as reader, Writer(server.address) as writer:
+        time.sleep(0.5)
+        caused = time.monotonic()
+        cause()
+        detected = wait_for(lambda: health_of(reader, EVENTS) == "NOT_SERVING", 10)
+        reads_ms = recommend_ms(reader, 20)
+        time.sleep(1)
+        clear()
+        cleared = time.monotonic()
+        healthy = wait_for(lambda: health_of(reader, EVENTS) == "SERVING", 15)
+        time.sleep(0.5)
+        overall = health_of(reader)
+    return {
+        "fault": name,
+        "writes_during": writer.refusals(),
+        "reads_during_p50_ms": reads_ms,
+        "health_not_serving_after_s": detected,
+        "first_refusal_after_s": next(
+            (t - caused for t, status, _ in writer.outcomes if t > caused and status != "OK"), None
+        ),
+        "writes_ok_again_after_s": writer.first_ok_after(cleared),
+        "health_serving_again_after_s": healthy,
+        "server_health": overall,
+    }
+
+
 def full_disk(workdir: Path) -> dict:
     with tmpfs(workdir / "disk", "4m") as disk:
         server = writing_server(workdir, ["--state-dir", str(disk / "state"), "--fsync", "always"])
+        filler = disk / "filler"
         try:
-            with RecommenderClient(server.address, timeout_s=5) as reader, Writer(server.address) as writer:
-                time.sleep(0.5)
-                filled = time.monotonic()
-                filler = fill(disk)
-                detected = wait_for(lambda: health_of(reader, EVENTS) == "NOT_SERVING", 10)
-                reads_ms = recommend_ms(reader, 20)
-                time.sleep(1)
-                filler.unlink()
-                cleared = time.monotonic()
-                healthy = wait_for(lambda: health_of(reader, EVENTS) == "SERVING", 10)
-                time.sleep(0.5)
-                overall = health_of(reader)
-            return {
-                "fault": "state disk full (ENOSPC)",
-                "writes_during": writer.refusals(),
-                "reads_during_p50_ms": reads_ms,
-                "health_not_serving_after_s": detected,
-                "writes_ok_again_after_s": writer.first_ok_after(cleared),
-                "health_serving_again_after_s": healthy,
-                "server_health": overall,
-                "filled_to_first_refusal_s": next(
-                    (t - filled for t, s, _ in writer.outcomes if t > filled and s != "OK"), None
-                ),
-            }
+            return outage(server, "state disk full (ENOSPC)", lambda: fill(disk), filler.unlink)
         finally:
             server.stop()
 
@@ -153,26 +161,7 @@ def redis_gone(workdir: Path) -> dict:
     redis = RedisServer(workdir / "redis").start()
     server = writing_server(workdir, ["--state-backend", "redis", "--redis-url", redis.url])
     try:
-        with RecommenderClient(server.address, timeout_s=5) as reader, Writer(server.address) as writer:
-            time.sleep(0.5)
-            redis.kill()
-            detected = wait_for(lambda: health_of(reader, EVENTS) == "NOT_SERVING", 10)
-            reads_ms = recommend_ms(reader, 20)
-            time.sleep(1)
-            redis.start()
-            back = time.monotonic()
-            healthy = wait_for(lambda: health_of(reader, EVENTS) == "SERVING", 15)
-            time.sleep(0.5)
-            overall = health_of(reader)
-        return {
-            "fault": "Redis killed, then started again",
-            "writes_during": writer.refusals(),
-            "reads_during_p50_ms": reads_ms,
-            "health_not_serving_after_s": detected,
-            "writes_ok_again_after_s": writer.first_ok_after(back),
-            "health_serving_again_after_s": healthy,
-            "server_health": overall,
-        }
+        return outage(server, "Redis killed, then started again", redis.kill, redis.start)
     finally:
         server.stop()
         redis.stop()
