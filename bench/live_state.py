@@ -57,7 +57,15 @@ from pathlib import Path
 import grpc
 import yaml
 from report import live_state_target_table
-from server_load import ServerProcess, measure_cell, request_data, run_load, start_server, summarize
+from server_load import (
+    ServerProcess,
+    measure_cell,
+    repository_with,
+    request_data,
+    run_load,
+    start_server,
+    summarize,
+)
 
 from recserve.client import Event, Item, ModelStatistics, RecommenderClient
 from recserve.server.auth import Role, new_token, token_entry
@@ -105,21 +113,6 @@ def launch(stack: contextlib.ExitStack, repository: Path, flags: list[str], work
     server = start_server(repository, [*flags, "--tokens-file", str(tokens)], workdir)
     stack.callback(server.stop)
     return server
-
-
-def repository_with(retrieval: dict, model_repository: Path, workdir: Path) -> Path:
-    """A model repository whose config differs in `retrieval` and whose versions link to the built ones, so
-    a bench server can rebuild at a chosen delta size without touching the committed config."""
-    source = model_repository / "recommender"
-    target = workdir / f"models-{time.monotonic_ns()}" / "recommender"
-    target.mkdir(parents=True)
-    config = yaml.safe_load((source / "config.yaml").read_text())
-    config.setdefault("retrieval", {}).update(retrieval)
-    (target / "config.yaml").write_text(yaml.safe_dump(config))
-    for version in source.iterdir():
-        if version.name.isdigit():
-            (target / version.name).symlink_to(version.resolve(), target_is_directory=True)
-    return target.parent
 
 
 def metrics(server: ServerProcess) -> dict[str, float]:
@@ -658,7 +651,9 @@ def is_number(value: object) -> bool:
 
 def measure_rebuild(model_repository: Path, recommend_file: Path, args, workdir: Path) -> dict:
     """`--rebuild-rounds` rounds, each on a fresh server so that every rebuild is of 20,000 + 4,000 items."""
-    repository = repository_with({"rebuild_delta_items": REBUILD_DELTA_ITEMS}, model_repository, workdir)
+    repository = repository_with(
+        "retrieval", {"rebuild_delta_items": REBUILD_DELTA_ITEMS}, model_repository, workdir
+    )
     rounds = []
     for number in range(args.rebuild_rounds):
         rounds.append(rebuild_round(repository, recommend_file, number, args, workdir))
@@ -683,7 +678,7 @@ def measure_rebuild(model_repository: Path, recommend_file: Path, args, workdir:
 
 def measure_delta(model_repository: Path, recommend_file: Path, args, workdir: Path) -> dict:
     """Recommend at c=64 on servers whose delta holds 0, 1,000 and 10,000 items (no rebuild), interleaved."""
-    repository = repository_with({"rebuild_delta_items": NO_REBUILD}, model_repository, workdir)
+    repository = repository_with("retrieval", {"rebuild_delta_items": NO_REBUILD}, model_repository, workdir)
     rng = random.Random(5)
     with contextlib.ExitStack() as stack:
         servers = {}

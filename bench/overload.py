@@ -34,12 +34,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.request
 from pathlib import Path
 
-import yaml
-from server_load import ServerProcess, request_data, start_server
+from server_load import ServerProcess, repository_with, request_data, start_server
 
 CALL = "recserve.v1.Recommender.Recommend"
 DEADLINE = "500ms"
@@ -48,20 +46,6 @@ OPEN_LOOP_FACTOR = 10
 RECOVERY_CONCURRENCY = 8
 NO_ADMISSION = {"max_queue_wait_microseconds": 0, "deadline_admission": False}
 DOCS = REPO_ROOT / "docs" / "reliability.md"
-
-
-def repository_with(batching: dict, model_repository: Path, workdir: Path) -> Path:
-    """A model repository whose config.yaml differs in `batching`, its versions linked to the built ones."""
-    source = model_repository / "recommender"
-    target = workdir / f"models-{time.monotonic_ns()}" / "recommender"
-    target.mkdir(parents=True)
-    config = yaml.safe_load((source / "config.yaml").read_text())
-    config.setdefault("batching", {}).update(batching)
-    (target / "config.yaml").write_text(yaml.safe_dump(config))
-    for version in source.iterdir():
-        if version.name.isdigit():
-            (target / version.name).symlink_to(version.resolve(), target_is_directory=True)
-    return target.parent
 
 
 def loadtest(address: str, data_file: Path, *options: str, timeout_s: float = 300) -> dict:
@@ -191,7 +175,7 @@ def parse_stamp(text: str) -> float:
 def measure(args: argparse.Namespace, workdir: Path) -> dict:
     data_file = workdir / "recommend.json"
     data_file.write_text(json.dumps(request_data(args.model_repository)))
-    plain = repository_with(NO_ADMISSION, args.model_repository, workdir)
+    plain = repository_with("batching", NO_ADMISSION, args.model_repository, workdir)
     results: dict = {"machine": machine_note(), "seconds": args.seconds, "rounds": args.rounds}
     with contextlib.ExitStack() as stack:
         servers = {

@@ -35,6 +35,9 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from recserve.client import ModelStatistics, RecommenderClient
 
@@ -119,8 +122,11 @@ def _thread_group(is_main: bool, name: str) -> str:
     return "batch_threads"
 
 
-def start_server(repository: Path, flags: list[str], workdir: Path) -> ServerProcess:
-    """Start a server on a free port and wait until it reports SERVING."""
+def start_server(
+    repository: Path, flags: list[str], workdir: Path, client_options: dict[str, Any] | None = None
+) -> ServerProcess:
+    """Start a server on a free port and wait until it reports SERVING (asked with `client_options`, e.g.
+    the TLS arguments of RecommenderClient)."""
     log = workdir / f"server-{time.monotonic_ns()}.log"
     command = [
         sys.executable,
@@ -146,13 +152,28 @@ def start_server(repository: Path, flags: list[str], workdir: Path) -> ServerPro
         match = LISTENING.search(log.read_text())
         if match:
             server = ServerProcess(process, f"127.0.0.1:{match.group(1)}", log)
-            with RecommenderClient(server.address) as client:
+            with RecommenderClient(server.address, **(client_options or {})) as client:
                 client.wait_until_serving(max(deadline - time.monotonic(), 1))
             return server
         if process.poll() is not None:
             raise RuntimeError(f"server exited:\n{log.read_text()}")
         time.sleep(0.2)
     raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
+
+
+def repository_with(section: str, values: dict, model_repository: Path, workdir: Path) -> Path:
+    """A model repository whose config.yaml differs in `values` of `section` (batching, retrieval...) and
+    whose versions link to the built ones: a bench server with other settings, the committed config intact."""
+    source = model_repository / "recommender"
+    target = workdir / f"models-{time.monotonic_ns()}" / "recommender"
+    target.mkdir(parents=True)
+    config = yaml.safe_load((source / "config.yaml").read_text())
+    config.setdefault(section, {}).update(values)
+    (target / "config.yaml").write_text(yaml.safe_dump(config))
+    for version in source.iterdir():
+        if version.name.isdigit():
+            (target / version.name).symlink_to(version.resolve(), target_is_directory=True)
+    return target.parent
 
 
 def request_data(repository: Path, count: int = 2000, seed: int = 1) -> list[dict]:

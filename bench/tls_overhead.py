@@ -24,13 +24,13 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import server_load
 from certificates import Pki, make_pki
-from server_load import CALL, LISTENING, ServerProcess, request_data, summarize
+from server_load import CALL, ServerProcess, request_data, summarize
 
 from recserve.client import ModelStatistics, RecommenderClient
 
@@ -77,29 +77,11 @@ def securities(pki: Pki) -> dict[str, Security]:
 
 def start_server(repository: Path, front_end: str, security: Security, workdir: Path) -> SecureServerProcess:
     """Start a server on a free port and wait until it reports SERVING (asked over its own security)."""
-    log = workdir / f"server-{time.monotonic_ns()}.log"
-    command = [
-        sys.executable, "-m", "recserve", "serve", "--grpc-host", "127.0.0.1", "--grpc-port", "0",
-        "--metrics-port", "0", "--model-repository", str(repository), "--frontend", front_end,
-        "--state-dir", str(log.with_suffix(".state")), *security.serve_flags,
-    ]  # fmt: skip
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        match = LISTENING.search(log.read_text())
-        if match:
-            address = f"127.0.0.1:{match.group(1)}"
-            server = SecureServerProcess(
-                process, address, log, security.client_options, security.loadtest_flags
-            )
-            with RecommenderClient(address, **security.client_options) as client:
-                client.wait_until_serving(max(deadline - time.monotonic(), 1))
-            return server
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited:\n{log.read_text()}")
-        time.sleep(0.2)
-    raise RuntimeError(f"server did not become ready:\n{log.read_text()}")
+    flags = ["--frontend", front_end, *security.serve_flags]
+    server = server_load.start_server(repository, flags, workdir, security.client_options)
+    return SecureServerProcess(
+        server.process, server.address, server.log, security.client_options, security.loadtest_flags
+    )
 
 
 def run_load(

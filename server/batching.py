@@ -112,14 +112,21 @@ class DynamicBatcher(Generic[Item, Result]):
         """How long a request queued now would wait for its batch to start (the admission estimate)."""
         return self.admission.estimator.wait_ns(self._queued, self._running, time.perf_counter_ns()) / 1e9
 
-    def refusal(self, timeout_s: float | None) -> OverloadedError | DeadlineExceededError | None:
-        """The error refusing a request with `timeout_s` left now (counted), or None to queue it."""
-        refusal = self.admission.refusal(self._queued, self._running, self._timeout_s(timeout_s))
+    def _admit(self, timeout_s: float | None) -> None:
+        """Refuse a request with `timeout_s` left (capped already) that the queue cannot serve in time.
+
+        Raises:
+            OverloadedError: the queue is the cause (counted as overloaded).
+            DeadlineExceededError: the deadline is shorter than one batch (counted as expired).
+        """
+        refusal = self.admission.refusal(self._queued, self._running, timeout_s)
+        if refusal is None:
+            return
         if isinstance(refusal, OverloadedError):
             self.statistics.record_dropped(overloaded=1)
-        elif refusal is not None:
+        else:
             self.statistics.record_dropped(expired=1)
-        return refusal
+        raise refusal
 
     @property
     def batches_in_flight(self) -> int:
@@ -183,10 +190,8 @@ class DynamicBatcher(Generic[Item, Result]):
             raise QueueFullError(
                 f"{self.name} queue is full ({self._settings.max_queue_size} requests waiting); retry later"
             )
-        refusal = self.refusal(timeout_s)
-        if refusal is not None:
-            raise refusal
         timeout_s = self._timeout_s(timeout_s)
+        self._admit(timeout_s)
         now_ns = time.perf_counter_ns()
         pending = _Pending(
             item,
