@@ -34,7 +34,7 @@ NATIVE_MODULES = {
     "recserve.native._frontend": "native/frontend.cc",  # the server's gRPC transport
     "recserve.native._loadtest": "native/loadtest.cc",  # `recserve loadtest`'s transport
 }
-NATIVE_HEADERS = ["native/event_queue.h"]
+NATIVE_HEADERS = ["native/event_queue.h", "native/grpc_tuning.h"]
 
 
 def packages() -> list[str]:

@@ -3,8 +3,8 @@
 Everything runs on the same cores as the load generator (`recserve loadtest`, a separate process), against
 `recserve serve` processes of the same model version:
 
-1. capacity: Recommend at c=64, closed loop, no deadline (what the server does when it is busy, not
-   overloaded): OK answers per second;
+1. capacity: Recommend at c=64 over the same 8 connections as every other cell, closed loop, no deadline
+   (what the server does when it is busy, not overloaded): OK answers per second;
 2. deadline storms: closed loops of 3,000 and 6,000 callers whose every call has a 500 ms deadline, against
    a server with admission (the defaults) and one without (`max_queue_wait_microseconds: 0`,
    `deadline_admission: false`: queue until the deadline passes, as before), interleaved: OK/s against
@@ -43,6 +43,7 @@ CALL = "recserve.v1.Recommender.Recommend"
 DEADLINE = "500ms"
 STORM_CALLERS = (3000, 6000)
 OPEN_LOOP_FACTOR = 10
+CONNECTIONS = "8"  # every cell, capacity included: one connection caps the server at ~2/3 of its capacity
 RECOVERY_CONCURRENCY = 8
 NO_ADMISSION = {"max_queue_wait_microseconds": 0, "deadline_admission": False}
 DOCS = REPO_ROOT / "docs" / "reliability.md"
@@ -188,7 +189,12 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
         seconds = str(args.seconds) + "s"
         capacity = [
             summary(
-                loadtest(servers["admission"].address, data_file, "-c", "64", "-z", seconds), args.seconds
+                loadtest(
+                    servers["admission"].address,
+                    data_file,
+                    *("-c", "64", "--connections", CONNECTIONS, "-z", seconds),
+                ),
+                args.seconds,
             )
             for _ in range(args.rounds)
         ]
@@ -199,7 +205,8 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
             order = list(servers.items()) if round_number % 2 == 0 else list(servers.items())[::-1]
             for callers in STORM_CALLERS:
                 for name, server in order:
-                    options = ["-c", str(callers), "--connections", "8", "-t", DEADLINE, "-z", seconds]
+                    options = ["-c", str(callers), "--connections", CONNECTIONS, "-t", DEADLINE]
+                    options += ["-z", seconds]
                     cell = summary(loadtest(server.address, data_file, *options), args.seconds)
                     storms.setdefault(f"{name}|{callers}", []).append(cell)
                     print(f"storm {name} c={callers}", json.dumps(cell), flush=True)
@@ -228,7 +235,7 @@ def open_loop(server: ServerProcess, data_file: Path, capacity: float, args: arg
             "-c",
             "2000",
             "--connections",
-            "8",
+            CONNECTIONS,
             "-t",
             "1s",
             "-z",

@@ -9,6 +9,7 @@
 // message is read before Python hears of the call, so a unary call is one event in and one `finish` out.
 
 #include "event_queue.h"
+#include "grpc_tuning.h"
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/grpcpp.h>
@@ -253,12 +254,12 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
 
   void Begin(std::shared_ptr<Call> self) {
     self_ = std::move(self);
+    if (RefusedAsOverload()) return;
     StartRead(&request_);
   }
 
   // --- grpc++ reactions (grpc's threads; no GIL) ---
   void OnReadDone(bool ok) override {
-    if (first_read_ && ok && RefusedAsOverload()) return;
     Event event{first_read_ ? kNew : kRead, shared_from_this(), std::nullopt, ok};
     first_read_ = false;
     if (ok) event.payload = ToString(request_);
@@ -285,18 +286,21 @@ class Call : public grpc::ServerGenericBidiReactor, public std::enable_shared_fr
   }
 
   // Answer RESOURCE_EXHAUSTED here, on grpc's thread, if admission refuses the call; Python never sees it.
+  // Called from Begin, before the request is read: no read op for a request that is dropped anyway, and
+  // grpc cannot report a cancellation yet (the reactor is not bound), so Python's answer to one cannot race
+  // this Finish. At the first read it could: a 1 ms deadline expired meanwhile, Python finished the call as
+  // cancelled, and the second Finish aborted the process.
   bool RefusedAsOverload() {
-    auto self = shared_from_this();  // Finish may end the call (OnDone) before this returns
     Admission::Decision decision = admission_->Admit(method_, deadline_, queue_->OldestAgeNs());
     if (!decision.refusal) {
       admitted_.store(decision.guarded);
       return false;
     }
-    first_read_ = false;
-    request_.Clear();
     std::lock_guard<std::recursive_mutex> lock(mutex_);
-    finished_ = true;
-    Finish(*decision.refusal);
+    if (!finished_) {  // a second Finish aborts the process (grpc's assertion call_ == nullptr)
+      finished_ = true;
+      Finish(*decision.refusal);
+    }
     return true;
   }
 
@@ -543,6 +547,7 @@ class Frontend {
 
 PYBIND11_MODULE(_frontend, module) {
   module.doc() = "grpc++ callback server that hands calls to Python in bulk (see server/frontend).";
+  recserve::SkipMutexDeadlockDetection();
   module.attr("NEW") = static_cast<int>(kNew);
   module.attr("READ") = static_cast<int>(kRead);
   module.attr("WRITE_DONE") = static_cast<int>(kWriteDone);

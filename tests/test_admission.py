@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
@@ -23,9 +26,10 @@ from recserve.server.exceptions import OverloadedError, QueueFullError
 from recserve.server.frontend import native_available
 from recserve.server.settings import BatchingSettings, ServerSettings, StateSettings
 from recserve.v1 import recommender_pb2, recommender_pb2_grpc
-from tests.serving import ServerThread
+from tests.serving import ServerProcess, ServerThread
 
 HUGE_DELAY_US = 60_000_000
+RECOMMEND = "recserve.v1.Recommender.Recommend"
 
 
 class SlowStage:
@@ -198,3 +202,28 @@ def test_a_server_refuses_overload_at_once_and_counts_it(
     wanted = ('method="recserve.v1.Recommender/Recommend"', 'code="RESOURCE_EXHAUSTED"')
     counted = [line for line in metrics.splitlines() if all(part in line for part in wanted)]
     assert counted and float(counted[0].rsplit(" ", 1)[1]) >= 1, metrics
+
+
+def test_refusals_racing_expiring_deadlines_keep_the_server_up(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """Thousands of calls whose 1 ms deadline expires while the front end refuses them (a refusal at the
+    first read once raced Python's answer to the cancellation, and grpc aborted the process on the second
+    Finish)."""
+    command = [sys.executable, "-m", "recserve", "loadtest", "--insecure", "--call", RECOMMEND]
+    command += ["-d", '{"user_id": "user-1", "k": 10}', "-c", "64", "--connections", "8", "-t", "1ms"]
+    with ServerProcess(model_repository, tmp_path / "server.log") as server:
+        ran = subprocess.run(
+            [*command, "-n", "40000", "-O", "json", server.address],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert ran.returncode == 0, ran.stderr
+        statuses = json.loads(ran.stdout)["statusCodeDistribution"]
+        assert server.process.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
+        with RecommenderClient(server.address, timeout_s=30) as client:
+            assert client.health() == "SERVING"
+            assert len(client.recommend("user-1", k=3).items) == 3
+    assert set(statuses) <= {"DeadlineExceeded", "ResourceExhausted", "OK"}, statuses
+    assert statuses.get("DeadlineExceeded", 0) > 30000, statuses
