@@ -62,7 +62,7 @@ proto: $(STAMP)
 	$(BIN)/python protos/generate.py
 
 model: $(STAMP)
-	@if ls -d $(MODEL_REPOSITORY)/$(MODEL_NAME)/[0-9]* >/dev/null 2>&1; then \
+	@if ls $(MODEL_REPOSITORY)/$(MODEL_NAME)/[0-9]*/manifest.json >/dev/null 2>&1; then \
 		echo "model repository already has $(MODEL_NAME) version(s): $$(ls -d $(MODEL_REPOSITORY)/$(MODEL_NAME)/[0-9]* | xargs -n1 basename | tr '\n' ' ')"; \
 	else \
 		$(BIN)/recserve build-demo --model-repository $(MODEL_REPOSITORY) --model-name $(MODEL_NAME); \

@@ -36,6 +36,7 @@ from server_load import ServerProcess, start_server
 
 from recserve.client import Event, RecommenderClient
 from recserve.server.auth import Role, new_token, token_entry
+from recserve.server.manifest import write_manifest
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
 from disks import fill, tmpfs  # noqa: E402
@@ -200,6 +201,7 @@ def damaged_version(workdir: Path) -> dict:
     shutil.copytree(newest, model_dir / "2")
     graph = model_dir / "2" / "ranker" / "saved_model.pb"
     graph.write_bytes(graph.read_bytes()[:100])
+    write_manifest(model_dir / "2")  # a broken build, not a copy under way (that one is not loaded at all)
     started = time.monotonic()
     server = start_server(model_dir.parent, [], workdir)
     try:

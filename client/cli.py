@@ -21,6 +21,7 @@ from recserve.client import formatting
 from recserve.client.client import DEFAULT_TARGET, SERVING, RecommenderClient
 from recserve.client.live_cli import add_live_commands
 from recserve.client.loadtest import add_loadtest_command
+from recserve.client.models_cli import add_models_command
 
 TARGET_ENV = "RECSERVE_TARGET"
 TOKEN_ENV = "RECSERVE_TOKEN"
@@ -68,6 +69,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     health.add_argument("--service", default="", metavar="NAME", help="service to check; default the server")
     add_live_commands(subparsers, _add_command)
+    add_models_command(subparsers)
     add_loadtest_command(subparsers)
 
 

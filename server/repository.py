@@ -7,6 +7,7 @@ docs/model-repository.md). Loading reads everything once; the index is memory-ma
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,8 +15,11 @@ from typing import Any
 import numpy as np
 
 from recserve.server.exceptions import UnavailableError
+from recserve.server.manifest import incompleteness
 from recserve.server.runtime.ann_index import AnnIndex
 from recserve.server.runtime.tf_model import SignatureRunner
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,34 +76,59 @@ def list_versions(model_dir: Path) -> list[str]:
     return sorted((p.name for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=int)
 
 
+def complete_versions(model_dir: Path) -> tuple[list[str], dict[str, str]]:
+    """The complete versions (lowest first) and, for each incomplete one, why (`manifest.py`)."""
+    complete, incomplete = [], {}
+    for name in list_versions(model_dir):
+        reason = incompleteness(model_dir / name)
+        if reason is None:
+            complete.append(name)
+        else:
+            incomplete[name] = reason
+    return complete, incomplete
+
+
 def resolve_version_dir(model_dir: Path, version: str | None = None) -> Path:
-    """The directory of `version`, or of the highest version when None.
+    """The directory of `version`, or of the highest complete version when None.
 
     Raises:
-        UnavailableError: no such version has been built.
+        UnavailableError: no such complete version; the message says what there is.
     """
-    versions = list_versions(model_dir)
+    versions, incomplete = complete_versions(model_dir)
     if version is None:
         if not versions:
+            waiting = f" (incomplete: {_described(incomplete)})" if incomplete else ""
             raise UnavailableError(
-                f"no built version of model '{model_dir.name}' in {model_dir}; run `recserve build-demo`"
+                f"no built version of model '{model_dir.name}' in {model_dir}{waiting}; "
+                "run `recserve build-demo`"
             )
         version = versions[-1]
+    if version in incomplete:
+        raise UnavailableError(f"version {version} of model '{model_dir.name}' is {incomplete[version]}")
     if version not in versions:
         raise UnavailableError(f"model '{model_dir.name}' has no version {version} (have: {versions})")
     return model_dir / version
 
 
 def candidate_version_dirs(model_dir: Path, version: str | None = None) -> list[Path]:
-    """The version directories to try, best first: `version` alone when pinned, else newest to oldest.
+    """The version directories to try, best first: `version` alone when pinned, else the complete ones.
+
+    Unpinned, the complete versions come newest to oldest; the incomplete ones are logged.
 
     Raises:
-        UnavailableError: no such version has been built.
+        UnavailableError: no such complete version.
     """
     if version is not None:
         return [resolve_version_dir(model_dir, version)]
     resolve_version_dir(model_dir)  # raises when there is none
-    return [model_dir / name for name in reversed(list_versions(model_dir))]
+    versions, incomplete = complete_versions(model_dir)
+    for name, reason in incomplete.items():
+        logger.warning("model version %s skipped: %s", model_dir / name, reason)
+    return [model_dir / name for name in reversed(versions)]
+
+
+def _described(reasons: dict[str, str]) -> str:
+    return "; ".join(f"version {name}: {reason}" for name, reason in reasons.items())
 
 
 def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from recserve.client import Event, RecommenderClient
+from recserve.server.manifest import write_manifest
 from recserve.server.settings import ServerSettings, StateSettings
 from tests.disks import fill, tmpfs
 from tests.redis_server import RedisServer
@@ -166,9 +167,11 @@ def test_thousands_of_idle_connections_do_not_stop_serving(server: ServerThread)
 
 
 def damaged_copy(source: Path, target: Path, damage: Callable[[Path], None]) -> None:
-    """A copy of a version directory, damaged by `damage`."""
+    """A copy of a version directory, damaged by `damage` and sealed again: a broken build, not a copy
+    still under way (whose manifest would not match, so it would not be loaded at all)."""
     shutil.copytree(source, target)
     damage(target)
+    write_manifest(target)
 
 
 def truncate_ranker(version: Path) -> None:

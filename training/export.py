@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 from annoy import AnnoyIndex
 
+from recserve.server.manifest import write_manifest
+
 logger = logging.getLogger(__name__)
 
 STAGING_PREFIX = ".staging-"
@@ -45,11 +47,13 @@ def staging_directory(model_dir: Path) -> Path:
 def publish_version(staging: Path, model_dir: Path) -> Path:
     """Atomically rename a complete staging directory to the next version number; returns its path.
 
-    `metadata.json` is rewritten first if another build took the version it names meanwhile.
+    `metadata.json` is rewritten first if another build took the version it names meanwhile, and
+    `manifest.json` is written last (a server polling the repository loads only complete versions).
     """
     while True:
         version = next_version(model_dir)
         _set_metadata_version(staging, str(version))
+        write_manifest(staging)  # last: the version is complete
         target = model_dir / str(version)
         try:
             os.rename(staging, target)  # fails if a concurrent build created `target` and filled it
