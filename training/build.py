@@ -21,7 +21,7 @@ from recserve.training.cold_start import (
     random_items,
 )
 from recserve.training.config import DemoConfig, load_demo_config
-from recserve.training.data import Interactions, Split, split_by_time
+from recserve.training.data import Examples, Interactions, Split, split_by_time
 from recserve.training.demo_data import generate_demo
 from recserve.training.embed import embed_items, embed_users
 from recserve.training.evaluate import (
@@ -37,6 +37,7 @@ from recserve.training.progress import BuildProgress
 from recserve.training.towers import Towers, build_ranker, build_towers
 from recserve.training.train import TowerHistory, configure_tensorflow, tower_steps_per_epoch, train_towers
 from recserve.training.train_ranker import ItemVectors, RankerHistory, train_ranker
+from recserve.training.training_data import save_training_data
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +84,11 @@ def build_demo(
     with BuildProgress(show_progress) as progress:
         with progress.stage("data"):
             data = training_data(config, ratings_path)
-        trained = _train(data, config, progress)
+        trained = train_models(data, config, progress)
         staging = export.staging_directory(model_dir)
         try:
             with progress.stage("export"):
-                _write_version(staging, trained, data, config)
+                write_version_files(staging, trained, data, config)
                 metadata = version_metadata(model_name, export.next_version(model_dir), data, trained, config)
                 export.write_json(staging / "metadata.json", metadata)
             with progress.stage("evaluate"):
@@ -97,7 +98,7 @@ def build_demo(
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-    progress.show_results(f"{model_name} version {version_dir.name}", {**evaluation, **_epochs(trained)})
+    progress.show_results(f"{model_name} version {version_dir.name}", {**evaluation, **epochs_kept(trained)})
     return version_dir
 
 
@@ -133,7 +134,7 @@ def training_data(config: DemoConfig, ratings_path: Path | None = None) -> Train
     return TrainingData(interactions, split, cold, item_tags)
 
 
-def _train(data: TrainingData, config: DemoConfig, progress: BuildProgress) -> TrainedModel:
+def train_models(data: TrainingData, config: DemoConfig, progress: BuildProgress) -> TrainedModel:
     """The towers, then the ranker on top of the frozen towers' outputs."""
     start = time.perf_counter()
     interactions = data.interactions
@@ -166,8 +167,14 @@ def _train(data: TrainingData, config: DemoConfig, progress: BuildProgress) -> T
     return TrainedModel(towers, ranker, items, towers_history, ranker_history, seconds)
 
 
-def _write_version(directory: Path, trained: TrainedModel, data: TrainingData, config: DemoConfig) -> None:
-    """Every file of a version but the JSON ones."""
+def write_version_files(
+    directory: Path,
+    trained: TrainedModel,
+    data: TrainingData,
+    config: DemoConfig,
+    weights: np.ndarray | None = None,
+) -> None:
+    """Every file of a version but the JSON ones, its training data (`weights` of it) included."""
     export.save_user_tower(trained.towers.user_tower, directory / "user_tower", config.embedding_dim)
     export.save_item_tower(trained.towers.item_tower, directory / "item_tower")
     export.save_ranker(trained.ranker, directory / "ranker", config.embedding_dim)
@@ -177,6 +184,7 @@ def _write_version(directory: Path, trained: TrainedModel, data: TrainingData, c
     export.write_ids(directory / "item_ids.txt", data.interactions.item_ids)
     export.write_ids(directory / "user_ids.txt", data.interactions.user_ids)
     export.write_ids(directory / "tag_ids.txt", data.interactions.tag_ids)
+    save_training_data(directory, data.interactions, weights)
     if data.cold is not None:
         cold = data.cold
         export.write_cold_start_items(directory / "cold_start_items.jsonl", cold.item_ids, cold.item_tags)
@@ -189,6 +197,23 @@ def _evaluate(
     cases = sample_cases(data.split.test, config.eval_users, config.seed)
     model = evaluate_recommender(pipeline_recommender(version_dir), cases)
     popular = evaluate_recommender(popularity_recommender(data.split.item_popularity), cases)
+    evaluation: dict[str, float | int] = {
+        "recall@10": round(model["recall@10"], 4),
+        "ndcg@10": round(model["ndcg@10"], 4),
+        "popular_recall@10": round(popular["recall@10"], 4),
+        "popular_ndcg@10": round(popular["ndcg@10"], 4),
+        "ann_recall@100": round(index_recall(version_dir, trained, cases, config), 4),
+        "users_evaluated": len(cases),
+    }
+    if data.cold is not None:
+        tag_ids = data.interactions.tag_ids
+        cold = evaluate_cold_start(version_dir, data.cold, tag_ids, config.eval_users, config.seed)
+        evaluation.update(cold)
+    return evaluation
+
+
+def index_recall(version_dir: Path, trained: TrainedModel, cases: Examples, config: DemoConfig) -> float:
+    """Annoy's recall@100 of exact search at the configured `search_k`, for the users of `cases`."""
     item_embeddings = trained.items.known
     queries = embed_users(trained.towers.user_tower, item_embeddings, cases.user_indices, cases.contexts)
     ann = ann_recall_at_k(
@@ -200,22 +225,10 @@ def _evaluate(
         queries,
         config.seed,
     )
-    evaluation: dict[str, float | int] = {
-        "recall@10": round(model["recall@10"], 4),
-        "ndcg@10": round(model["ndcg@10"], 4),
-        "popular_recall@10": round(popular["recall@10"], 4),
-        "popular_ndcg@10": round(popular["ndcg@10"], 4),
-        "ann_recall@100": round(ann.recall, 4),
-        "users_evaluated": len(cases),
-    }
-    if data.cold is not None:
-        tag_ids = data.interactions.tag_ids
-        cold = evaluate_cold_start(version_dir, data.cold, tag_ids, config.eval_users, config.seed)
-        evaluation.update(cold)
-    return evaluation
+    return ann.recall
 
 
-def _epochs(trained: TrainedModel) -> dict[str, int]:
+def epochs_kept(trained: TrainedModel) -> dict[str, int]:
     """The epochs early stopping kept, for the results table."""
     return {
         "tower_epochs": trained.towers_history.best_epoch,
