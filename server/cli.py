@@ -41,14 +41,6 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--model-repository", type=Path, help="model repository directory (default models)")
     serve.add_argument("--model-name", help="model to serve (default recommender)")
     serve.add_argument("--model-version", help="version to serve (default: the highest)")
-    serve.add_argument(
-        "--model-control-mode",
-        choices=("none", "poll", "explicit"),
-        help="none: load at start; poll: follow the repository; explicit: RepositoryModelLoad/Unload (admin)",
-    )
-    serve.add_argument(
-        "--repository-poll-seconds", type=float, help="poll mode: seconds between looks (default 15)"
-    )
     serve.add_argument("--max-batch-size", type=int, help="override the model's batching.max_batch_size")
     serve.add_argument(
         "--max-queue-delay-us", type=int, help="override batching.max_queue_delay_microseconds"
@@ -211,8 +203,6 @@ def _serve(args: argparse.Namespace) -> int:
             model_repository=args.model_repository,
             model_name=args.model_name,
             model_version=args.model_version,
-            model_control_mode=args.model_control_mode,
-            repository_poll_seconds=args.repository_poll_seconds,
             max_batch_size=args.max_batch_size,
             max_queue_delay_us=args.max_queue_delay_us,
             instance_count=args.instance_count,
