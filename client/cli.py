@@ -69,7 +69,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     health.add_argument("--service", default="", metavar="NAME", help="service to check; default the server")
     add_live_commands(subparsers, _add_command)
-    add_models_command(subparsers)
+    add_models_command(subparsers, _add_command)
     add_loadtest_command(subparsers)
 
 

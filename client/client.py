@@ -22,7 +22,16 @@ from opentelemetry import propagate
 
 from recserve.client.credentials import AUTHORIZATION, ChannelSecurity, PemSource, channel_security
 from recserve.client.live import AsyncLiveStateCalls, LiveStateCalls
-from recserve.client.results import ModelInfo, ModelStatistics, Recommendation, ScoreResult, SimilarItems
+from recserve.client.results import (
+    ModelInfo,
+    ModelStatistics,
+    ModelVersion,
+    Recommendation,
+    ScoreResult,
+    SimilarItems,
+)
+from recserve.inference import grpc_service_pb2 as kserve_pb
+from recserve.inference import grpc_service_pb2_grpc as kserve_grpc
 from recserve.v1 import recommender_pb2 as pb
 from recserve.v1 import recommender_pb2_grpc as pb_grpc
 
@@ -215,6 +224,24 @@ class RecommenderClient(_ClientBase, LiveStateCalls):
         """What model the server has loaded."""
         response = self._stub.GetModelInfo(pb.GetModelInfoRequest(), **self._call_options(timeout_s))
         return ModelInfo.from_proto(response)
+
+    def model_versions(self, timeout_s: float | None = None) -> list[ModelVersion]:
+        """Every model at every version the server knows, with its state and why (RepositoryIndex)."""
+        stub = kserve_grpc.GRPCInferenceServiceStub(self._channel)
+        index = stub.RepositoryIndex(kserve_pb.RepositoryIndexRequest(), **self._call_options(timeout_s))
+        return [ModelVersion(m.name, m.version, m.state, m.reason) for m in index.models]
+
+    def load_model(self, model_name: str = "recommender", timeout_s: float | None = None) -> None:
+        """Load the versions the model's policy picks now (explicit model control; an admin token)."""
+        stub = kserve_grpc.GRPCInferenceServiceStub(self._channel)
+        request = kserve_pb.RepositoryModelLoadRequest(model_name=model_name)
+        stub.RepositoryModelLoad(request, **self._call_options(timeout_s))
+
+    def unload_model(self, model_name: str = "recommender", timeout_s: float | None = None) -> None:
+        """Stop serving every version of the model (explicit model control; an admin token)."""
+        stub = kserve_grpc.GRPCInferenceServiceStub(self._channel)
+        request = kserve_pb.RepositoryModelUnloadRequest(model_name=model_name)
+        stub.RepositoryModelUnload(request, **self._call_options(timeout_s))
 
     def model_statistics(self, timeout_s: float | None = None) -> ModelStatistics:
         """Batching and pipeline-stage counters since the model was loaded."""

@@ -176,3 +176,16 @@ class ModelStatistics:
 
 def _scored_items(items: Iterable[pb.ScoredItem]) -> list[ScoredItem]:
     return [ScoredItem(item.item_id, item.score) for item in items]
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One row of the repository index: a model at a version, its state and why.
+
+    States are Triton's: READY, LOADING, UNLOADING, UNAVAILABLE.
+    """
+
+    model_name: str
+    version: str
+    state: str
+    reason: str = ""

@@ -17,18 +17,20 @@ from grpc_health.v1 import health, health_pb2
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Tracer
 
-from recserve.server.auth import Authorizer
+from recserve.server.auth import Authorizer, RoleCheck
 from recserve.server.errors import unary_handlers
 from recserve.server.frontend import bind_and_start, build_grpc_server, resolve_frontend
 from recserve.server.frontend.health_port import start_health_port
 from recserve.server.live_state import LiveState
-from recserve.server.recommender import RecommenderService, ServiceSlot
-from recserve.server.repository import candidate_version_dirs
+from recserve.server.model_control.manager import ModelManager
+from recserve.server.model_control.slot import ServiceSlot
+from recserve.server.recommender import RecommenderService
+from recserve.server.repository import VersionRejectedError, resolve_version_dir
 from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
 from recserve.server.servicers.events import SERVICE as EVENTS_SERVICE
 from recserve.server.servicers.health import health_handlers
+from recserve.server.servicers.inference import MODEL_CONTROL_METHODS, InferenceServicer
 from recserve.server.servicers.inference import SERVICE as INFERENCE_SERVICE
-from recserve.server.servicers.inference import InferenceServicer
 from recserve.server.servicers.inference import stream_handlers as inference_stream_handlers
 from recserve.server.servicers.recommender import SERVICE as RECOMMENDER_SERVICE
 from recserve.server.servicers.recommender import RecommenderServicer
@@ -43,7 +45,7 @@ from recserve.server.telemetry.grpc_tracing import RpcTracing
 from recserve.server.telemetry.metrics import MetricsServer, start_metrics_server
 from recserve.server.telemetry.tracing import INSTRUMENTATION_NAME, build_tracer_provider
 from recserve.server.telemetry.tracing import describe as describe_tracing
-from recserve.server.version_loading import describe_batching, first_good_version, freeze_long_lived_objects
+from recserve.server.version_loading import describe_batching, freeze_long_lived_objects
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +67,9 @@ class RunningServer:
     settings: ServerSettings
     health: health.aio.HealthServicer
     slot: ServiceSlot = field(default_factory=ServiceSlot)
-    service: RecommenderService | None = None
+    models: ModelManager | None = None
+    """Loads, swaps and unloads versions; set once the live state is open."""
+    model_poll: asyncio.Task[None] | None = None
     rpc_statistics: RpcStatistics = field(default_factory=RpcStatistics)
     tracer_provider: TracerProvider | None = None
     owns_tracer_provider: bool = False
@@ -74,6 +78,11 @@ class RunningServer:
     health_port_server: grpc.aio.Server | None = None
     """The plaintext health-only server (tls.plaintext_health_port), when there is one."""
     health_port: int | None = None
+
+    @property
+    def service(self) -> RecommenderService | None:
+        """The default version's service, or None while nothing serves."""
+        return self.slot.current
 
     @property
     def tracer(self) -> Tracer | None:
@@ -115,6 +124,18 @@ async def start_server(
         owns_tracer_provider=owns_provider and tracer_provider is not None,
     )
     running.state = LiveState.from_settings(settings, running.slot, running.tracer)
+    model_dir = settings.model_repository / settings.model_name
+    running.models = ModelManager(
+        model_dir,
+        effective_model_config(settings, load_model_config(model_dir)),
+        running.slot,
+        running.state.backend,
+        running.state.writes,
+        running.tracer,
+        settings.warmup_rounds,
+        settings.model_version,
+    )
+    running.slot.model_name = settings.model_name
     rpc_tracing = RpcTracing.from_provider(tracer_provider) if tracer_provider is not None else None
     statistics, reads = running.rpc_statistics, authorizer.reads()
     server.add_generic_rpc_handlers(
@@ -124,7 +145,12 @@ async def start_server(
             ),
             # The KServe v2 / Triton protocol beside our own API: same port, same batcher.
             unary_handlers(
-                INFERENCE_SERVICE, InferenceServicer(running.slot), statistics, rpc_tracing, reads
+                INFERENCE_SERVICE,
+                InferenceServicer(running.slot, running.models, settings.model_control_mode),
+                statistics,
+                rpc_tracing,
+                reads,
+                _model_control_checks(settings, authorizer),
             ),
             inference_stream_handlers(),
             *running.state.handlers(statistics, rpc_tracing, authorizer),
@@ -165,6 +191,16 @@ async def start_server(
     return running
 
 
+def _model_control_checks(settings: ServerSettings, authorizer: Authorizer) -> dict[str, RoleCheck | None]:
+    """Load and unload need an admin token where model control is on; elsewhere they are refused anyway."""
+    check = (
+        authorizer.admin(INFERENCE_SERVICE.full_name + " model control")
+        if settings.model_control_mode == "explicit"
+        else None
+    )
+    return dict.fromkeys(MODEL_CONTROL_METHODS, check)
+
+
 def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
@@ -174,38 +210,43 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
 
 
 async def load_and_serve_model(running: RunningServer) -> RecommenderService:
-    """Open the live state and load the newest (or configured) model version, warm it up, report SERVING.
+    """Open the live state, load and warm up the versions the policy picks, then report SERVING.
 
-    The version's catalog gets every stored catalog change before it takes traffic.
+    The policy picks the newest complete version by default; with model_control_mode poll the repository
+    is followed from then on. Every version's catalog gets every stored catalog change before it serves.
+
+    Raises:
+        VersionRejectedError: no version could be served; the message says why each failed.
     """
-    settings = running.settings
-    state = running.state
-    assert state is not None
-    model_dir = settings.model_repository / settings.model_name
-    config = effective_model_config(settings, load_model_config(model_dir))
+    settings, state, manager = running.settings, running.state, running.models
+    assert state is not None and manager is not None
+    config = manager.config
     started = time.perf_counter()
     try:
-        candidates = candidate_version_dirs(model_dir, settings.model_version)
-        loading = first_good_version(
-            candidates, config, running.slot, state.backend, running.tracer, settings.warmup_rounds
-        )
-        service, _ = await asyncio.gather(loading, state.open())
-        await state.attach(service)
+        resolve_version_dir(manager.model_dir, settings.model_version)  # none at all: say so plainly
+        await state.open()
+        manager.carried_changes = state.stored_changes or []
+        if not await manager.reconcile():
+            reasons = "; ".join(f"version {v}: {why}" for v, why in running.slot.rejected.items())
+            raise VersionRejectedError(f"no version of the model could be served: {reasons}")
     except Exception:
         running.slot.state = "failed"
         raise
-    model, batching = service.pipeline.model, config.batching
+    service = running.slot.get()
+    model, batching = service.model, config.batching
     freeze_long_lived_objects()
-    service.start()
-    running.service = service
-    running.slot.set(service)
     _admit_in_frontend(running, service)
+    manager.on_install.append(lambda default: _on_install(running, default))
     state.follow()
     await running.set_serving(True)
     state.watch(lambda problem: _report_state(running, problem))
+    if settings.model_control_mode == "poll":
+        running.model_poll = asyncio.get_running_loop().create_task(
+            manager.poll(settings.repository_poll_seconds), name="model-poll"
+        )
     logger.info(
         "model %s version %s ready in %.1fs: %d users, %d items, dim %d, index %d trees (search_k %d); "
-        "batching %s",
+        "batching %s; versions %s (version_policy %s, model_control_mode %s)",
         model.name,
         model.version,
         time.perf_counter() - started,
@@ -215,8 +256,19 @@ async def load_and_serve_model(running: RunningServer) -> RecommenderService:
         model.index.n_trees,
         model.index.search_k,
         describe_batching(batching),
+        ", ".join(sorted(running.slot.served, key=int)),
+        manager.policy.describe(),
+        settings.model_control_mode,
     )
     return service
+
+
+async def _on_install(running: RunningServer, default: RecommenderService | None) -> None:
+    """After a swap: admission follows the new default version, health whether anything serves."""
+    if default is not None:
+        _publish_costs_from(running, default)
+    if running.slot.state != "stopping":
+        await running.set_serving(default is not None)
 
 
 async def _report_state(running: RunningServer, problem: str | None) -> None:
@@ -237,10 +289,19 @@ def _admit_in_frontend(running: RunningServer, service: RecommenderService) -> N
     server.set_admission(
         BATCHED_METHODS, batching.max_queue_wait_microseconds * 1000, batching.deadline_admission
     )
-    service.batcher.on_estimate = server.publish_costs
+    _publish_costs_from(running, service)
     running.rpc_statistics.add_source(
         lambda: {(method[1:], code): n for (method, code), n in server.admission_refused().items() if n}
     )
+
+
+def _publish_costs_from(running: RunningServer, default: RecommenderService) -> None:
+    """The front end's admission estimates from the default version's batcher (the one most calls use)."""
+    if not hasattr(running.server, "publish_costs"):
+        return
+    for service in running.slot.served.values():
+        service.batcher.on_estimate = None
+    default.batcher.on_estimate = running.server.publish_costs
 
 
 async def stop_server(running: RunningServer, grace_s: float, drain_s: float = 0.0) -> None:
@@ -255,9 +316,12 @@ async def stop_server(running: RunningServer, grace_s: float, drain_s: float = 0
         running.slot.state = "stopping"
     if drain_s > 0:
         await asyncio.sleep(drain_s)
+    if running.model_poll is not None:
+        running.model_poll.cancel()
+        await asyncio.gather(running.model_poll, return_exceptions=True)
     await running.server.stop(grace_s)
-    if running.service is not None:
-        await running.service.close()
+    if running.models is not None:
+        await running.models.close()
     if running.state is not None:
         await running.state.close()
     if running.metrics is not None:

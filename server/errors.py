@@ -162,11 +162,13 @@ def unary_handlers(
     statistics: RpcStatistics | None = None,
     tracing: RpcTracing | None = None,
     check: CallCheck | None = None,
+    method_checks: dict[str, CallCheck | None] | None = None,
 ) -> grpc.GenericRpcHandler:
     """A generic handler for every unary method of `service`, served by the same-named servicer methods.
 
     With `statistics`, every call is counted by method and status code, and timed; with `tracing`, every
-    call runs in a server span; with `check` (the service's role check), every call is checked first.
+    call runs in a server span; with `check` (the service's role check), every call is checked first;
+    `method_checks` replaces it for the methods it names (model control in the inference service).
     """
     handlers = {}
     for method in service.methods:
@@ -179,7 +181,7 @@ def unary_handlers(
             request_type,
             f"{service.full_name}/{method.name}",
             statistics,
-            check,
+            (method_checks or {}).get(method.name, check),
         )
         if tracing is not None:
             behavior = traced(behavior, service.full_name, method.name, tracing)

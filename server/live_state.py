@@ -19,7 +19,7 @@ from recserve.server.auth import Authorizer
 from recserve.server.catalog.live import Version
 from recserve.server.errors import disabled_handlers, unary_handlers
 from recserve.server.exceptions import StartupError, UnavailableError
-from recserve.server.recommender import RecommenderService, ServiceSlot
+from recserve.server.model_control.slot import ServiceSlot
 from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
 from recserve.server.servicers.catalog import CatalogServicer
 from recserve.server.servicers.events import SERVICE as EVENTS_SERVICE
@@ -55,7 +55,7 @@ class LiveState:
     def from_settings(cls, settings: ServerSettings, slot: ServiceSlot, tracer: Tracer | None) -> LiveState:
         """Not opened yet: writes answer UNAVAILABLE until `open` has run."""
         backend = backend_from_settings(settings.state)
-        writes = StateWrites(backend, write_limits(settings.state), slot.get, tracer=tracer)
+        writes = StateWrites(backend, write_limits(settings.state), slot.serving, tracer=tracer)
         return cls(settings, backend, writes)
 
     @property
@@ -122,15 +122,6 @@ class LiveState:
             self.settings.state.backend,
             len(self.stored_changes),
         )
-
-    async def attach(self, service: RecommenderService) -> None:
-        """Apply the stored catalog changes to a new version's catalog (before it takes traffic)."""
-        changes = self.stored_changes or []
-        catalog = service.catalog
-        prepared = await asyncio.get_running_loop().run_in_executor(None, catalog.prepare, changes)
-        applied = catalog.commit(prepared)
-        service.catalog_changed()
-        logger.info("state: %d catalog changes applied; %d items live", applied, len(catalog))
 
     def follow(self) -> None:
         """Apply other replicas' catalog changes as they are published (Redis; none in memory)."""

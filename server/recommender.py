@@ -19,7 +19,7 @@ from recserve.server.catalog.from_model import live_catalog
 from recserve.server.catalog.live import LiveCatalog
 from recserve.server.catalog.rebuild import IndexRebuilder, RebuildPolicy
 from recserve.server.context import NO_ROWS, UserQuery
-from recserve.server.exceptions import InvalidArgumentError, NotFoundError, UnavailableError
+from recserve.server.exceptions import InvalidArgumentError, NotFoundError
 from recserve.server.pipeline import (
     BatchPipeline,
     HistoryReader,
@@ -245,36 +245,3 @@ class RecommenderService:
             )
             raise NotFoundError(f"unknown item id {shown}{more}: not in the catalog")
         return rows
-
-
-MODEL_STATES = ("loading", "ready", "failed", "stopping")
-
-
-class ServiceSlot:
-    """Holds the service once the model is loaded; until then callers get UNAVAILABLE.
-
-    `state` is the model's load state as operators see it: loading, ready, failed or stopping.
-    """
-
-    def __init__(self) -> None:
-        self._service: RecommenderService | None = None
-        self.state = "loading"
-        self.rejected: dict[str, str] = {}
-        """Versions that did not load or failed their smoke batch, with why (the next older one serves)."""
-
-    @property
-    def current(self) -> RecommenderService | None:
-        """The live service, or None (for readers such as metrics, which must not raise)."""
-        return self._service
-
-    def set(self, service: RecommenderService | None) -> None:
-        """Install (or remove) the live service."""
-        self._service = service
-        if service is not None:
-            self.state = "ready"
-
-    def get(self) -> RecommenderService:
-        """The live service. Raises UnavailableError while the model is loading."""
-        if self._service is None:
-            raise UnavailableError("the model is still loading or failed to load; retry shortly")
-        return self._service

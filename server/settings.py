@@ -14,6 +14,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from recserve.server.model_control.policy import VersionPolicy
+
 ENV_PREFIX = "RECSERVE_"
 
 
@@ -122,6 +124,7 @@ class ModelConfig(BaseModel):
     batching: BatchingSettings = BatchingSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     limits: LimitSettings = LimitSettings()
+    version_policy: VersionPolicy = VersionPolicy()
 
 
 TRACES_EXPORTERS = ("none", "console", "otlp_grpc", "otlp_http")
@@ -340,6 +343,14 @@ class ServerSettings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one object per line with trace and span ids."
+    )
+    model_control_mode: Literal["none", "poll", "explicit"] = Field(
+        "none",
+        description="none: load at start only; poll: follow the model repository (new complete versions "
+        "load, removed ones unload); explicit: only RepositoryModelLoad/Unload change what serves.",
+    )
+    repository_poll_seconds: float = Field(
+        15.0, gt=0, description="With model_control_mode poll: seconds between looks at the repository."
     )
     frontend: Literal["auto", "native", "aio"] = Field(
         "auto",

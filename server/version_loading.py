@@ -1,72 +1,20 @@
-"""Turning a model version directory into a serving RecommenderService: pick, check, warm up.
+"""What a loaded version goes through before it serves: warm-up, and the process-level steps around it.
 
-The newest version serves unless it is damaged: each candidate must load, hang together
-(`repository.check_consistent`) and run every batch size once before it takes traffic; one that fails is
-logged and listed in `ServiceSlot.rejected`, and the next older one is tried.
+Used by model_control.manager; also freezes long-lived objects and writes the batching line of the log.
 """
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import logging
-from pathlib import Path
 
 import numpy as np
-from opentelemetry.trace import Tracer
 
 from recserve.server.context import UserQuery
 from recserve.server.pipeline import BatchPipeline, RecommendQuery, ScoreQuery
-from recserve.server.recommender import RecommenderService, ServiceSlot
-from recserve.server.repository import VersionRejectedError, load_checked
-from recserve.server.settings import BatchingSettings, ModelConfig
-from recserve.server.state.writes import StateBackend
+from recserve.server.settings import BatchingSettings
 
 logger = logging.getLogger(__name__)
-
-
-async def first_good_version(
-    candidates: list[Path],
-    config: ModelConfig,
-    slot: ServiceSlot,
-    backend: StateBackend,
-    tracer: Tracer | None,
-    warmup_rounds: int,
-) -> RecommenderService:
-    """The service of the first candidate version that loads, hangs together and runs a smoke batch.
-
-    A damaged newest version (a truncated SavedModel, an index of another dimension) must not take the
-    server down while an older one is fine: it is logged, listed in `slot.rejected` (and metrics), and the
-    next older version serves. A pinned version has no fallback.
-
-    Raises:
-        VersionRejectedError: no candidate works; the message says why each failed.
-    """
-    loop = asyncio.get_running_loop()
-    reasons = []
-    for version_dir in candidates:
-        service = None
-        try:
-            model = await loop.run_in_executor(None, load_checked, version_dir, config.retrieval.search_k)
-            service = RecommenderService(model, config, config.batching, backend, tracer)
-            await loop.run_in_executor(
-                service.executor,
-                warm_up,
-                service.pipeline,
-                config.batching.max_batch_size,
-                max(warmup_rounds, 1),
-            )
-            return service
-        except Exception as error:  # noqa: BLE001 - a version's damage shows in many ways
-            reason = (
-                str(error) if isinstance(error, VersionRejectedError) else f"{type(error).__name__}: {error}"
-            )
-            slot.rejected[version_dir.name] = reason
-            reasons.append(f"version {version_dir.name}: {reason}")
-            logger.error("model version %s rejected: %s", version_dir, reason)
-            if service is not None:
-                await service.close()
-    raise VersionRejectedError("no version of the model could be served: " + "; ".join(reasons))
 
 
 def freeze_long_lived_objects() -> None:

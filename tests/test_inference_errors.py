@@ -51,7 +51,7 @@ CASES = [
         "recommender",
         {"model_version": "7", "inputs": [user(b"user-1")]},
         NOT_FOUND,
-        ["version '7'", "version 1 is served"],
+        ["version '7'", "served versions: 1"],
     ),
     (
         "wrong datatype",

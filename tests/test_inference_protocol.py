@@ -366,8 +366,6 @@ def test_model_infer_and_recommend_share_batches(triton, server_address: str) ->
 @pytest.mark.parametrize(
     ("call", "method"),
     [
-        (lambda c: c.load_model("recommender"), "RepositoryModelLoad"),
-        (lambda c: c.unload_model("recommender"), "RepositoryModelUnload"),
         (lambda c: c.get_system_shared_memory_status(), "SystemSharedMemoryStatus"),
         (lambda c: c.unregister_cuda_shared_memory(), "CudaSharedMemoryUnregister"),
         (lambda c: c.get_trace_settings(), "TraceSetting"),
@@ -380,6 +378,17 @@ def test_unsupported_methods_are_unimplemented(triton, call, method: str) -> Non
     assert caught.value.status() == "StatusCode.UNIMPLEMENTED"
     assert f"GRPCInferenceService/{method}" in caught.value.message()
     assert triton.is_server_live()
+
+
+@pytest.mark.parametrize(
+    "call", [lambda c: c.load_model("recommender"), lambda c: c.unload_model("recommender")]
+)
+def test_model_control_is_refused_unless_enabled(triton, call) -> None:
+    with pytest.raises(grpcclient.InferenceServerException) as caught:
+        call(triton)
+    assert caught.value.status() == "StatusCode.PERMISSION_DENIED"
+    assert "model_control_mode: explicit" in caught.value.message()
+    assert triton.is_model_ready("recommender")
 
 
 def test_streaming_inference_is_unimplemented_and_the_server_goes_on(kstub, triton, stub) -> None:

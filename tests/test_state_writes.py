@@ -33,7 +33,7 @@ async def writes(tmp_path: Path) -> tuple[StateWrites, MemoryBackend, Served]:
     backend = MemoryBackend(tmp_path / "state", "always", 100, 50, 1 << 20)
     await backend.open()
     served = Served(LiveCatalog(small_base(tmp_path), tag_embedding))
-    state = StateWrites(backend, LIMITS, lambda: served, now_ms=lambda: 1_000)
+    state = StateWrites(backend, LIMITS, lambda: [served], now_ms=lambda: 1_000)
     state.ready = True
     return state, backend, served
 
@@ -75,7 +75,7 @@ async def test_catalog_writes_are_visible_and_readable(writes) -> None:  # noqa:
 
 
 async def test_catalog_writes_wait_for_the_model(tmp_path: Path) -> None:
-    def loading() -> Served:
+    def loading() -> list[Served]:
         raise UnavailableError("the model is still loading")
 
     backend = MemoryBackend(tmp_path, "everysec", 100, 50, 1 << 20)

@@ -103,6 +103,22 @@ class LiveCatalog:
         """Index entries whose rows died (they cost lookups; a rebuild drops them)."""
         return int(self._index_rows.size - np.count_nonzero(self._rows.live[self._index_rows]))
 
+    def changes(self) -> list[tuple[CatalogChange, Version | None]]:
+        """Every change since the base catalog: one per item, in its state now, with its version.
+
+        What another version of the model applies to catch up with this one.
+        """
+        deleted = [
+            (ItemDelete(item_id), self._versions.get(item_id))
+            for item_id in self._base_index_by_id
+            if item_id not in self._row_by_id
+        ]
+        upserted = [
+            (ItemUpsert(self._rows.ids[row], tags), self._versions.get(self._rows.ids[row]))
+            for row, tags in self._tags_by_row.items()
+        ]
+        return deleted + upserted
+
     def prepare(self, changes: Sequence[tuple[CatalogChange, Version | None]]) -> PreparedChanges:
         """Embed the upserts among `changes` (the item tower; safe on any thread)."""
         upserts = [change for change, _ in changes if isinstance(change, ItemUpsert)]

@@ -17,14 +17,15 @@ import numpy as np
 from recserve.server.exceptions import InvalidArgumentError, NotFoundError
 from recserve.server.kserve.models import MODEL_NAMES, InferenceModel, InferOptions, build_models
 from recserve.server.kserve.tensors import InputTensor, OutputTensor, TensorSpec, element_count
-from recserve.server.recommender import RecommenderService, ServiceSlot
+from recserve.server.model_control.manager import ModelManager
+from recserve.server.model_control.slot import ServiceSlot
+from recserve.server.recommender import RecommenderService
 
 SERVER_NAME = "recserve"
 # Protocol extensions implemented: ModelConfig, the priority and timeout request parameters
 # (Triton's schedule_policy), ModelStatistics.
 EXTENSIONS = ("model_configuration", "schedule_policy", "statistics")
 # RepositoryIndex state of the models by the slot's load state.
-INDEX_STATES = {"loading": "LOADING", "ready": "READY", "failed": "UNAVAILABLE", "stopping": "UNLOADING"}
 
 
 @dataclass(frozen=True)
@@ -68,52 +69,61 @@ def server_version() -> str:
 
 
 class InferenceService:
-    """Serves the protocol's models over whatever service the slot holds."""
+    """Serves the protocol's models over the versions the slot holds."""
 
-    def __init__(self, slot: ServiceSlot) -> None:
+    def __init__(self, slot: ServiceSlot, models: ModelManager | None = None) -> None:
         self._slot = slot
-        self._models: dict[str, InferenceModel] = {}
-        self._models_of: RecommenderService | None = None
+        self._manager = models
+        self._models: dict[str, tuple[RecommenderService, dict[str, InferenceModel]]] = {}
 
     def server_ready(self) -> bool:
-        """Whether the model is loaded and serving."""
+        """Whether a version is loaded and serving."""
         return self._slot.current is not None
 
     def model_ready(self, name: str, version: str) -> bool:
-        """Whether `name` at `version` ("" = the served one) can run inference; unknown ones cannot."""
-        service = self._slot.current
-        return service is not None and name in MODEL_NAMES and version in ("", service.model.version)
+        """Whether `name` at `version` ("" = the default) can run inference; unknown ones cannot."""
+        if name not in MODEL_NAMES or self._slot.current is None:
+            return False
+        return not version or version in self._slot.served
 
-    def model(self, name: str, version: str = "") -> InferenceModel:
-        """The model `name` at `version` ("" = the served one).
-
-        Raises:
-            NotFoundError: no such model, or not at that version.
-            UnavailableError: the model is still loading.
-        """
+    def check_name(self, name: str) -> None:
+        """Raises NotFoundError for a model this server does not have."""
         if name not in MODEL_NAMES:
             raise NotFoundError(f"unknown model {name!r}; this server has {', '.join(MODEL_NAMES)}")
-        model = self._live_models()[name]
-        if version not in ("", model.version):
-            raise NotFoundError(
-                f"model {name!r} has no version {version!r}: version {model.version} is served"
-            )
-        return model
+
+    def model(self, name: str, version: str = "") -> InferenceModel:
+        """The model `name` at `version` ("" = the default version).
+
+        Raises:
+            NotFoundError: no such model, or that version is not served (the message names those that are).
+            UnavailableError: nothing serves yet.
+        """
+        self.check_name(name)
+        return self._live_models(self._slot.get(version))[name]
 
     def models(self) -> list[InferenceModel]:
-        """Every model. Raises UnavailableError while the model is loading."""
-        return list(self._live_models().values())
+        """Every model at the default version. Raises UnavailableError while nothing serves."""
+        return list(self._live_models(self._slot.get()).values())
 
     def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
-        """Every model with its version and state (only the ready ones if `ready_only`)."""
-        service = self._slot.current
-        if service is not None:
-            return [ModelIndexEntry(name, service.model.version, "READY") for name in MODEL_NAMES]
-        if ready_only:
-            return []
-        state = INDEX_STATES.get(self._slot.state, "UNAVAILABLE")
-        reason = "failed to load; see the server log" if self._slot.state == "failed" else self._slot.state
-        return [ModelIndexEntry(name, "", state, reason) for name in MODEL_NAMES]
+        """Every model at every version with its state and reason (only the ready ones if `ready_only`)."""
+        if self._manager is None:
+            return [
+                ModelIndexEntry(name, version, "READY")
+                for version in sorted(self._slot.served, key=int)
+                for name in MODEL_NAMES
+            ]
+        entries = [
+            ModelIndexEntry(name, version, status.state, status.reason)
+            for version, status in self._manager.statuses().items()
+            for name in MODEL_NAMES
+        ]
+        return [entry for entry in entries if entry.state == "READY"] if ready_only else entries
+
+    def rejections(self) -> str:
+        """Why versions were rejected, for an error message."""
+        rejected = self._slot.rejected
+        return "; ".join(f"version {v}: {why}" for v, why in rejected.items()) or "no complete version"
 
     async def infer(self, request: InferRequest) -> InferResponse:
         """Validate the request against the model's tensors, run it, keep the outputs asked for.
@@ -135,11 +145,15 @@ class InferenceService:
             [OutputTensor(spec.name, spec.datatype, results[spec.name]) for spec in outputs],
         )
 
-    def _live_models(self) -> dict[str, InferenceModel]:
-        service = self._slot.get()
-        if service is not self._models_of:
-            self._models, self._models_of = build_models(service), service
-        return self._models
+    def _live_models(self, service: RecommenderService) -> dict[str, InferenceModel]:
+        """The protocol models of `service` (built once per version; versions no longer served dropped)."""
+        version = service.model.version
+        cached = self._models.get(version)
+        if cached is None or cached[0] is not service:
+            served = self._slot.served
+            self._models = {v: c for v, c in self._models.items() if served.get(v) is c[0]}
+            cached = self._models[version] = (service, build_models(service))
+        return cached[1]
 
 
 def requested_outputs(model: InferenceModel, names: Sequence[str]) -> list[TensorSpec]:

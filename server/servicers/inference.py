@@ -2,7 +2,7 @@
 
 The protocol's logic is in `recserve.server.kserve`.
 
-Register with `errors.unary_handlers(SERVICE, InferenceServicer(slot))` for the unary methods and
+Register with `errors.unary_handlers(SERVICE, InferenceServicer(slot, models))` for the unary methods and
 `stream_handlers()` for ModelStreamInfer. The methods recserve does not implement answer UNIMPLEMENTED,
 saying why and what to use instead.
 """
@@ -15,18 +15,16 @@ from typing import Any
 import grpc
 
 from recserve.inference import grpc_service_pb2 as pb
-from recserve.server.exceptions import UnimplementedError
+from recserve.server.exceptions import PermissionDeniedError, UnavailableError, UnimplementedError
 from recserve.server.kserve import protocol
 from recserve.server.kserve.service import InferenceService, server_version
-from recserve.server.recommender import ServiceSlot
+from recserve.server.model_control.manager import ModelManager
+from recserve.server.model_control.slot import ServiceSlot
 
 SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 
-_NO_LOADING = "models are loaded when the server starts; restart it or roll out a new version to change them"
 _NO_SHARED_MEMORY = "shared-memory tensors are not supported; send tensor data in the request"
 UNSUPPORTED: dict[str, str] = {
-    "RepositoryModelLoad": _NO_LOADING,
-    "RepositoryModelUnload": _NO_LOADING,
     "SystemSharedMemoryStatus": _NO_SHARED_MEMORY,
     "SystemSharedMemoryRegister": _NO_SHARED_MEMORY,
     "SystemSharedMemoryUnregister": _NO_SHARED_MEMORY,
@@ -44,11 +42,16 @@ def unsupported_message(method: str) -> str:
     return f"recserve does not implement {SERVICE.full_name}/{method}: {UNSUPPORTED[method]}"
 
 
-class InferenceServicer:
-    """Implements the protocol over the live model in `slot`."""
+MODEL_CONTROL_METHODS = ("RepositoryModelLoad", "RepositoryModelUnload")
 
-    def __init__(self, slot: ServiceSlot) -> None:
-        self._inference = InferenceService(slot)
+
+class InferenceServicer:
+    """Implements the protocol over the versions in `slot`, changed by `models` (model control)."""
+
+    def __init__(self, slot: ServiceSlot, models: ModelManager, control_mode: str = "none") -> None:
+        self._inference = InferenceService(slot, models)
+        self._models = models
+        self._control_mode = control_mode
         self._version = server_version()
 
     async def ServerLive(  # noqa: N802
@@ -105,8 +108,36 @@ class InferenceServicer:
     async def RepositoryIndex(  # noqa: N802
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
-        """The four models and their state."""
+        """Every model at every version the repository or the server has, with its state and why."""
         return protocol.repository_index(self._inference.index(ready_only=request.ready))
+
+    async def RepositoryModelLoad(  # noqa: N802
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        """Load (or reload) the model: the versions its policy picks on disk now; returns once they serve."""
+        self._check_control(request.model_name)
+        if not await self._models.reconcile():
+            raise UnavailableError(
+                f"model {request.model_name!r} could not be loaded: {self._inference.rejections()}"
+            )
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(  # noqa: N802
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        """Stop serving every version; queued requests finish first."""
+        self._check_control(request.model_name)
+        await self._models.unload_all()
+        return pb.RepositoryModelUnloadResponse()
+
+    def _check_control(self, model_name: str) -> None:
+        if self._control_mode != "explicit":
+            raise PermissionDeniedError(
+                f"model control is off (model_control_mode: {self._control_mode}): start the server with "
+                "model_control_mode: explicit (--model-control-mode explicit, RECSERVE_MODEL_CONTROL_MODE) "
+                "and call with a token holding the admin role"
+            )
+        self._inference.check_name(model_name)
 
     def __getattr__(self, method: str) -> Any:
         """The methods in UNSUPPORTED: each raises UnimplementedError, which answers UNIMPLEMENTED."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import grpc
 
-from recserve.server.recommender import Recommendation, ServiceSlot
+from recserve.server.model_control.slot import ServiceSlot
+from recserve.server.recommender import Recommendation
 from recserve.v1 import recommender_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"]
@@ -26,7 +27,7 @@ class RecommenderServicer:
         self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendResponse:  # noqa: N802
         """Top-k items for a user."""
-        result = await self._slot.get().recommend(
+        result = await self._slot.get(request.model_version).recommend(
             request.user_id,
             request.recent_item_ids,
             request.k,
@@ -45,7 +46,7 @@ class RecommenderServicer:
 
     async def Score(self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext) -> pb.ScoreResponse:  # noqa: N802
         """P(like) per item."""
-        result = await self._slot.get().score(
+        result = await self._slot.get(request.model_version).score(
             request.user_id,
             request.recent_item_ids,
             request.item_ids,

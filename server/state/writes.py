@@ -80,11 +80,13 @@ class StateWrites:
         self,
         backend: StateBackend,
         limits: WriteLimits,
-        served: Callable[[], ServedCatalog],
+        served: Callable[[], Sequence[ServedCatalog]],
         now_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         tracer: Tracer | None = None,
     ) -> None:
-        """`served` returns what is being served now, or raises UnavailableError while the model loads.
+        """`served` returns every version served now, the default first (UnavailableError while loading).
+
+        Each version has its own live catalog, embedded by its own item tower; every change goes to all.
 
         With `tracer`, storing and embedding are child spans of a traced write's server span.
         """
@@ -96,6 +98,9 @@ class StateWrites:
         self.ready = False
         """Set once the backend is open; until then every call is UNAVAILABLE."""
         self.statistics = WriteStatistics()
+        self.catalog_lock = asyncio.Lock()
+        """Held by every catalog change from before it is embedded until it is visible, and by a version
+        swap while it brings the new version's catalog up to date: no change can miss the new version."""
 
     def _check_ready(self) -> None:
         if not self.ready:
@@ -142,12 +147,11 @@ class StateWrites:
         except InvalidArgumentError:
             self.statistics.catalog["upsert", "rejected"] += len(items)
             raise
-        served = self._served()
-        with self._span("embed", len(upserts)):
-            prepared = await asyncio.get_running_loop().run_in_executor(
-                None, served.catalog.prepare, [(upsert, None) for upsert in upserts]
-            )
-        await self._publish(served, prepared, "upsert")
+        async with self.catalog_lock:
+            served = self._served()
+            with self._span("embed", len(upserts)):
+                prepared = await _prepare_all(served, [(upsert, None) for upsert in upserts])
+            await self._publish(served, prepared, "upsert")
         return len(upserts)
 
     async def delete_items(self, item_ids: Sequence[str]) -> tuple[int, list[str]]:
@@ -158,10 +162,13 @@ class StateWrites:
         except InvalidArgumentError:
             self.statistics.catalog["delete", "rejected"] += len(item_ids)
             raise
-        served = self._served()
-        known = [delete for delete in deletes if served.catalog.row_of(delete.item_id)]
-        unknown = [delete.item_id for delete in deletes if not served.catalog.row_of(delete.item_id)]
-        await self._publish(served, served.catalog.prepare([(delete, None) for delete in known]), "delete")
+        async with self.catalog_lock:
+            served = self._served()
+            catalog = served[0].catalog
+            known = [delete for delete in deletes if catalog.row_of(delete.item_id)]
+            unknown = [delete.item_id for delete in deletes if not catalog.row_of(delete.item_id)]
+            prepared = [each.catalog.prepare([(delete, None) for delete in known]) for each in served]
+            await self._publish(served, prepared, "delete")
         return len(known), unknown
 
     def item_tags(self, item_id: str) -> tuple[str, ...]:
@@ -170,33 +177,36 @@ class StateWrites:
         Raises:
             NotFoundError: unknown or deleted.
         """
-        tags = self._served().catalog.tags_of(check_id(item_id, "item_id"))
+        tags = self._served()[0].catalog.tags_of(check_id(item_id, "item_id"))
         if tags is None:
             raise NotFoundError(f"unknown item id {item_id!r}: not in the catalog (never added, or deleted)")
         return tags
 
     async def apply_stored(self, changes: list[tuple[CatalogChange, Version | None]]) -> None:
         """Apply changes stored already: another replica's, or what start-up read back."""
-        served = self._served()
-        prepared = await asyncio.get_running_loop().run_in_executor(None, served.catalog.prepare, changes)
-        if served.catalog.commit(prepared):
-            served.catalog_changed()
+        async with self.catalog_lock:
+            served = self._served()
+            for each, prepared in zip(served, await _prepare_all(served, changes), strict=True):
+                if each.catalog.commit(prepared):
+                    each.catalog_changed()
 
-    async def _publish(self, served: ServedCatalog, prepared: PreparedChanges, operation: str) -> None:
-        """Store prepared changes, then make them visible."""
-        if not prepared.changes:
+    async def _publish(
+        self, served: Sequence[ServedCatalog], prepared: Sequence[PreparedChanges], operation: str
+    ) -> None:
+        """Store prepared changes (one set per served version), then make them visible in every version."""
+        changes = prepared[0].changes
+        if not changes:
             return
-        count = len(prepared.changes)
+        count = len(changes)
         try:
             with self._span("store", count):
-                version = await self._backend.record_catalog_changes(
-                    [change for change, _ in prepared.changes]
-                )
+                version = await self._backend.record_catalog_changes([change for change, _ in changes])
         except UnavailableError:
             self.statistics.catalog[operation, "failed"] += count
             raise
-        served.catalog.commit(prepared.versioned(version))
-        served.catalog_changed()
+        for each, ready in zip(served, prepared, strict=True):
+            each.catalog.commit(ready.versioned(version))
+            each.catalog_changed()
         self.statistics.catalog[operation, "accepted"] += count
 
     def _span(self, name: str, records: int) -> AbstractContextManager[None]:
@@ -205,7 +215,15 @@ class StateWrites:
     def _unknown_items(self, item_ids: Iterable[str]) -> list[str]:
         """Ids the served catalog does not know (none while the model loads: nothing to compare with)."""
         try:
-            catalog = self._served().catalog
+            catalog = self._served()[0].catalog
         except UnavailableError:
             return []
         return list(dict.fromkeys(item_id for item_id in item_ids if not catalog.row_of(item_id)))
+
+
+async def _prepare_all(
+    served: Sequence[ServedCatalog], changes: Sequence[tuple[CatalogChange, Version | None]]
+) -> list[PreparedChanges]:
+    """`changes` embedded for every served version, off the event loop (each by its own item tower)."""
+    loop = asyncio.get_running_loop()
+    return [await loop.run_in_executor(None, each.catalog.prepare, changes) for each in served]

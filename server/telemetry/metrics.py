@@ -24,7 +24,8 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from recserve.server.live_state import LiveState
-from recserve.server.recommender import MODEL_STATES, RecommenderService, ServiceSlot
+from recserve.server.model_control.slot import MODEL_STATES, ServiceSlot
+from recserve.server.recommender import RecommenderService
 from recserve.server.statistics import BatchStatistics, RpcStatistics
 from recserve.server.telemetry.buckets import prometheus_buckets
 from recserve.server.telemetry.state_metrics import state_metrics

@@ -40,6 +40,7 @@ ANY_CALL = frozenset({C.INVALID_ARGUMENT, C.RESOURCE_EXHAUSTED})
 # What else a method may answer, by its docs (README's API table, docs/live-state.md,
 # docs/inference-protocol.md "Errors", the health protocol); the rest answer OK or ANY_CALL.
 DOCUMENTED: dict[str, frozenset[grpc.StatusCode]] = {
+    "/recserve.v1.Recommender/Recommend": frozenset({C.OK, C.NOT_FOUND}),  # a model_version not served
     "/recserve.v1.Recommender/Score": frozenset({C.OK, C.NOT_FOUND}),
     "/recserve.v1.Recommender/SimilarItems": frozenset({C.OK, C.NOT_FOUND}),
     "/recserve.v1.Catalog/GetItem": frozenset({C.OK, C.NOT_FOUND}),
@@ -49,6 +50,9 @@ DOCUMENTED: dict[str, frozenset[grpc.StatusCode]] = {
     "/inference.GRPCInferenceService/ModelConfig": frozenset({C.OK, C.NOT_FOUND}),
     "/inference.GRPCInferenceService/ModelStatistics": frozenset({C.OK, C.NOT_FOUND}),
     "/grpc.health.v1.Health/Check": frozenset({C.OK, C.NOT_FOUND}),  # a service the server does not serve
+    # Model control is off unless model_control_mode is explicit (docs/model-control.md).
+    "/inference.GRPCInferenceService/RepositoryModelLoad": frozenset({C.PERMISSION_DENIED}),
+    "/inference.GRPCInferenceService/RepositoryModelUnload": frozenset({C.PERMISSION_DENIED}),
 }
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecserve/v1/recommender.proto\x12\x0brecserve.v1\"\xa9\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0frecent_item_ids\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x1c\n\x14include_recent_items\x18\x05 \x01(\x08\x12\x10\n\x08priority\x18\x06 \x01(\r\x12\x16\n\x0eignore_history\x18\x07 \x01(\x08\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x80\x01\n\x11RecommendResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x18\n\x10unknown_item_ids\x18\x04 \x03(\t\"t\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0frecent_item_ids\x18\x02 \x03(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12\x10\n\x08priority\x18\x04 \x01(\r\x12\x16\n\x0eignore_history\x18\x05 \x01(\x08\"d\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x18\n\x10unknown_item_ids\x18\x04 \x03(\t\"1\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\"U\n\x14SimilarItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"h\n\tIndexInfo\x12\x0f\n\x07library\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x0f\n\x07n_trees\x18\x03 \x01(\x05\x12\x10\n\x08search_k\x18\x04 \x01(\x05\x12\x17\n\x0f\x63\x61ndidate_count\x18\x05 \x01(\x05\"\xf4\x02\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rembedding_dim\x18\x03 \x01(\x05\x12\x11\n\tnum_users\x18\x04 \x01(\x03\x12\x11\n\tnum_items\x18\x05 \x01(\x03\x12%\n\x05index\x18\x06 \x01(\x0b\x32\x16.recserve.v1.IndexInfo\x12\x11\n\tdefault_k\x18\x07 \x01(\x05\x12\r\n\x05max_k\x18\x08 \x01(\x05\x12\x17\n\x0fmax_score_items\x18\t \x01(\x05\x12\x18\n\x10max_recent_items\x18\n \x01(\x05\x12\x45\n\nevaluation\x18\x0b \x03(\x0b\x32\x31.recserve.v1.GetModelInfoResponse.EvaluationEntry\x1a\x31\n\x0f\x45valuationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1b\n\x19GetModelStatisticsRequest\"n\n\x0fStageStatistics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x65xecution_count\x18\x02 \x01(\x04\x12\x17\n\x0finference_count\x18\x03 \x01(\x04\x12\x1b\n\x13\x63ompute_duration_us\x18\x04 \x01(\x04\"\x96\x04\n\x1aGetModelStatisticsResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x17\n\x0finference_count\x18\x03 \x01(\x04\x12\x17\n\x0f\x65xecution_count\x18\x04 \x01(\x04\x12\x15\n\rsuccess_count\x18\x05 \x01(\x04\x12\x15\n\rfailure_count\x18\x06 \x01(\x04\x12\x16\n\x0erejected_count\x18\x07 \x01(\x04\x12\x15\n\rexpired_count\x18\x08 \x01(\x04\x12\x17\n\x0f\x63\x61ncelled_count\x18\t \x01(\x04\x12\x19\n\x11queue_duration_us\x18\n \x01(\x04\x12\x1b\n\x13\x63ompute_duration_us\x18\x0b \x01(\x04\x12W\n\x11\x62\x61tch_size_counts\x18\x0c \x03(\x0b\x32<.recserve.v1.GetModelStatisticsResponse.BatchSizeCountsEntry\x12,\n\x06stages\x18\r \x03(\x0b\x32\x1c.recserve.v1.StageStatistics\x12\x13\n\x0bqueue_depth\x18\x0e \x01(\r\x12\x19\n\x11\x62\x61tches_in_flight\x18\x0f \x01(\r\x1a\x36\n\x14\x42\x61tchSizeCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xaa\x03\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.recserve.v1.RecommendRequest\x1a\x1e.recserve.v1.RecommendResponse\x12>\n\x05Score\x12\x19.recserve.v1.ScoreRequest\x1a\x1a.recserve.v1.ScoreResponse\x12S\n\x0cSimilarItems\x12 .recserve.v1.SimilarItemsRequest\x1a!.recserve.v1.SimilarItemsResponse\x12S\n\x0cGetModelInfo\x12 .recserve.v1.GetModelInfoRequest\x1a!.recserve.v1.GetModelInfoResponse\x12\x65\n\x12GetModelStatistics\x12&.recserve.v1.GetModelStatisticsRequest\x1a\'.recserve.v1.GetModelStatisticsResponseB\x12\n\x0eio.recserve.v1P\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecserve/v1/recommender.proto\x12\x0brecserve.v1\"\xc0\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0frecent_item_ids\x18\x02 \x03(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x18\n\x10\x65xclude_item_ids\x18\x04 \x03(\t\x12\x1c\n\x14include_recent_items\x18\x05 \x01(\x08\x12\x10\n\x08priority\x18\x06 \x01(\r\x12\x16\n\x0eignore_history\x18\x07 \x01(\x08\x12\x15\n\rmodel_version\x18\x08 \x01(\t\",\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x80\x01\n\x11RecommendResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x18\n\x10unknown_item_ids\x18\x04 \x03(\t\"\x8b\x01\n\x0cScoreRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x17\n\x0frecent_item_ids\x18\x02 \x03(\t\x12\x10\n\x08item_ids\x18\x03 \x03(\t\x12\x10\n\x08priority\x18\x04 \x01(\r\x12\x16\n\x0eignore_history\x18\x05 \x01(\x08\x12\x15\n\rmodel_version\x18\x06 \x01(\t\"d\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x12\n\ncold_start\x18\x03 \x01(\x08\x12\x18\n\x10unknown_item_ids\x18\x04 \x03(\t\"1\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\"U\n\x14SimilarItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.recserve.v1.ScoredItem\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x15\n\x13GetModelInfoRequest\"h\n\tIndexInfo\x12\x0f\n\x07library\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x0f\n\x07n_trees\x18\x03 \x01(\x05\x12\x10\n\x08search_k\x18\x04 \x01(\x05\x12\x17\n\x0f\x63\x61ndidate_count\x18\x05 \x01(\x05\"\xf4\x02\n\x14GetModelInfoResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rembedding_dim\x18\x03 \x01(\x05\x12\x11\n\tnum_users\x18\x04 \x01(\x03\x12\x11\n\tnum_items\x18\x05 \x01(\x03\x12%\n\x05index\x18\x06 \x01(\x0b\x32\x16.recserve.v1.IndexInfo\x12\x11\n\tdefault_k\x18\x07 \x01(\x05\x12\r\n\x05max_k\x18\x08 \x01(\x05\x12\x17\n\x0fmax_score_items\x18\t \x01(\x05\x12\x18\n\x10max_recent_items\x18\n \x01(\x05\x12\x45\n\nevaluation\x18\x0b \x03(\x0b\x32\x31.recserve.v1.GetModelInfoResponse.EvaluationEntry\x1a\x31\n\x0f\x45valuationEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x1b\n\x19GetModelStatisticsRequest\"n\n\x0fStageStatistics\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x17\n\x0f\x65xecution_count\x18\x02 \x01(\x04\x12\x17\n\x0finference_count\x18\x03 \x01(\x04\x12\x1b\n\x13\x63ompute_duration_us\x18\x04 \x01(\x04\"\x96\x04\n\x1aGetModelStatisticsResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x17\n\x0finference_count\x18\x03 \x01(\x04\x12\x17\n\x0f\x65xecution_count\x18\x04 \x01(\x04\x12\x15\n\rsuccess_count\x18\x05 \x01(\x04\x12\x15\n\rfailure_count\x18\x06 \x01(\x04\x12\x16\n\x0erejected_count\x18\x07 \x01(\x04\x12\x15\n\rexpired_count\x18\x08 \x01(\x04\x12\x17\n\x0f\x63\x61ncelled_count\x18\t \x01(\x04\x12\x19\n\x11queue_duration_us\x18\n \x01(\x04\x12\x1b\n\x13\x63ompute_duration_us\x18\x0b \x01(\x04\x12W\n\x11\x62\x61tch_size_counts\x18\x0c \x03(\x0b\x32<.recserve.v1.GetModelStatisticsResponse.BatchSizeCountsEntry\x12,\n\x06stages\x18\r \x03(\x0b\x32\x1c.recserve.v1.StageStatistics\x12\x13\n\x0bqueue_depth\x18\x0e \x01(\r\x12\x19\n\x11\x62\x61tches_in_flight\x18\x0f \x01(\r\x1a\x36\n\x14\x42\x61tchSizeCountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\r\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x32\xaa\x03\n\x0bRecommender\x12J\n\tRecommend\x12\x1d.recserve.v1.RecommendRequest\x1a\x1e.recserve.v1.RecommendResponse\x12>\n\x05Score\x12\x19.recserve.v1.ScoreRequest\x1a\x1a.recserve.v1.ScoreResponse\x12S\n\x0cSimilarItems\x12 .recserve.v1.SimilarItemsRequest\x1a!.recserve.v1.SimilarItemsResponse\x12S\n\x0cGetModelInfo\x12 .recserve.v1.GetModelInfoRequest\x1a!.recserve.v1.GetModelInfoResponse\x12\x65\n\x12GetModelStatistics\x12&.recserve.v1.GetModelStatisticsRequest\x1a\'.recserve.v1.GetModelStatisticsResponseB\x12\n\x0eio.recserve.v1P\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,35 +37,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELSTATISTICSRESPONSE_BATCHSIZECOUNTSENTRY']._loaded_options = None
   _globals['_GETMODELSTATISTICSRESPONSE_BATCHSIZECOUNTSENTRY']._serialized_options = b'8\001'
   _globals['_RECOMMENDREQUEST']._serialized_start=47
-  _globals['_RECOMMENDREQUEST']._serialized_end=216
-  _globals['_SCOREDITEM']._serialized_start=218
-  _globals['_SCOREDITEM']._serialized_end=262
-  _globals['_RECOMMENDRESPONSE']._serialized_start=265
-  _globals['_RECOMMENDRESPONSE']._serialized_end=393
-  _globals['_SCOREREQUEST']._serialized_start=395
-  _globals['_SCOREREQUEST']._serialized_end=511
-  _globals['_SCORERESPONSE']._serialized_start=513
-  _globals['_SCORERESPONSE']._serialized_end=613
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=615
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=664
-  _globals['_SIMILARITEMSRESPONSE']._serialized_start=666
-  _globals['_SIMILARITEMSRESPONSE']._serialized_end=751
-  _globals['_GETMODELINFOREQUEST']._serialized_start=753
-  _globals['_GETMODELINFOREQUEST']._serialized_end=774
-  _globals['_INDEXINFO']._serialized_start=776
-  _globals['_INDEXINFO']._serialized_end=880
-  _globals['_GETMODELINFORESPONSE']._serialized_start=883
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1255
-  _globals['_GETMODELINFORESPONSE_EVALUATIONENTRY']._serialized_start=1206
-  _globals['_GETMODELINFORESPONSE_EVALUATIONENTRY']._serialized_end=1255
-  _globals['_GETMODELSTATISTICSREQUEST']._serialized_start=1257
-  _globals['_GETMODELSTATISTICSREQUEST']._serialized_end=1284
-  _globals['_STAGESTATISTICS']._serialized_start=1286
-  _globals['_STAGESTATISTICS']._serialized_end=1396
-  _globals['_GETMODELSTATISTICSRESPONSE']._serialized_start=1399
-  _globals['_GETMODELSTATISTICSRESPONSE']._serialized_end=1933
-  _globals['_GETMODELSTATISTICSRESPONSE_BATCHSIZECOUNTSENTRY']._serialized_start=1879
-  _globals['_GETMODELSTATISTICSRESPONSE_BATCHSIZECOUNTSENTRY']._serialized_end=1933
-  _globals['_RECOMMENDER']._serialized_start=1936
-  _globals['_RECOMMENDER']._serialized_end=2362
+  _globals['_RECOMMENDREQUEST']._serialized_end=239
+  _globals['_SCOREDITEM']._serialized_start=241
+  _globals['_SCOREDITEM']._serialized_end=285
+  _globals['_RECOMMENDRESPONSE']._serialized_start=288
+  _globals['_RECOMMENDRESPONSE']._serialized_end=416
+  _globals['_SCOREREQUEST']._serialized_start=419
+  _globals['_SCOREREQUEST']._serialized_end=558
+  _globals['_SCORERESPONSE']._serialized_start=560
+  _globals['_SCORERESPONSE']._serialized_end=660
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=662
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=711
+  _globals['_SIMILARITEMSRESPONSE']._serialized_start=713
+  _globals['_SIMILARITEMSRESPONSE']._serialized_end=798
+  _globals['_GETMODELINFOREQUEST']._serialized_start=800
+  _globals['_GETMODELINFOREQUEST']._serialized_end=821
+  _globals['_INDEXINFO']._serialized_start=823
+  _globals['_INDEXINFO']._serialized_end=927
+  _globals['_GETMODELINFORESPONSE']._serialized_start=930
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1302
+  _globals['_GETMODELINFORESPONSE_EVALUATIONENTRY']._serialized_start=1253
+  _globals['_GETMODELINFORESPONSE_EVALUATIONENTRY']._serialized_end=1302
+  _globals['_GETMODELSTATISTICSREQUEST']._serialized_start=1304
+  _globals['_GETMODELSTATISTICSREQUEST']._serialized_end=1331
+  _globals['_STAGESTATISTICS']._serialized_start=1333
+  _globals['_STAGESTATISTICS']._serialized_end=1443
+  _globals['_GETMODELSTATISTICSRESPONSE']._serialized_start=1446
+  _globals['_GETMODELSTATISTICSRESPONSE']._serialized_end=1980
+  _globals['_GETMODELSTATISTICSRESPONSE_BATCHSIZECOUNTSENTRY']._serialized_start=1926
+  _globals['_GETMODELSTATISTICSRESPONSE_BATCHSIZECOUNTSENTRY']._serialized_end=1980
+  _globals['_RECOMMENDER']._serialized_start=1983
+  _globals['_RECOMMENDER']._serialized_end=2409
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "recent_item_ids", "k", "exclude_item_ids", "include_recent_items", "priority", "ignore_history")
+    __slots__ = ("user_id", "recent_item_ids", "k", "exclude_item_ids", "include_recent_items", "priority", "ignore_history", "model_version")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     RECENT_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
@@ -15,6 +15,7 @@ class RecommendRequest(_message.Message):
     INCLUDE_RECENT_ITEMS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     IGNORE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     recent_item_ids: _containers.RepeatedScalarFieldContainer[str]
     k: int
@@ -22,7 +23,8 @@ class RecommendRequest(_message.Message):
     include_recent_items: bool
     priority: int
     ignore_history: bool
-    def __init__(self, user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_recent_items: _Optional[bool] = ..., priority: _Optional[int] = ..., ignore_history: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., k: _Optional[int] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., include_recent_items: _Optional[bool] = ..., priority: _Optional[int] = ..., ignore_history: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
     __slots__ = ("item_id", "score")
@@ -45,18 +47,20 @@ class RecommendResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ..., model_version: _Optional[str] = ..., cold_start: _Optional[bool] = ..., unknown_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("user_id", "recent_item_ids", "item_ids", "priority", "ignore_history")
+    __slots__ = ("user_id", "recent_item_ids", "item_ids", "priority", "ignore_history", "model_version")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     RECENT_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     IGNORE_HISTORY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     recent_item_ids: _containers.RepeatedScalarFieldContainer[str]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     priority: int
     ignore_history: bool
-    def __init__(self, user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., item_ids: _Optional[_Iterable[str]] = ..., priority: _Optional[int] = ..., ignore_history: _Optional[bool] = ...) -> None: ...
+    model_version: str
+    def __init__(self, user_id: _Optional[str] = ..., recent_item_ids: _Optional[_Iterable[str]] = ..., item_ids: _Optional[_Iterable[str]] = ..., priority: _Optional[int] = ..., ignore_history: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("scores", "model_version", "cold_start", "unknown_item_ids")
