@@ -195,11 +195,16 @@ class RecommenderClient(_ClientBase, LiveStateCalls):
         timeout_s: float | None = None,
         priority: int = 0,
         ignore_history: bool = False,
+        model_version: str = "",
     ) -> Recommendation:
-        """Top-k items for the user (k=0: the server default); see RecommendRequest in the API."""
+        """Top-k items for the user (k=0: the server default); see RecommendRequest in the API.
+
+        `model_version` "" is the server's default version; one it does not serve is NOT_FOUND.
+        """
         request = _recommend_request(
             user_id, k, recent_item_ids, exclude_item_ids, include_recent_items, priority, ignore_history
         )
+        request.model_version = model_version
         return Recommendation.from_proto(self._stub.Recommend(request, **self._call_options(timeout_s)))
 
     def score(
@@ -210,9 +215,11 @@ class RecommenderClient(_ClientBase, LiveStateCalls):
         timeout_s: float | None = None,
         priority: int = 0,
         ignore_history: bool = False,
+        model_version: str = "",
     ) -> ScoreResult:
-        """P(like) for each item, in order. An unknown item id is NOT_FOUND."""
+        """P(like) for each item, in order. Unknown items are NOT_FOUND; `model_version` as in recommend."""
         request = _score_request(user_id, item_ids, recent_item_ids, priority, ignore_history)
+        request.model_version = model_version
         return ScoreResult.from_proto(self._stub.Score(request, **self._call_options(timeout_s)))
 
     def similar_items(self, item_id: str, k: int = 0, timeout_s: float | None = None) -> SimilarItems:
@@ -331,11 +338,16 @@ class AsyncRecommenderClient(_ClientBase, AsyncLiveStateCalls):
         timeout_s: float | None = None,
         priority: int = 0,
         ignore_history: bool = False,
+        model_version: str = "",
     ) -> Recommendation:
-        """Top-k items for the user (k=0: the server default); see RecommendRequest in the API."""
+        """Top-k items for the user (k=0: the server default); see RecommendRequest in the API.
+
+        `model_version` "" is the server's default version; one it does not serve is NOT_FOUND.
+        """
         request = _recommend_request(
             user_id, k, recent_item_ids, exclude_item_ids, include_recent_items, priority, ignore_history
         )
+        request.model_version = model_version
         return Recommendation.from_proto(await self._stub.Recommend(request, **self._call_options(timeout_s)))
 
     async def score(
@@ -346,9 +358,11 @@ class AsyncRecommenderClient(_ClientBase, AsyncLiveStateCalls):
         timeout_s: float | None = None,
         priority: int = 0,
         ignore_history: bool = False,
+        model_version: str = "",
     ) -> ScoreResult:
-        """P(like) for each item, in order. An unknown item id is NOT_FOUND."""
+        """P(like) for each item, in order. Unknown items are NOT_FOUND; `model_version` as in recommend."""
         request = _score_request(user_id, item_ids, recent_item_ids, priority, ignore_history)
+        request.model_version = model_version
         return ScoreResult.from_proto(await self._stub.Score(request, **self._call_options(timeout_s)))
 
     async def similar_items(self, item_id: str, k: int = 0, timeout_s: float | None = None) -> SimilarItems:

@@ -15,6 +15,7 @@ import grpc
 import pytest
 import yaml
 
+from recserve.client import RecommenderClient
 from recserve.inference import grpc_service_pb2 as kpb
 from recserve.inference import grpc_service_pb2_grpc as kpb_grpc
 from recserve.server.manifest import write_manifest
@@ -222,6 +223,13 @@ def test_a_pinned_request_gets_its_version_and_an_unknown_one_is_not_found(
                 stub.Recommend(pb.RecommendRequest(user_id="user-1", model_version="9"), timeout=30)
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND
         assert "served versions: 1, 2" in unknown.value.details()
+        with RecommenderClient(server.address, timeout_s=30) as client:
+            assert client.recommend("user-1", k=3, model_version="1").model_version == "1"
+            assert client.score("user-1", ["item-1"], model_version="1").model_version == "1"
+            assert [row.state for row in client.model_versions() if row.model_name == "recommender"] == [
+                "READY",
+                "READY",
+            ]
         triton = grpcclient.InferenceServerClient(server.address)
         assert triton.is_model_ready("recommender", "1") and triton.is_model_ready("recommender", "2")
         assert not triton.is_model_ready("recommender", "9")
