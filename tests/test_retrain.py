@@ -316,6 +316,25 @@ def test_drift_reuses_the_demo_topics(config: DemoConfig, feedback: DriftedFeedb
     assert all(2 <= len(upsert.tags) <= 3 for upsert in feedback.upserts)
 
 
+def test_mixed_themes_bring_together_items_of_several_topics(repository: Path, config: DemoConfig) -> None:
+    base = load_training_data(repository / MODEL / "1").interactions
+    topic, _ = demo_item_structure(config)
+    row_of_item = {item_id: row for row, item_id in enumerate(base.item_ids)}
+
+    def topics_per_user(mixed_topics: int) -> float:
+        drift = DriftSettings(
+            users=50, new_users=0, new_items=0, themes_per_user=1, mixed_topics=mixed_topics
+        )
+        by_user: dict[str, set[int]] = {}
+        for event in drifted_feedback(base, config, drift).events:
+            if event.type.is_positive:
+                by_user.setdefault(event.user_id, set()).add(int(topic[row_of_item[event.item_id]]))
+        return float(np.mean([len(topics) for topics in by_user.values()]))
+
+    assert topics_per_user(1) == 1.0  # one theme each: one demo topic
+    assert topics_per_user(3) > 2.0
+
+
 # The retrained version ------------------------------------------------------------------------------
 
 

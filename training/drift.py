@@ -1,11 +1,13 @@
-"""Drifted feedback on the demo data: tastes that moved to trending topics, as the events a server records.
+"""Drifted feedback on the demo data: tastes that moved to trending themes, as the events a server records.
 
 The demo data (`demo_data.generate_demo`) gives each item a topic and a Zipf popularity, drawn first from
-the config's seed; `demo_item_structure` draws the same two again. Drift then picks a few trending
-topics, publishes new items in them (with their topic's most common tags, as an upsert would carry
-them), deletes some items, and gives a sample of the users, and some new ones, sessions of events on the
-trending topics only: items they never had, the new ones among them. A version trained before the drift
-has never seen these tastes; what it can use is the context of the latest events.
+the config's seed; `demo_item_structure` draws the same two again. Drift picks a few trending themes, each
+one of the demo's topics (`mixed_topics` 1: the users' preferred topics shift) or a share of the items of
+several (items the base data never had together: new associations), publishes new items in them (with
+their topic's most common tags, as an upsert would carry them), deletes some items, and gives a sample of
+the users, and some new ones, sessions of events on the trending themes only: items they never had, the
+new ones among them. A version trained before the drift has never seen these tastes; what it can use is
+the context of the latest events.
 """
 
 from __future__ import annotations
@@ -33,10 +35,11 @@ class DriftSettings:
     users: int = 2000  # known users whose tastes move
     new_users: int = 200
     events_per_user: float = 12.0
-    trending_share: float = 0.1  # share of the topics that trend
-    topics_per_user: int = 2
+    trending_share: float = 0.1  # trending themes, as a share of the demo's topics
+    mixed_topics: int = 1  # topics a theme draws its items from (a 1/mixed_topics share of each)
+    themes_per_user: int = 2
     new_items: int = 200
-    new_item_weight: float = 0.5  # a new item's popularity, relative to its topic's most popular item
+    new_item_share: float = 0.2  # of the events on a theme with new items, the share on them
     deleted_items: int = 100
     session_length: float = 6.0
     dislike_share: float = 0.05  # per user, a DISLIKE of one of their earlier items
@@ -71,52 +74,67 @@ def drifted_feedback(base: Interactions, config: DemoConfig, drift: DriftSetting
     rng = np.random.default_rng(drift.seed)
     topic, weight = demo_item_structure(config)
     num_topics = int(topic.max()) + 1
-    trending = rng.choice(num_topics, size=max(1, round(drift.trending_share * num_topics)), replace=False)
-    new_topic = rng.choice(trending, size=drift.new_items)
-    upserts = _new_items(rng, new_topic, topic, base.item_tags)
+    themes = _themes(rng, topic, max(1, round(drift.trending_share * num_topics)), drift.mixed_topics)
+    new_theme = rng.integers(len(themes), size=drift.new_items)
+    upserts = _new_items(rng, [themes[n] for n in new_theme], topic, base.item_tags)
     deleted = rng.choice(base.num_items, size=min(drift.deleted_items, base.num_items - 1), replace=False)
     live = np.ones(base.num_items, dtype=bool)
     live[deleted] = False
-    pools = _Pools(trending, topic, weight * live, base.item_ids, new_topic, drift.new_item_weight)
+    pools = _Pools(themes, weight * live, base.item_ids, new_theme, drift.new_item_share)
     users = [base.user_ids[row] for row in rng.choice(base.num_users, size=drift.users, replace=False)]
     users += [f"drift-user-{n}" for n in range(1, drift.new_users + 1)]
     seen = _items_by_user(base)
     start_s = int(base.timestamps.max(initial=0)) + DAY_S
     events: list[UserEvent] = []
     for user_id in users:
-        tastes = rng.choice(trending, size=min(drift.topics_per_user, trending.size), replace=False)
+        tastes = rng.choice(len(themes), size=min(drift.themes_per_user, len(themes)), replace=False)
         events += _user_events(rng, user_id, tastes, pools, seen.get(user_id, ()), start_s, drift)
     deletes = tuple(ItemDelete(base.item_ids[row]) for row in deleted)
     return DriftedFeedback(tuple(upserts), deletes, tuple(events))
 
 
+def _themes(rng: np.random.Generator, topic: np.ndarray, count: int, mixed_topics: int) -> list[np.ndarray]:
+    """`count` themes (item rows), each a random 1/mixed_topics of the items of `mixed_topics` topics."""
+    num_topics = int(topic.max()) + 1
+    wanted = count * mixed_topics
+    sources = rng.choice(num_topics, size=wanted, replace=wanted > num_topics).reshape(count, mixed_topics)
+    themes = []
+    for chosen in sources:
+        parts = []
+        for value in chosen:
+            rows = rng.permutation(np.flatnonzero(topic == value))
+            parts.append(rows[: max(1, round(rows.size / mixed_topics))])
+        themes.append(np.sort(np.concatenate(parts)))
+    return themes
+
+
 class _Pools:
-    """Per trending topic, the items an event may pick: its live base items and new items, by popularity."""
+    """Per theme, the items an event may pick: its live base items by popularity, and its new items."""
 
     def __init__(
         self,
-        trending: np.ndarray,
-        topic: np.ndarray,
+        themes: list[np.ndarray],
         weight: np.ndarray,
         item_ids: tuple[str, ...],
-        new_topic: np.ndarray,
-        new_item_weight: float,
+        new_theme: np.ndarray,
+        new_item_share: float,
     ) -> None:
-        """`weight` is 0 for a deleted item; new item `n` (`new-item-<n + 1>`) is of `new_topic[n]`."""
-        self._ids: dict[int, list[str]] = {}
-        self._p: dict[int, np.ndarray] = {}
-        for value in trending.tolist():
-            rows = np.flatnonzero((topic == value) & (weight > 0))
-            fresh = np.flatnonzero(new_topic == value)
-            top = weight[rows].max(initial=1.0)
-            weights = np.concatenate([weight[rows], np.full(fresh.size, new_item_weight * top)])
-            self._ids[value] = [item_ids[row] for row in rows] + [_new_item_id(n) for n in fresh]
-            self._p[value] = weights / weights.sum()
+        """`weight` is 0 for a deleted item; new item `n` (`new-item-<n + 1>`) is of theme `new_theme[n]`."""
+        self._share = new_item_share
+        self._base: list[tuple[list[str], np.ndarray]] = []
+        self._new: list[list[str]] = []
+        for number, rows in enumerate(themes):
+            rows = rows[weight[rows] > 0]
+            self._base.append(([item_ids[row] for row in rows], weight[rows] / weight[rows].sum()))
+            self._new.append([_new_item_id(n) for n in np.flatnonzero(new_theme == number)])
 
-    def draw(self, rng: np.random.Generator, topic: int) -> str:
-        """One item of `topic`, by popularity."""
-        ids = self._ids[topic]
-        return ids[int(rng.choice(len(ids), p=self._p[topic]))]
+    def draw(self, rng: np.random.Generator, theme: int) -> str:
+        """One item of `theme`: a new one (uniformly) at the new-item share, else a base one by popularity."""
+        fresh = self._new[theme]
+        if fresh and rng.random() < self._share:
+            return fresh[int(rng.integers(len(fresh)))]
+        ids, p = self._base[theme]
+        return ids[int(rng.choice(len(ids), p=p))]
 
 
 def _new_item_id(number: int) -> str:
@@ -125,19 +143,22 @@ def _new_item_id(number: int) -> str:
 
 
 def _new_items(
-    rng: np.random.Generator, new_topic: np.ndarray, topic: np.ndarray, item_tags: tuple[tuple[str, ...], ...]
+    rng: np.random.Generator,
+    themes: list[np.ndarray],
+    topic: np.ndarray,
+    item_tags: tuple[tuple[str, ...], ...],
 ) -> list[ItemUpsert]:
-    """New items, each with 2-3 of its topic's three most common tags (its signature, mostly)."""
+    """A new item per theme given: 2-3 of the three most common tags of one of the theme's topics."""
     signatures: dict[int, list[str]] = {}
-    for value in np.unique(new_topic):
-        counts = Counter(tag for row in np.flatnonzero(topic == value) for tag in item_tags[row])
-        signatures[int(value)] = [tag for tag, _ in counts.most_common(3)]
     upserts = []
-    for number, value in enumerate(new_topic):
-        signature = signatures[int(value)]
+    for number, rows in enumerate(themes):
+        value = int(topic[rows[int(rng.integers(rows.size))]])
+        if value not in signatures:
+            counts = Counter(tag for row in np.flatnonzero(topic == value) for tag in item_tags[row])
+            signatures[value] = [tag for tag, _ in counts.most_common(3)]
+        signature = signatures[value]
         size = min(len(signature), int(rng.integers(2, 4)))
-        tags = tuple(rng.permutation(signature)[:size].tolist())
-        upserts.append(ItemUpsert(_new_item_id(number), tags))
+        upserts.append(ItemUpsert(_new_item_id(number), tuple(rng.permutation(signature)[:size].tolist())))
     return upserts
 
 
@@ -159,20 +180,20 @@ def _user_events(
     start_s: int,
     drift: DriftSettings,
 ) -> list[UserEvent]:
-    """Sessions on the user's new tastes, on items they never had; perhaps a DISLIKE of an old one."""
+    """Sessions on the user's themes, on items they never had; perhaps a DISLIKE of an old one."""
     count = MIN_EVENTS + int(rng.geometric(1.0 / max(1.0, drift.events_per_user - MIN_EVENTS)))
     time_s = start_s + int(rng.integers(0, 7 * DAY_S))
     taken = set(seen)
     events = []
-    session_topic = int(rng.choice(tastes))
+    session_theme = int(rng.choice(tastes))
     for _ in range(count):
-        item_id = pools.draw(rng, session_topic)
+        item_id = pools.draw(rng, session_theme)
         if item_id not in taken:
             taken.add(item_id)
             kind = POSITIVE_TYPES[int(rng.choice(len(POSITIVE_TYPES), p=POSITIVE_P))]
             events.append(UserEvent(user_id, item_id, kind, time_s * 1000))
         if rng.random() < 1.0 / drift.session_length:
-            session_topic = int(rng.choice(tastes))
+            session_theme = int(rng.choice(tastes))
             time_s += int(rng.exponential(DAY_S)) + 1
         else:
             time_s += int(rng.exponential(180)) + 1
