@@ -8,6 +8,7 @@ calls already sent must all succeed. Calls sent after the drain are refused with
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import subprocess
 import time
@@ -85,3 +86,24 @@ def test_calls_after_shutdown_are_refused_with_unavailable(model_repository: Pat
             with pytest.raises(grpc.RpcError) as caught:
                 client.recommend("user-3", timeout_s=5)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_sigterm_while_a_version_loads_stops_cleanly(
+    model_repository: Path, version_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "models" / "recommender"
+    model_dir.mkdir(parents=True)
+    shutil.copy(version_dir.parent / "config.yaml", model_dir / "config.yaml")
+    (model_dir / "1").symlink_to(version_dir.resolve(), target_is_directory=True)
+    poll = {"RECSERVE_MODEL_CONTROL_MODE": "poll", "RECSERVE_REPOSITORY_POLL_SECONDS": "0.1"}
+    with ServerProcess(model_dir.parent, tmp_path / "server.log", **poll) as server:
+        (model_dir / "2").symlink_to(version_dir.resolve(), target_is_directory=True)
+        deadline = time.monotonic() + 60
+        while "version 2 loading" not in server.log.read_text():
+            assert time.monotonic() < deadline, server.log.read_text()
+            time.sleep(0.01)
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0, server.log.read_text()
+    log = server.log.read_text()
+    assert "stopped" in log
+    assert "Traceback" not in log, log

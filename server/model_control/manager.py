@@ -167,6 +167,7 @@ class ModelManager:
     async def _load(self, version: str) -> None:
         started = time.perf_counter()
         self._loading.add(version)
+        logger.info("model %s version %s loading", self.model_dir.name, version)
         service: RecommenderService | None = None
         try:
             service = await self._prepare(version)
