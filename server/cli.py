@@ -1,4 +1,4 @@
-"""The `recserve` command: `serve`, `build-demo`, and the client commands from `recserve.client.cli`.
+"""The `recserve` command: `serve`, `build-demo`, `retrain`, and the client commands of `recserve.client.cli`.
 
 Heavy imports (TensorFlow, numpy) happen inside the commands that need them, so client commands start fast.
 """
@@ -27,6 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_serve(commands)
     _add_build_demo(commands)
+    _add_retrain(commands)
     _add_token(commands)
     add_client_commands(commands)
     return parser
@@ -127,6 +128,29 @@ def _add_build_demo(commands: argparse._SubParsersAction) -> None:
     build.add_argument("--seed", type=int, help="random seed")
     build.add_argument("--no-progress", action="store_true", help="log stages instead of a progress display")
     build.set_defaults(func=_build_demo)
+
+
+def _add_retrain(commands: argparse._SubParsersAction) -> None:
+    retrain = commands.add_parser(
+        "retrain",
+        help="train the next version from the newest one's data plus the server's recorded events",
+        description="Train version N+1 of the model from version N's training data and what the server "
+        "recorded since (events, upserted and deleted items), read from the state backend the server uses "
+        "(the same --config, RECSERVE_* variables and flags as `recserve serve`). evaluation.json compares "
+        "both versions on each user's most recent new interaction. See docs/retraining.md.",
+    )
+    retrain.add_argument("--config", type=Path, help="YAML file of server settings (also $RECSERVE_CONFIG)")
+    retrain.add_argument("--model-repository", type=Path, help="model repository directory (default models)")
+    retrain.add_argument("--model-name", help="model to retrain (default recommender)")
+    retrain.add_argument(
+        "--state-backend", choices=["memory", "redis"], help="where the server keeps live state"
+    )
+    retrain.add_argument("--state-dir", type=Path, help="memory backend: the server's state directory")
+    retrain.add_argument("--redis-url", help="redis backend: e.g. redis://redis:6379/0")
+    retrain.add_argument(
+        "--no-progress", action="store_true", help="log stages instead of a progress display"
+    )
+    retrain.set_defaults(func=_retrain)
 
 
 def _add_token(commands: argparse._SubParsersAction) -> None:
@@ -256,6 +280,42 @@ def _build_demo(args: argparse.Namespace) -> int:
         show_progress=not args.no_progress,
     )
     sys.stdout.write(f"built {version_dir}\n")
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    os.environ.update(QUIET_TENSORFLOW)
+    from pydantic import ValidationError
+
+    from recserve.server.settings import load_server_settings
+
+    try:
+        settings = load_server_settings(
+            args.config,
+            model_repository=args.model_repository,
+            model_name=args.model_name,
+            state={"backend": args.state_backend, "state_dir": args.state_dir, "redis_url": args.redis_url},
+        )
+    except (ValidationError, FileNotFoundError) as error:
+        sys.stderr.write(f"error: invalid settings: {' '.join(str(error).split())}\n")
+        return 2
+    _configure_logging("INFO")
+    from recserve.training.retrain import RetrainError, retrain
+
+    try:
+        result = retrain(
+            settings.model_repository, settings.model_name, settings.state, show_progress=not args.no_progress
+        )
+    except RetrainError as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 1
+    figures, previous = result.evaluation, result.previous_version
+    sys.stdout.write(
+        f"built {result.version_dir} from version {previous}: "
+        f"recall@10 {figures['recall@10']} (version {previous}: {figures['previous_recall@10']}), "
+        f"ndcg@10 {figures['ndcg@10']} (version {previous}: {figures['previous_ndcg@10']}) "
+        f"on {figures['users_evaluated']} users' most recent new interactions\n"
+    )
     return 0
 
 
