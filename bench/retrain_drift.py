@@ -24,12 +24,16 @@ from __future__ import annotations
 from common import REPO_ROOT, machine_note, write_result  # first: sets thread limits before numpy loads
 
 # isort: on
+import os
+
+# Before TensorFlow loads, as `recserve retrain` runs it (server/cli.py): oneDNN's kernels round differently,
+# which would move a few of the breakdown's near-tied rankings away from evaluation.json's.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import argparse
 import asyncio
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -52,9 +56,6 @@ from recserve.training.feedback import merge_feedback, new_cases
 from recserve.training.recorded import read_recorded_state
 from recserve.training.training_data import load_training_data
 
-# As `recserve retrain` runs TensorFlow (server/cli.py): oneDNN's kernels round differently, which would move a
-# few of the breakdown's near-tied rankings away from evaluation.json's.
-os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 MODEL = "recommender"
 CHUNK = 1000  # the server's default max_events_per_call and max_items_per_call
 
