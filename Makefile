@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # perf_analyzer (bench/perf_analyzer.py) lives in a venv of its own: bench/requirements-perf-analyzer.txt.
 PERF_VENV := .venv-perf
 
-.PHONY: help install native-deps redis-deps proto model serve test lint bench bench-live bench-perf-analyzer bench-report clean
+.PHONY: help install native-deps redis-deps proto model serve test lint bench bench-live bench-swap bench-perf-analyzer bench-report clean
 
 help:
 	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
@@ -20,6 +20,7 @@ help:
 	@echo "make lint    ruff"
 	@echo "make bench   run every benchmark (~40 min on 2 cores) and write docs/benchmarks.md"
 	@echo "make bench-live   live state only: history, ingestion, freshness, rebuild, delta (~12 min; redis-server)"
+	@echo "make bench-swap   model version swaps under load at c=64 (~1.5 min)"
 	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min; needs libb64-0d)"
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.h native/*.cc)
@@ -92,6 +93,7 @@ bench: model redis-deps
 	$(BIN)/python bench/tracing_overhead.py
 	$(BIN)/python bench/loadtest_ceiling.py | tee bench/results/loadtest_ceiling.md
 	$(BIN)/python bench/live_state.py
+	$(BIN)/python bench/model_swap.py
 	$(BIN)/python bench/report.py
 
 # The live-state benchmarks alone (they start their own redis-server); rewrites only that section of
@@ -101,6 +103,13 @@ bench-live: model redis-deps
 	mkdir -p bench/results
 	$(BIN)/python bench/live_state.py
 	$(BIN)/python bench/report.py --live-state-only
+
+# Version swaps under load alone; rewrites only that section of docs/benchmarks.md.
+bench-swap: model
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	mkdir -p bench/results
+	$(BIN)/python bench/model_swap.py
+	$(BIN)/python bench/report.py --model-swap-only
 
 $(PERF_VENV)/bin/perf_analyzer: bench/requirements-perf-analyzer.txt
 	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)

@@ -174,16 +174,23 @@ def model_ids(repository: Path) -> tuple[list[str], list[str]]:
 
 
 def start_load(
-    address: str, call: str, data_file: Path, concurrency: int, seconds: float, rps: int = 0
+    address: str,
+    call: str,
+    data_file: Path,
+    concurrency: int,
+    seconds: float,
+    rps: int = 0,
+    connections: int | None = None,
 ) -> subprocess.Popen:
     """A `recserve loadtest` run in the background (run_load is blocking and calls Recommend only): several
-    can run at once, and SIGINT ends one early with its full report, as in ghz. `rps` > 0 paces the calls."""
+    can run at once, and SIGINT ends one early with its full report, as in ghz. `rps` > 0 paces the calls;
+    `connections` defaults to min(concurrency, 4)."""
     command = [
         sys.executable, "-m", "recserve", "loadtest", "--insecure",
         "--call", call,
         "-D", str(data_file),
         "-c", str(concurrency),
-        "--connections", str(min(concurrency, 4)),
+        "--connections", str(connections or min(concurrency, 4)),
         "-z", f"{seconds}s",
         "-r", str(rps),
         "-m", json.dumps(dict(WRITER)),

@@ -2,6 +2,7 @@
 
 .venv/bin/python bench/report.py        (after `make bench`, which runs every benchmark first)
 .venv/bin/python bench/report.py --live-state-only   (after bench/live_state.py: that section alone, in place)
+.venv/bin/python bench/report.py --model-swap-only   (after bench/model_swap.py: that section alone, in place)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from common import REPO_ROOT, RESULTS  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from model_swap_report import model_swap_section  # noqa: E402
 
 DOCS = REPO_ROOT / "docs"
 PLOT = DOCS / "benchmarks.png"
@@ -619,12 +621,14 @@ def replace_section(document: str, section: list[str]) -> str:
     return "\n".join([*lines[:start], *section, *lines[end:]])
 
 
-def render_live_state_only() -> None:
-    """Re-render the live-state section in place (`make bench-live`), leaving the rest of the page alone."""
-    results = load("live_state")
+def render_only(name: str) -> None:
+    """Re-render one section in place from bench/results/<name>.json (`make bench-live`, ...), leaving the
+    rest of the page alone."""
+    results = load(name)
     if results is None:
-        raise SystemExit("no bench/results/live_state.json: run bench/live_state.py first")
-    BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), live_state_section(results)))
+        raise SystemExit(f"no bench/results/{name}.json: run bench/{name}.py first")
+    section = {"live_state": live_state_section, "model_swap": model_swap_section}[name](results)
+    BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
 
 
 def main() -> None:
@@ -637,8 +641,15 @@ def main() -> None:
         action="store_true",
         help="re-render only the live-state section, keeping the rest of docs/benchmarks.md as committed",
     )
-    if parser.parse_args().live_state_only:
-        render_live_state_only()
+    parser.add_argument(
+        "--model-swap-only",
+        action="store_true",
+        help="re-render only the model-swap section, keeping the rest of docs/benchmarks.md as committed",
+    )
+    args = parser.parse_args()
+    only = "live_state" if args.live_state_only else "model_swap" if args.model_swap_only else None
+    if only is not None:
+        render_only(only)
         return
     ceiling, load_results, sweep = (load(n) for n in ("pipeline_ceiling", "server_load", "annoy_sweep"))
     generator_path = RESULTS / "loadtest_ceiling.md"
@@ -725,6 +736,9 @@ def main() -> None:
     live_state = load("live_state")
     if live_state:
         out += live_state_section(live_state)
+    model_swap = load("model_swap")
+    if model_swap:
+        out += model_swap_section(model_swap)
     BENCHMARKS.write_text("\n".join(out))
 
 

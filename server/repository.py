@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ from recserve.server.runtime.ann_index import AnnIndex
 from recserve.server.runtime.tf_model import SignatureRunner
 
 logger = logging.getLogger(__name__)
+
+
+def _nothing() -> None:
+    """No pause between the parts of a load."""
 
 
 @dataclass(frozen=True)
@@ -110,54 +115,44 @@ def resolve_version_dir(model_dir: Path, version: str | None = None) -> Path:
     return model_dir / version
 
 
-def candidate_version_dirs(model_dir: Path, version: str | None = None) -> list[Path]:
-    """The version directories to try, best first: `version` alone when pinned, else the complete ones.
-
-    Unpinned, the complete versions come newest to oldest; the incomplete ones are logged.
-
-    Raises:
-        UnavailableError: no such complete version.
-    """
-    if version is not None:
-        return [resolve_version_dir(model_dir, version)]
-    resolve_version_dir(model_dir)  # raises when there is none
-    versions, incomplete = complete_versions(model_dir)
-    for name, reason in incomplete.items():
-        logger.warning("model version %s skipped: %s", model_dir / name, reason)
-    return [model_dir / name for name in reversed(versions)]
-
-
 def _described(reasons: dict[str, str]) -> str:
     return "; ".join(f"version {name}: {reason}" for name, reason in reasons.items())
 
 
-def load_model(version_dir: Path, search_k: int = -1) -> LoadedModel:
+def load_model(version_dir: Path, search_k: int = -1, between: Callable[[], None] = _nothing) -> LoadedModel:
     """Load one version directory (TensorFlow graphs, Annoy index, item arrays, id maps).
 
     The item tower is not on the Recommend path (the stored embeddings hold its outputs); it is loaded for
     the inference protocol's `item_tower` model. The item embeddings are read into a float32 array of
-    their own, not memory-mapped: the server gathers context and ranked items from it.
+    their own, not memory-mapped: the server gathers context and ranked items from it. `between` runs
+    after each part (a loading beside serving pauses there: `model_control.throttle`).
     """
     metadata = json.loads((version_dir / "metadata.json").read_text())
     evaluation_path = version_dir / "evaluation.json"
     evaluation = json.loads(evaluation_path.read_text()) if evaluation_path.exists() else {}
     dimension = int(metadata["embedding_dim"])
+    parts: dict[str, Any] = {}
+    for name, load in (
+        ("users", lambda: Vocabulary.from_file(version_dir / "user_ids.txt")),
+        ("items", lambda: Vocabulary.from_file(version_dir / "item_ids.txt")),
+        ("user_tower", lambda: SignatureRunner(version_dir / "user_tower")),
+        ("ranker", lambda: SignatureRunner(version_dir / "ranker")),
+        ("index", lambda: AnnIndex(version_dir / "items.ann", dimension, search_k=search_k)),
+        ("item_popularity", lambda: np.load(version_dir / "item_popularity.npy")),
+        ("item_embeddings", lambda: np.load(version_dir / "item_embeddings.npy").astype(np.float32)),
+        ("tags", lambda: Vocabulary.from_file(version_dir / "tag_ids.txt")),
+        ("item_tags", lambda: np.load(version_dir / "item_tags.npy").astype(np.int32)),
+        ("item_tower", lambda: _optional_runner(version_dir / "item_tower")),
+    ):
+        parts[name] = load()
+        between()
     return LoadedModel(
         name=str(metadata.get("name", version_dir.parent.name)),
         version=version_dir.name,
         path=version_dir,
         metadata=metadata,
         evaluation={k: float(v) for k, v in evaluation.items() if isinstance(v, (int, float))},
-        users=Vocabulary.from_file(version_dir / "user_ids.txt"),
-        items=Vocabulary.from_file(version_dir / "item_ids.txt"),
-        user_tower=SignatureRunner(version_dir / "user_tower"),
-        ranker=SignatureRunner(version_dir / "ranker"),
-        index=AnnIndex(version_dir / "items.ann", dimension, search_k=search_k),
-        item_popularity=np.load(version_dir / "item_popularity.npy"),
-        item_embeddings=np.load(version_dir / "item_embeddings.npy").astype(np.float32),
-        tags=Vocabulary.from_file(version_dir / "tag_ids.txt"),
-        item_tags=np.load(version_dir / "item_tags.npy").astype(np.int32),
-        item_tower=_optional_runner(version_dir / "item_tower"),
+        **parts,
     )
 
 
@@ -183,14 +178,16 @@ def check_consistent(model: LoadedModel) -> None:
         raise VersionRejectedError("; ".join(problems))
 
 
-def load_checked(version_dir: Path, search_k: int = -1) -> LoadedModel:
-    """`load_model`, then `check_consistent`.
+def load_checked(
+    version_dir: Path, search_k: int = -1, between: Callable[[], None] = _nothing
+) -> LoadedModel:
+    """`load_model` (`between` as there), then `check_consistent`.
 
     Raises:
         VersionRejectedError: the version does not load, or does not hang together; the message says why.
     """
     try:
-        model = load_model(version_dir, search_k)
+        model = load_model(version_dir, search_k, between)
     except Exception as error:  # noqa: BLE001 - any damage in the directory rejects the version
         raise VersionRejectedError(f"{type(error).__name__}: {error}") from error
     check_consistent(model)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 
 import numpy as np
 
@@ -42,8 +43,13 @@ def describe_batching(batching: BatchingSettings) -> str:
     )
 
 
-def warm_up(pipeline: BatchPipeline, max_batch_size: int, rounds: int) -> None:
-    """Run every power-of-two batch size up to max_batch_size so no request pays first-call costs."""
+def warm_up(
+    pipeline: BatchPipeline, max_batch_size: int, rounds: int, between: Callable[[], None] = lambda: None
+) -> None:
+    """Run every power-of-two batch size up to max_batch_size so no request pays first-call costs.
+
+    `between` runs after each batch (a version warming up beside serving pauses there).
+    """
     users = pipeline.model.users
     context = np.arange(1, min(len(pipeline.model.items), 5) + 1, dtype=np.int32)
     user = UserQuery(users.ids[0] if len(users) else "", 1 if len(users) else 0, context)
@@ -52,6 +58,7 @@ def warm_up(pipeline: BatchPipeline, max_batch_size: int, rounds: int) -> None:
         queries = [RecommendQuery(user, 10) if i % 2 == 0 else ScoreQuery(user, context) for i in range(size)]
         for _ in range(rounds):
             pipeline.run_batch(queries)
+            between()
         if size >= max_batch_size:
             break
         size = min(size * 2, max_batch_size)

@@ -307,3 +307,18 @@ def test_catalog_changes_made_before_a_swap_are_served_by_the_new_version(
         assert deleted.value.code() == grpc.StatusCode.NOT_FOUND
         scores = stub.Score(pb.ScoreRequest(user_id="user-1", item_ids=["fresh-1"]), timeout=30)
         assert scores.model_version == "2" and len(scores.scores) == 1
+
+
+def test_the_load_duty_cycle_rests_in_proportion_to_the_work() -> None:
+    from recserve.server.model_control.throttle import DutyCycle
+
+    cycle = DutyCycle(0.25, longest_pause_s=0.5)
+    started = time.perf_counter()
+    while time.perf_counter() - started < 0.04:  # a 40 ms step
+        pass
+    cycle.pause()
+    assert 0.1 <= cycle.paused_s <= 0.15  # three times the step
+    cycle.pause()  # no work since: no rest
+    assert cycle.paused_s <= 0.15
+    with pytest.raises(ValueError):
+        DutyCycle(0)

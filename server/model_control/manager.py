@@ -26,6 +26,7 @@ from opentelemetry.trace import Tracer
 
 from recserve.server.catalog.live import Version
 from recserve.server.model_control.slot import ServiceSlot
+from recserve.server.model_control.throttle import DutyCycle
 from recserve.server.recommender import RecommenderService
 from recserve.server.repository import VersionRejectedError, complete_versions, load_checked
 from recserve.server.settings import ModelConfig
@@ -36,6 +37,7 @@ from recserve.server.version_loading import warm_up
 logger = logging.getLogger(__name__)
 
 LOADER_NICENESS = 10  # a loading version's thread gets ~1/10 of a busy core against serving threads
+LOAD_SHARE = 0.25  # of the wall time a version loading beside serving ones may work (throttle.py)
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 
 Changes = list[tuple[CatalogChange, Version | None]]
@@ -199,13 +201,15 @@ class ModelManager:
         """Load, check and warm up `version` beside what serves (off the event loop, at low priority)."""
         loop = asyncio.get_running_loop()
         version_dir = self.model_dir / version
-        model = await loop.run_in_executor(
-            self._loader, load_checked, version_dir, self.config.retrieval.search_k
-        )
+        between = DutyCycle(LOAD_SHARE).pause if self.slot.served else _no_pause  # alone: full speed
+        search_k = self.config.retrieval.search_k
+        model = await loop.run_in_executor(self._loader, load_checked, version_dir, search_k, between)
         service = RecommenderService(model, self.config, self.config.batching, self._backend, self._tracer)
         try:
-            rounds, size = self._warmup_rounds, self.config.batching.max_batch_size
-            await loop.run_in_executor(self._loader, warm_up, service.pipeline, size, rounds)
+            # Beside serving, one round pays every first-call cost; more only steady the start-up timing.
+            rounds = 1 if self.slot.served else self._warmup_rounds
+            size = self.config.batching.max_batch_size
+            await loop.run_in_executor(self._loader, warm_up, service.pipeline, size, rounds, between)
         except BaseException:
             await service.close()
             raise
@@ -289,3 +293,7 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
     except OSError:
         logger.debug("cannot lower the model loader's priority")
+
+
+def _no_pause() -> None:
+    """Loading with nothing serving: no request to yield to."""
