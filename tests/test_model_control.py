@@ -322,3 +322,47 @@ def test_the_load_duty_cycle_rests_in_proportion_to_the_work() -> None:
     assert cycle.paused_s <= 0.15
     with pytest.raises(ValueError):
         DutyCycle(0)
+
+
+def test_a_retrained_version_is_picked_up_by_a_polling_server_under_load(
+    server_settings: ServerSettings, version_dir: Path, tmp_path: Path, tokens: Tokens
+) -> None:
+    """The loop closes inside recserve: feedback recorded by the server, `recserve retrain` on its state,
+    version 2 swapped in by polling while callers keep calling."""
+    import random
+    import subprocess
+    import sys
+
+    from recserve.client import Event
+
+    model_dir = model_repository(version_dir, tmp_path)
+    settings = settings_for(
+        server_settings,
+        model_dir,
+        tmp_path,
+        model_control_mode="poll",
+        events_enabled=True,
+        auth=tokens.settings(),
+    )
+    rng = random.Random(7)
+    with (
+        ServerThread(settings) as server,
+        RecommenderClient(server.address, timeout_s=30, metadata=bearer(tokens.write)) as writer,
+    ):
+        users = server.running.service.model.users.ids[:40]
+        items = server.running.service.model.items.ids
+        writer.record_events([Event(user, rng.choice(items), "CLICK") for user in users for _ in range(6)])
+        with Callers(server.address, concurrency=16) as callers:
+            retrained = subprocess.run(
+                [sys.executable, "-m", "recserve", "retrain", "--no-progress"]
+                + ["--model-repository", str(model_dir.parent), "--state-dir", str(tmp_path / "state")],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
+            assert retrained.returncode == 0, retrained.stderr[-3000:]
+            wait_for(lambda: served_version(server.address) == "2", timeout_s=120)
+            wait_for(lambda: callers.versions["2"] > 0)
+        assert callers.failures == []
+        evaluation = writer.model_info().evaluation
+        assert "previous_recall@10" in evaluation and "recall@10" in evaluation
