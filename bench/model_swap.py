@@ -2,7 +2,7 @@
 
 A `recserve serve` in poll mode (`--model-control-mode poll`, a look every 0.5 s, the default admission
 settings) serves version 1 of the demo model; `recserve loadtest` sends Recommend at c=64 over 8
-connections, closed loop, for the whole run; meanwhile versions 2 and 3 appear in the repository (the
+connections, closed loop, for the whole run; meanwhile versions 2 to 5 appear in the repository (the
 same files under new numbers, so each swap costs what a real one costs to load, check, warm up and catch
 up, from a warm page cache). Per second: OK answers, p50 and p99, failed calls; the server's RSS every
 0.2 s; each swap's duration from the server's log (loading ... serving). Steady state is the seconds
@@ -10,7 +10,7 @@ before the first swap.
 
 Results go to bench/results/model_swap.json and docs/benchmarks-model-swap.png.
 
-    flock /tmp/bench.lock .venv/bin/python bench/model_swap.py [--seconds 45]
+    flock /tmp/bench.lock .venv/bin/python bench/model_swap.py [--seconds 60]
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from overload import rss_mb
 from server_load import ServerProcess, request_data, start_server
 
 CALL = "recserve.v1.Recommender.Recommend"
-SWAPS_AT_S = (12.0, 28.0)  # seconds into the load when versions 2 and 3 appear
+SWAPS_AT_S = (12.0, 24.0, 36.0, 48.0)  # seconds into the load when versions 2, 3, ... appear
 LOG_LINE = re.compile(
     r"^(\S+ \S+) INFO recserve\.server\.model_control\.manager: model \S+ version (\d+) (\w+)"
 )
@@ -209,7 +209,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--seconds", type=float, default=45.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recserve-swap-") as directory:
         result = measure(args, Path(directory))

@@ -324,6 +324,17 @@ def test_the_load_duty_cycle_rests_in_proportion_to_the_work() -> None:
         DutyCycle(0)
 
 
+def test_the_gil_is_handed_over_sooner_only_while_a_version_loads() -> None:
+    import sys
+
+    from recserve.server.model_control.throttle import LOADING_SWITCH_INTERVAL_S, quick_gil_handoff
+
+    before = sys.getswitchinterval()
+    with quick_gil_handoff():
+        assert sys.getswitchinterval() == pytest.approx(LOADING_SWITCH_INTERVAL_S)
+    assert sys.getswitchinterval() == before
+
+
 def test_a_retrained_version_is_picked_up_by_a_polling_server_under_load(
     server_settings: ServerSettings, version_dir: Path, tmp_path: Path, tokens: Tokens
 ) -> None:

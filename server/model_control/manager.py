@@ -13,6 +13,7 @@ goes on serving.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -26,7 +27,7 @@ from opentelemetry.trace import Tracer
 
 from recserve.server.catalog.live import Version
 from recserve.server.model_control.slot import ServiceSlot
-from recserve.server.model_control.throttle import DutyCycle
+from recserve.server.model_control.throttle import DutyCycle, quick_gil_handoff
 from recserve.server.recommender import RecommenderService
 from recserve.server.repository import VersionRejectedError, complete_versions, load_checked
 from recserve.server.settings import ModelConfig
@@ -203,7 +204,8 @@ class ModelManager:
         version_dir = self.model_dir / version
         between = DutyCycle(LOAD_SHARE).pause if self.slot.served else _no_pause  # alone: full speed
         search_k = self.config.retrieval.search_k
-        model = await loop.run_in_executor(self._loader, load_checked, version_dir, search_k, between)
+        with quick_gil_handoff() if self.slot.served else contextlib.nullcontext():  # see throttle.py
+            model = await loop.run_in_executor(self._loader, load_checked, version_dir, search_k, between)
         service = RecommenderService(model, self.config, self.config.batching, self._backend, self._tracer)
         try:
             # Beside serving, one round pays every first-call cost; more only steady the start-up timing.
