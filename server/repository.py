@@ -137,7 +137,7 @@ def load_model(version_dir: Path, search_k: int = -1, between: Callable[[], None
         ("items", lambda: Vocabulary.from_file(version_dir / "item_ids.txt")),
         ("user_tower", lambda: SignatureRunner(version_dir / "user_tower")),
         ("ranker", lambda: SignatureRunner(version_dir / "ranker")),
-        ("index", lambda: AnnIndex(version_dir / "items.ann", dimension, search_k=search_k)),
+        ("index", lambda: _index(version_dir / "items.ann", dimension, search_k)),
         ("item_popularity", lambda: np.load(version_dir / "item_popularity.npy")),
         ("item_embeddings", lambda: np.load(version_dir / "item_embeddings.npy").astype(np.float32)),
         ("tags", lambda: Vocabulary.from_file(version_dir / "tag_ids.txt")),
@@ -188,10 +188,23 @@ def load_checked(
     """
     try:
         model = load_model(version_dir, search_k, between)
+    except VersionRejectedError:
+        raise
     except Exception as error:  # noqa: BLE001 - any damage in the directory rejects the version
         raise VersionRejectedError(f"{type(error).__name__}: {error}") from error
     check_consistent(model)
     return model
+
+
+def _index(path: Path, dimension: int, search_k: int) -> AnnIndex:
+    """The version's Annoy index. Raises VersionRejectedError naming the dimension it was opened with."""
+    try:
+        return AnnIndex(path, dimension, search_k=search_k)
+    except OSError as error:
+        raise VersionRejectedError(
+            f"{path.name} cannot be opened as a {dimension}-dimensional angular Annoy index (the towers' "
+            f"embedding_dim in metadata.json): {error}"
+        ) from error
 
 
 def _optional_runner(path: Path) -> SignatureRunner | None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -180,7 +183,9 @@ def test_an_incomplete_version_is_ignored_until_complete(
     wait_for(lambda: served_version(server.address) == "2")
 
 
-@pytest.mark.parametrize("damage", ["truncated SavedModel", "wrong index dimension"])
+@pytest.mark.parametrize(
+    "damage", ["truncated SavedModel", "index of another dimension", "embeddings of another dimension"]
+)
 def test_a_corrupt_version_is_rejected_with_its_reason_and_serving_goes_on(
     poll_server: tuple[ServerThread, Path], version_dir: Path, damage: str
 ) -> None:
@@ -192,12 +197,25 @@ def test_a_corrupt_version_is_rejected_with_its_reason_and_serving_goes_on(
     if damage == "truncated SavedModel":
         graph = broken / "ranker" / "saved_model.pb"
         graph.write_bytes(graph.read_bytes()[:100])
+    elif damage == "index of another dimension":
+        from annoy import AnnoyIndex
+
+        embeddings = np.load(broken / "item_embeddings.npy")
+        half = embeddings.shape[1] // 2
+        index = AnnoyIndex(half, "angular")
+        for row, vector in enumerate(embeddings[:, :half]):
+            index.add_item(row, vector.tolist())
+        index.build(4)
+        (broken / "items.ann").unlink()
+        index.save(str(broken / "items.ann"))
     else:
         embeddings = np.load(broken / "item_embeddings.npy")
         np.save(broken / "item_embeddings.npy", embeddings[:, : embeddings.shape[1] // 2])
     with Callers(server.address, concurrency=8) as callers:
         write_manifest(broken)  # a broken build, complete on disk
         wait_for(lambda: index_of(server.address)["2"][1].startswith("rejected"))
+        if damage == "index of another dimension":
+            assert "items.ann cannot be opened as a 32-dimensional" in index_of(server.address)["2"][1]
         time.sleep(3 * POLL_S)  # it is not tried again at every poll
     assert callers.failures == []
     assert served_version(server.address) == "1"
@@ -273,6 +291,22 @@ def test_explicit_mode_loads_and_unloads_through_tritonclient_with_an_admin_toke
         assert states["2"] == ("UNAVAILABLE", "unloaded")
         triton.load_model("recommender", headers=admin)
         assert triton.is_model_ready("recommender", "2")
+        cli = [sys.executable, "-m", "recserve", "models"]
+        listed = subprocess.run(
+            [*cli, "list", "--target", server.address, "--json"], capture_output=True, text=True
+        )
+        assert listed.returncode == 0, listed.stderr
+        rows = {row["version"]: row["state"] for row in json.loads(listed.stdout)}
+        assert rows == {"1": "UNAVAILABLE", "2": "READY"}
+        refused = subprocess.run([*cli, "unload", "--target", server.address], capture_output=True, text=True)
+        assert refused.returncode == 1 and "UNAUTHENTICATED" in refused.stderr
+        unloaded = subprocess.run(
+            [*cli, "unload", "--target", server.address, "--token", tokens.admin],
+            capture_output=True,
+            text=True,
+        )
+        assert unloaded.returncode == 0, unloaded.stderr
+        assert not triton.is_model_ready("recommender")
 
 
 def test_catalog_changes_made_before_a_swap_are_served_by_the_new_version(
@@ -341,8 +375,6 @@ def test_a_retrained_version_is_picked_up_by_a_polling_server_under_load(
     """The loop closes inside recserve: feedback recorded by the server, `recserve retrain` on its state,
     version 2 swapped in by polling while callers keep calling."""
     import random
-    import subprocess
-    import sys
 
     from recserve.client import Event
 
