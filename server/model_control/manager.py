@@ -38,7 +38,7 @@ from recserve.server.version_loading import warm_up
 logger = logging.getLogger(__name__)
 
 LOADER_NICENESS = 10  # a loading version's thread gets ~1/10 of a busy core against serving threads
-LOAD_SHARE = 0.25  # of the wall time a version loading beside serving ones may work (throttle.py)
+LOAD_SHARE = 0.15  # of the wall time a version loading beside serving ones may work (throttle.py)
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 
 Changes = list[tuple[CatalogChange, Version | None]]

@@ -4,8 +4,8 @@ Lowering the loading thread's CPU priority does not help when the cores are not 
 SavedModel load and warm-up batches run Python and so hold the GIL, and every request's batch waits for it.
 Measured (bench/model_swap.py, c=64, 2 cores): loading at full speed took 0.7 s and tripled the p99 of the
 requests in flight (60 -> 200 ms). So the loading thread works in steps and, after each, sleeps in
-proportion to how long the step took: at a share of 1/4 it holds the GIL at most a quarter of the time,
-and the swap takes ~4 times as long.
+proportion to how long the step took: at a share of 0.15 it holds the GIL at most 15% of the time, and
+the swap takes ~6 times as long (4-6 s instead of 0.7).
 
 Within a step the loading thread still competes for the GIL, and a serving thread that wants it waits up
 to the interpreter's switch interval (5 ms) each time before the holder must let go. While a version loads
