@@ -72,6 +72,15 @@ def settings_for(
     )
 
 
+def polling_with_writes(
+    server_settings: ServerSettings, model_dir: Path, tmp_path: Path, tokens: Tokens, **enabled: bool
+) -> ServerSettings:
+    """A poll-mode server with the write services in `enabled` on, behind the session's tokens."""
+    return settings_for(
+        server_settings, model_dir, tmp_path, model_control_mode="poll", auth=tokens.settings(), **enabled
+    )
+
+
 def served_version(address: str) -> str:
     with grpc.insecure_channel(address) as channel:
         stub = recommender_pb2_grpc.RecommenderStub(channel)
@@ -315,14 +324,7 @@ def test_catalog_changes_made_before_a_swap_are_served_by_the_new_version(
     from recserve.v1 import catalog_pb2, catalog_pb2_grpc
 
     model_dir = model_repository(version_dir, tmp_path)
-    settings = settings_for(
-        server_settings,
-        model_dir,
-        tmp_path,
-        model_control_mode="poll",
-        catalog_enabled=True,
-        auth=tokens.settings(),
-    )
+    settings = polling_with_writes(server_settings, model_dir, tmp_path, tokens, catalog_enabled=True)
     with ServerThread(settings) as server, grpc.insecure_channel(server.address) as channel:
         catalog = catalog_pb2_grpc.CatalogStub(channel)
         stub = recommender_pb2_grpc.RecommenderStub(channel)
@@ -379,14 +381,7 @@ def test_a_retrained_version_is_picked_up_by_a_polling_server_under_load(
     from recserve.client import Event
 
     model_dir = model_repository(version_dir, tmp_path)
-    settings = settings_for(
-        server_settings,
-        model_dir,
-        tmp_path,
-        model_control_mode="poll",
-        events_enabled=True,
-        auth=tokens.settings(),
-    )
+    settings = polling_with_writes(server_settings, model_dir, tmp_path, tokens, events_enabled=True)
     rng = random.Random(7)
     with (
         ServerThread(settings) as server,

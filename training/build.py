@@ -6,8 +6,10 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import keras
 import numpy as np
@@ -85,21 +87,40 @@ def build_demo(
         with progress.stage("data"):
             data = training_data(config, ratings_path)
         trained = train_models(data, config, progress)
-        staging = export.staging_directory(model_dir)
-        try:
-            with progress.stage("export"):
-                write_version_files(staging, trained, data, config)
-                metadata = version_metadata(model_name, export.next_version(model_dir), data, trained, config)
-                export.write_json(staging / "metadata.json", metadata)
-            with progress.stage("evaluate"):
-                evaluation = _evaluate(staging, trained, data, config)
-                export.write_json(staging / "evaluation.json", evaluation)
-            version_dir = export.publish_version(staging, model_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        version_dir, evaluation = publish_built(
+            model_dir,
+            progress,
+            lambda staging: write_version_files(staging, trained, data, config),
+            lambda number: version_metadata(model_name, number, data, trained, config),
+            lambda staging: _evaluate(staging, trained, data, config),
+        )
     progress.show_results(f"{model_name} version {version_dir.name}", {**evaluation, **epochs_kept(trained)})
     return version_dir
+
+
+def publish_built(
+    model_dir: Path,
+    progress: BuildProgress,
+    write_files: Callable[[Path], None],
+    metadata: Callable[[int], dict[str, Any]],
+    evaluate: Callable[[Path], dict[str, Any]],
+) -> tuple[Path, dict[str, Any]]:
+    """Export a trained version into a staging directory and publish it; a failure leaves nothing behind.
+
+    Its files first, then metadata.json (for the next version number), then evaluation.json.
+    """
+    staging = export.staging_directory(model_dir)
+    try:
+        with progress.stage("export"):
+            write_files(staging)
+            export.write_json(staging / "metadata.json", metadata(export.next_version(model_dir)))
+        with progress.stage("evaluate"):
+            evaluation = evaluate(staging)
+            export.write_json(staging / "evaluation.json", evaluation)
+        return export.publish_version(staging, model_dir), evaluation
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def training_data(config: DemoConfig, ratings_path: Path | None = None) -> TrainingData:

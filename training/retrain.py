@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,12 @@ from pydantic import ValidationError
 from recserve.server.exceptions import UnavailableError
 from recserve.server.repository import resolve_version_dir
 from recserve.server.settings import StateSettings
-from recserve.training import export
 from recserve.training.build import (
     TrainedModel,
     TrainingData,
     epochs_kept,
     index_recall,
+    publish_built,
     train_models,
     write_version_files,
 )
@@ -102,19 +101,13 @@ def retrain(
         with progress.stage("data"):
             inputs = _inputs(previous, base, recorded, config)
         trained = train_models(inputs.data, config, progress)
-        staging = export.staging_directory(model_dir)
-        try:
-            with progress.stage("export"):
-                write_version_files(staging, trained, inputs.data, config, inputs.merged.weights)
-                metadata = _metadata(model_name, export.next_version(model_dir), inputs, trained, config)
-                export.write_json(staging / "metadata.json", metadata)
-            with progress.stage("evaluate"):
-                evaluation = _evaluate(staging, inputs, trained, config)
-                export.write_json(staging / "evaluation.json", evaluation)
-            version_dir = export.publish_version(staging, model_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        version_dir, evaluation = publish_built(
+            model_dir,
+            progress,
+            lambda staging: write_version_files(staging, trained, inputs.data, config, inputs.merged.weights),
+            lambda number: _metadata(model_name, number, inputs, trained, config),
+            lambda staging: _evaluate(staging, inputs, trained, config),
+        )
     title = f"{model_name} version {version_dir.name} (retrained from {previous.name})"
     progress.show_results(title, {**evaluation, **epochs_kept(trained)})
     return Retrained(version_dir, previous.name, evaluation, inputs.merged.summary)
