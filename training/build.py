@@ -218,14 +218,9 @@ def _evaluate(
     cases = sample_cases(data.split.test, config.eval_users, config.seed)
     model = evaluate_recommender(pipeline_recommender(version_dir), cases)
     popular = evaluate_recommender(popularity_recommender(data.split.item_popularity), cases)
-    evaluation: dict[str, float | int] = {
-        "recall@10": round(model["recall@10"], 4),
-        "ndcg@10": round(model["ndcg@10"], 4),
-        "popular_recall@10": round(popular["recall@10"], 4),
-        "popular_ndcg@10": round(popular["ndcg@10"], 4),
-        "ann_recall@100": round(index_recall(version_dir, trained, cases, config), 4),
-        "users_evaluated": len(cases),
-    }
+    evaluation = ranking_figures(
+        model, popular, index_recall(version_dir, trained, cases, config), len(cases)
+    )
     if data.cold is not None:
         tag_ids = data.interactions.tag_ids
         cold = evaluate_cold_start(version_dir, data.cold, tag_ids, config.eval_users, config.seed)
@@ -247,6 +242,20 @@ def index_recall(version_dir: Path, trained: TrainedModel, cases: Examples, conf
         config.seed,
     )
     return ann.recall
+
+
+def ranking_figures(
+    model: dict[str, float], popular: dict[str, float], ann_recall: float, users: int
+) -> dict[str, float | int]:
+    """evaluation.json's common figures: the model's and most-popular's recall and NDCG, the index recall."""
+    return {
+        "recall@10": round(model["recall@10"], 4),
+        "ndcg@10": round(model["ndcg@10"], 4),
+        "popular_recall@10": round(popular["recall@10"], 4),
+        "popular_ndcg@10": round(popular["ndcg@10"], 4),
+        "ann_recall@100": round(ann_recall, 4),
+        "users_evaluated": users,
+    }
 
 
 def epochs_kept(trained: TrainedModel) -> dict[str, int]:

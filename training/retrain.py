@@ -29,6 +29,7 @@ from recserve.training.build import (
     epochs_kept,
     index_recall,
     publish_built,
+    ranking_figures,
     train_models,
     write_version_files,
 )
@@ -218,12 +219,7 @@ def _evaluate(
         previous = evaluate_recommender(old.recommender(user_ids, item_ids), cases)
     popular = evaluate_recommender(popularity_recommender(data.split.item_popularity), cases)
     return {
-        "recall@10": round(model["recall@10"], 4),
-        "ndcg@10": round(model["ndcg@10"], 4),
-        "popular_recall@10": round(popular["recall@10"], 4),
-        "popular_ndcg@10": round(popular["ndcg@10"], 4),
-        "ann_recall@100": round(index_recall(version_dir, trained, cases, config), 4),
-        "users_evaluated": len(cases),
+        **ranking_figures(model, popular, index_recall(version_dir, trained, cases, config), len(cases)),
         "previous_version": int(inputs.previous.name),
         "previous_recall@10": round(previous["recall@10"], 4),
         "previous_ndcg@10": round(previous["ndcg@10"], 4),
