@@ -25,14 +25,13 @@ import shutil
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import yaml
-from server_load import ServerProcess, start_server
+from server_load import Periodic, ServerProcess, start_server
 
 from recserve.client import Event, RecommenderClient
 from recserve.server.auth import Role, new_token, token_entry
@@ -54,33 +53,27 @@ def writing_server(workdir: Path, flags: list[str], repository: Path = DEFAULT_R
     return start_server(repository, ["--enable-events", "--tokens-file", str(tokens), *flags], workdir)
 
 
-class Writer:
+class Writer(Periodic):
     """Records one event every 20 ms in a thread; keeps each call's (time, status)."""
 
     def __init__(self, address: str) -> None:
+        super().__init__(0.02)
         self._client = RecommenderClient(address, timeout_s=2, metadata=WRITER)
         self.outcomes: list[tuple[float, str, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Writer:
-        self._thread.start()
-        return self
+        self._number = 0
 
     def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
+        super().__exit__(*exc_info)
         self._client.close()
 
-    def _run(self) -> None:
-        number = 0
-        while not self._stop.wait(0.02):
-            number += 1
-            try:
-                self._client.record_events([Event("fault-user", f"item-{number % 100 + 1}")])
-                self.outcomes.append((time.monotonic(), "OK", ""))
-            except grpc.RpcError as error:
-                self.outcomes.append((time.monotonic(), error.code().name, error.details() or ""))
+    def tick(self) -> None:
+        """One write."""
+        self._number += 1
+        try:
+            self._client.record_events([Event("fault-user", f"item-{self._number % 100 + 1}")])
+            self.outcomes.append((time.monotonic(), "OK", ""))
+        except grpc.RpcError as error:
+            self.outcomes.append((time.monotonic(), error.code().name, error.details() or ""))
 
     def first_ok_after(self, moment: float) -> float | None:
         """Seconds from `moment` to the first acknowledged write after it."""

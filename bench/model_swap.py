@@ -25,14 +25,13 @@ import json
 import re
 import shutil
 import tempfile
-import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
 from live_state import finish_load, percentile, start_load, wall_seconds
 from overload import rss_mb
-from server_load import ServerProcess, request_data, start_server
+from server_load import Periodic, ServerProcess, request_data, start_server
 
 CALL = "recserve.v1.Recommender.Recommend"
 SWAPS_AT_S = (12.0, 24.0, 36.0, 48.0)  # seconds into the load when versions 2, 3, ... appear
@@ -42,26 +41,17 @@ LOG_LINE = re.compile(
 PLOT = REPO_ROOT / "docs" / "benchmarks-model-swap.png"
 
 
-class RssSampler:
+class RssSampler(Periodic):
     """The server's RSS every `interval_s`, with the wall time of each sample."""
 
     def __init__(self, server: ServerProcess, interval_s: float = 0.2) -> None:
-        self.server, self.interval_s = server, interval_s
+        super().__init__(interval_s)
+        self.server = server
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.samples.append((time.time(), rss_mb(self.server)))
+    def tick(self) -> None:
+        """One sample."""
+        self.samples.append((time.time(), rss_mb(self.server)))
 
 
 def model_repository(workdir: Path, source: Path) -> tuple[Path, Path]:

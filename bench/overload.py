@@ -33,11 +33,10 @@ import json
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.request
 from pathlib import Path
 
-from server_load import ServerProcess, repository_with, request_data, start_server
+from server_load import Periodic, ServerProcess, repository_with, request_data, start_server
 
 CALL = "recserve.v1.Recommender.Recommend"
 DEADLINE = "500ms"
@@ -100,30 +99,21 @@ def summary(report: dict, seconds: float) -> dict:
     }
 
 
-class Sampler:
+class Sampler(Periodic):
     """Samples a server's RSS (from /proc) and queue depth (from /metrics) every `interval_s`, in a thread."""
 
     def __init__(self, server: ServerProcess, interval_s: float = 0.25) -> None:
-        self._server, self._interval_s = server, interval_s
+        super().__init__(interval_s)
+        self._server = server
         self._metrics_url = metrics_url(server)
         self.rss_mb: list[float] = []
         self.queue_depth: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self._interval_s):
-            self.rss_mb.append(rss_mb(self._server))
-            with contextlib.suppress(OSError, ValueError):
-                self.queue_depth.append(gauge(self._metrics_url, "recserve_queue_depth"))
+    def tick(self) -> None:
+        """One sample of each."""
+        self.rss_mb.append(rss_mb(self._server))
+        with contextlib.suppress(OSError, ValueError):
+            self.queue_depth.append(gauge(self._metrics_url, "recserve_queue_depth"))
 
 
 def rss_mb(server: ServerProcess) -> float:

@@ -32,6 +32,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,32 @@ CALL = "recserve.v1.Recommender.Recommend"
 
 
 @dataclass
+class Periodic:
+    """Calls `tick()` every `interval_s` on a thread of its own while its `with` block runs (samplers,
+    background writers beside a load)."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Periodic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.tick()
+
+    def tick(self) -> None:
+        """One round of the work."""
+        raise NotImplementedError
+
+
 class ServerProcess:
     """A `recserve serve` child process."""
 
