@@ -71,7 +71,7 @@ def server_version() -> str:
 class InferenceService:
     """Serves the protocol's models over the versions the slot holds."""
 
-    def __init__(self, slot: ServiceSlot, models: ModelManager | None = None) -> None:
+    def __init__(self, slot: ServiceSlot, models: ModelManager) -> None:
         self._slot = slot
         self._manager = models
         self._models: dict[str, tuple[RecommenderService, dict[str, InferenceModel]]] = {}
@@ -107,12 +107,6 @@ class InferenceService:
 
     def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         """Every model at every version with its state and reason (only the ready ones if `ready_only`)."""
-        if self._manager is None:
-            return [
-                ModelIndexEntry(name, version, "READY")
-                for version in sorted(self._slot.served, key=int)
-                for name in MODEL_NAMES
-            ]
         entries = [
             ModelIndexEntry(name, version, status.state, status.reason)
             for version, status in self._manager.statuses().items()

@@ -18,7 +18,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,12 +52,6 @@ class VersionStatus:
     reason: str = ""
 
 
-@dataclass
-class _Rejection:
-    reason: str
-    stamp: float  # the manifest's mtime when rejected: a rebuilt version is tried again
-
-
 class ModelManager:
     """The versions of one model: which should serve (the version policy), loading and unloading them."""
 
@@ -84,7 +78,9 @@ class ModelManager:
         self._warmup_rounds = max(warmup_rounds, 1)
         self._loading: set[str] = set()
         self._unloading: set[str] = set()
-        self._rejected: dict[str, _Rejection] = {}
+        self._rejected_at: dict[str, float] = {}
+        """The manifest's mtime of each rejected version (its reason is in `slot.rejected`): a version
+        rebuilt since is tried again."""
         self._lock = asyncio.Lock()  # one reconcile, load or unload at a time
         self._loader = ThreadPoolExecutor(1, "model-load", initializer=_lower_priority)
         self._closing: set[asyncio.Task[None]] = set()
@@ -97,31 +93,35 @@ class ModelManager:
     # --- what should serve ---
     def wanted(self) -> list[str]:
         """The versions the policy picks among the complete, not rejected ones on disk now."""
-        complete, _ = complete_versions(self.model_dir)
-        self._forget_rebuilt_rejections()
-        return self.policy.select([version for version in complete if version not in self._rejected])
+        return self._chosen(complete_versions(self.model_dir)[0])
 
     def statuses(self) -> dict[str, VersionStatus]:
         """Every version known on disk or in memory, with its state and reason."""
         complete, incomplete = complete_versions(self.model_dir)
-        served = self.slot.served
-        wanted = set(self.policy.select([v for v in complete if v not in self._rejected]))
-        out: dict[str, VersionStatus] = {}
-        for version in sorted({*complete, *incomplete, *served, *self._rejected}, key=int):
-            out[version] = self._status(version, served, wanted, incomplete)
-        return out
+        served, wanted = self.slot.served, set(self._chosen(complete))
+        known = {*complete, *incomplete, *served, *self.slot.rejected}
+        return {v: self._status(v, served, wanted, incomplete) for v in sorted(known, key=int)}
+
+    def _chosen(self, complete: list[str]) -> list[str]:
+        """What the policy picks among `complete`, leaving out rejected versions not rebuilt since."""
+        self._forget_rebuilt_rejections()
+        return self.policy.select([version for version in complete if version not in self.slot.rejected])
 
     def _status(
-        self, version: str, served: object, wanted: set[str], incomplete: dict[str, str]
+        self,
+        version: str,
+        served: Mapping[str, RecommenderService],
+        wanted: set[str],
+        incomplete: dict[str, str],
     ) -> VersionStatus:
         if version in self._unloading:
             return VersionStatus(UNLOADING, "draining its queued requests")
         if version in self._loading:
             return VersionStatus(LOADING)
-        if version in served:  # type: ignore[operator]
+        if version in served:
             return VersionStatus(READY)
-        if version in self._rejected:
-            return VersionStatus(UNAVAILABLE, f"rejected: {self._rejected[version].reason}")
+        if version in self.slot.rejected:
+            return VersionStatus(UNAVAILABLE, f"rejected: {self.slot.rejected[version]}")
         if version in incomplete:
             return VersionStatus(UNAVAILABLE, incomplete[version])
         if self.slot.state == "unloaded":
@@ -177,7 +177,7 @@ class ModelManager:
             async with self._writes.catalog_lock:  # no catalog change between catching up and serving
                 await self._catch_up(service)
                 service.start()
-                self._install({**self.slot.served, version: service})
+                self.slot.install({**self.slot.served, version: service})
         except asyncio.CancelledError:  # shutdown while it loaded: it never served
             if service is not None:
                 await service.close()
@@ -192,7 +192,7 @@ class ModelManager:
             return
         finally:
             self._loading.discard(version)
-        self._rejected.pop(version, None)
+        self._rejected_at.pop(version, None)
         self.slot.rejected.pop(version, None)
         logger.info("model %s version %s serving (loaded in %.1fs)", self.model_dir.name, version,
                     time.perf_counter() - started)  # fmt: skip
@@ -202,14 +202,15 @@ class ModelManager:
         """Load, check and warm up `version` beside what serves (off the event loop, at low priority)."""
         loop = asyncio.get_running_loop()
         version_dir = self.model_dir / version
-        between = DutyCycle(LOAD_SHARE).pause if self.slot.served else _no_pause  # alone: full speed
+        beside = bool(self.slot.served)  # alone, nothing to yield to: full speed
+        between = DutyCycle(LOAD_SHARE).pause if beside else _no_pause
         search_k = self.config.retrieval.search_k
-        with quick_gil_handoff() if self.slot.served else contextlib.nullcontext():  # see throttle.py
+        with quick_gil_handoff() if beside else contextlib.nullcontext():  # see throttle.py
             model = await loop.run_in_executor(self._loader, load_checked, version_dir, search_k, between)
         service = RecommenderService(model, self.config, self.config.batching, self._backend, self._tracer)
         try:
             # Beside serving, one round pays every first-call cost; more only steady the start-up timing.
-            rounds = 1 if self.slot.served else self._warmup_rounds
+            rounds = 1 if beside else self._warmup_rounds
             size = self.config.batching.max_batch_size
             await loop.run_in_executor(self._loader, warm_up, service.pipeline, size, rounds, between)
         except BaseException:
@@ -238,7 +239,7 @@ class ModelManager:
         remaining = {v: s for v, s in self.slot.served.items() if v not in leaving}
         if not remaining:
             self.carried_changes = next(iter(leaving.values())).catalog.changes()
-        self._install(remaining)
+        self.slot.install(remaining)
         self._unloading.update(leaving)
         for version, service in leaving.items():
             task = asyncio.get_running_loop().create_task(self._drain(version, service))
@@ -253,22 +254,20 @@ class ModelManager:
             self._unloading.discard(version)
         logger.info("model %s version %s unloaded", self.model_dir.name, version)
 
-    def _install(self, services: dict[str, RecommenderService]) -> None:
-        self.slot.install(services)
-
     async def _notify(self) -> None:
         for callback in self.on_install:
             await callback(self.slot.current)
 
     def _reject(self, version: str, reason: str) -> None:
-        self._rejected[version] = _Rejection(reason, _manifest_stamp(self.model_dir / version))
+        self._rejected_at[version] = _manifest_stamp(self.model_dir / version)
         self.slot.rejected[version] = reason
         logger.error("model version %s rejected: %s", self.model_dir / version, reason)
 
     def _forget_rebuilt_rejections(self) -> None:
-        for version, rejection in list(self._rejected.items()):
-            if _manifest_stamp(self.model_dir / version) != rejection.stamp:
-                del self._rejected[version]
+        for version, stamp in list(self._rejected_at.items()):
+            if _manifest_stamp(self.model_dir / version) != stamp:
+                del self._rejected_at[version]
+                self.slot.rejected.pop(version, None)
 
     # --- poll mode ---
     async def poll(self, interval_s: float) -> None:
