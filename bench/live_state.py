@@ -58,6 +58,7 @@ import grpc
 import yaml
 from report import live_state_target_table
 from server_load import (
+    LOADTEST,
     ServerProcess,
     measure_cell,
     repository_with,
@@ -186,7 +187,7 @@ def start_load(
     can run at once, and SIGINT ends one early with its full report, as in ghz. `rps` > 0 paces the calls;
     `connections` defaults to min(concurrency, 4)."""
     command = [
-        sys.executable, "-m", "recserve", "loadtest", "--insecure",
+        *LOADTEST, "--insecure",
         "--call", call,
         "-D", str(data_file),
         "-c", str(concurrency),

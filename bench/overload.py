@@ -31,12 +31,11 @@ import argparse
 import contextlib
 import json
 import subprocess
-import sys
 import tempfile
 import urllib.request
 from pathlib import Path
 
-from server_load import Periodic, ServerProcess, repository_with, request_data, start_server
+from server_load import LOADTEST, Periodic, ServerProcess, repository_with, request_data, start_server
 
 CALL = "recserve.v1.Recommender.Recommend"
 DEADLINE = "500ms"
@@ -50,18 +49,7 @@ DOCS = REPO_ROOT / "docs" / "reliability.md"
 
 def loadtest(address: str, data_file: Path, *options: str, timeout_s: float = 300) -> dict:
     """One `recserve loadtest` run; its ghz-format JSON report (with per-call details)."""
-    command = [
-        sys.executable,
-        "-m",
-        "recserve",
-        "loadtest",
-        "--insecure",
-        "--call",
-        CALL,
-        "-D",
-        str(data_file),
-    ]
-    command += [*options, "-O", "json", address]
+    command = [*LOADTEST, "--insecure", "--call", CALL, "-D", str(data_file), *options, "-O", "json", address]
     finished = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     if finished.returncode != 0:
         raise RuntimeError(f"loadtest failed: {finished.stderr[-2000:]}")

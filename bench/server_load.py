@@ -72,7 +72,6 @@ LISTENING = re.compile(r"listening on [\d.]+:(\d+)")
 CALL = "recserve.v1.Recommender.Recommend"
 
 
-@dataclass
 class Periodic:
     """Calls `tick()` every `interval_s` on a thread of its own while its `with` block runs (samplers,
     background writers beside a load)."""
@@ -99,6 +98,7 @@ class Periodic:
         raise NotImplementedError
 
 
+@dataclass
 class ServerProcess:
     """A `recserve serve` child process."""
 
@@ -217,9 +217,12 @@ def request_data(repository: Path, count: int = 2000, seed: int = 1) -> list[dic
     ]
 
 
+LOADTEST = [sys.executable, "-m", "recserve", "loadtest"]  # every benchmark's load generator, as a process
+
+
 def run_load(address: str, data_file: Path, concurrency: int, seconds: float, use_ghz: bool) -> dict:
     """One closed-loop run from a separate process; returns the ghz-format JSON report."""
-    tool = [shutil.which("ghz")] if use_ghz else [sys.executable, "-m", "recserve", "loadtest"]
+    tool = [shutil.which("ghz")] if use_ghz else LOADTEST
     command = [
         *tool,
         "--insecure",

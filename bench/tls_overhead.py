@@ -30,7 +30,7 @@ from typing import Any
 
 import server_load
 from certificates import Pki, make_pki
-from server_load import CALL, ServerProcess, request_data, summarize
+from server_load import CALL, LOADTEST, ServerProcess, request_data, summarize
 
 from recserve.client import ModelStatistics, RecommenderClient
 
@@ -89,7 +89,7 @@ def run_load(
 ) -> tuple[dict, float]:
     """One closed-loop run from a separate process: the ghz-format report and the generator's CPU seconds."""
     command = [
-        sys.executable, "-m", "recserve", "loadtest", *server.loadtest_flags, "--call", CALL,
+        *LOADTEST, *server.loadtest_flags, "--call", CALL,
         "-D", str(data_file), "-c", str(concurrency), "--connections", str(min(concurrency, 4)),
         "-z", f"{seconds}s", "-O", "json", server.address,
     ]  # fmt: skip
