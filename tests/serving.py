@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
+import faulthandler
 import os
 import re
 import signal
@@ -49,8 +51,13 @@ class ServerThread:
         return f"http://127.0.0.1:{self.running.metrics.port}/metrics"
 
     def run(self, coroutine: Coroutine[Any, Any, T], timeout_s: float = 120) -> T:
-        """Run a coroutine on the server's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout_s)
+        """Run a coroutine on the server's loop and wait for its result; on a hang, say where it hangs."""
+        future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+        try:
+            return future.result(timeout_s)
+        except concurrent.futures.TimeoutError:
+            print_stacks(self.loop)
+            raise
 
     def start(self, load_model: bool = True) -> ServerThread:
         """Bind, start, and (by default) load the model and wait until SERVING."""
@@ -72,6 +79,20 @@ class ServerThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def print_stacks(loop: asyncio.AbstractEventLoop) -> None:
+    """Every task of `loop` and every thread's stack, to stderr: what a hung test was waiting for."""
+    for task in asyncio.all_tasks(loop):
+        print(f"{task!r} awaits:", file=sys.stderr)
+        awaiting = task.get_coro()
+        while awaiting is not None:  # down the chain of awaits to what it is waiting for
+            frame = getattr(awaiting, "cr_frame", None) or getattr(awaiting, "gi_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                print(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}", file=sys.stderr)
+            awaiting = getattr(awaiting, "cr_await", None) or getattr(awaiting, "gi_yieldfrom", None)
+    faulthandler.dump_traceback(file=sys.stderr)
 
 
 @contextlib.contextmanager

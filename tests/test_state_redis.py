@@ -123,3 +123,31 @@ async def test_redis_down_fails_writes_and_serves_reads_without_history(
 
 async def _collect(into: list[VersionedChange], changes: list[VersionedChange]) -> None:
     into.extend(changes)
+
+
+async def test_close_stops_a_follower_that_swallowed_its_cancellation(redis_server: RedisServer) -> None:
+    backend = replica(redis_server)
+    await backend.open()
+    real_xread = backend._follower.xread
+    swallowed = []
+
+    async def xread_that_swallows_one_cancel(*args: object, **kwargs: object) -> object:
+        try:
+            return await real_xread(*args, **kwargs)
+        except asyncio.CancelledError:  # what redis-py does when its socket timeout fires at the same moment
+            if swallowed:
+                raise
+            swallowed.append(True)
+            return await real_xread(*args, **kwargs)
+
+    backend._follower.xread = xread_that_swallows_one_cancel  # type: ignore[method-assign]
+
+    async def ignore(changes: list[VersionedChange]) -> None:
+        pass
+
+    backend.follow_catalog(ignore)
+    await asyncio.sleep(0.2)  # blocked in XREAD now
+    started = time.monotonic()
+    await asyncio.wait_for(backend.close(), 5)
+    assert swallowed, "the first cancellation reached the XREAD and was swallowed"
+    assert time.monotonic() - started < 1

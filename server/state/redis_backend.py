@@ -44,6 +44,7 @@ STREAM_MAX_ENTRIES = 100_000
 FOLLOW_BLOCK_MS = 1000
 FOLLOW_BATCH = 1000
 READ_RETRY_S = 1.0
+CLOSE_PATIENCE_S = 10.0
 PROFILE_CACHE_USERS = 200_000
 
 CATALOG_WRITE = """
@@ -102,6 +103,7 @@ class RedisBackend:
         self._reads_paused_until = 0.0
         self._last_stream_id = "0-0"
         self._follow_task: asyncio.Task[None] | None = None
+        self._closing = False
         self.read_fallbacks = 0
         """Batches that were served without history because Redis did not answer."""
         self.errors = 0
@@ -134,13 +136,28 @@ class RedisBackend:
 
     async def close(self) -> None:
         """Stop following and close the connections."""
+        self._closing = True
         if self._follow_task is not None:
-            self._follow_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._follow_task
+            await self._stop_following(self._follow_task)
         for client in (self._writer, self._follower):
             await client.aclose()
         self._reader.close()
+
+    @staticmethod
+    async def _stop_following(task: asyncio.Task[None]) -> None:
+        """Cancel the follower, again and again if need be: redis-py can swallow a cancellation.
+
+        When its socket timeout fires in the same loop iteration as the cancellation, it reconnects and
+        reads on, and a single cancel() would then wait on the follower forever (a shutdown that hangs).
+        """
+        deadline = time.monotonic() + CLOSE_PATIENCE_S
+        while not task.done() and time.monotonic() < deadline:
+            task.cancel()
+            await asyncio.wait({task}, timeout=0.2)
+        if not task.done():
+            logger.warning("state: the catalog follower did not stop in %.0fs; leaving it", CLOSE_PATIENCE_S)
+        elif not task.cancelled() and task.exception() is not None:
+            logger.warning("state: the catalog follower failed: %s", task.exception())
 
     async def record_events(self, events: Sequence[UserEvent]) -> None:
         """Append events to their users' lists (one transaction); visible to every replica on return."""
@@ -266,7 +283,7 @@ class RedisBackend:
         """Read the stream from the last entry seen; after an outage, reload the hash if entries were lost."""
         stream = self._key("catalog:stream")
         lost_connection = False
-        while True:
+        while not self._closing:
             try:
                 if lost_connection:
                     await self._resync_if_trimmed(on_changes)
