@@ -32,6 +32,7 @@ from recserve.server.state.memory import MemoryBackend
 from recserve.server.state.redis_backend import RedisBackend
 from recserve.server.state.writes import StateWrites
 from recserve.server.statistics import RpcStatistics
+from recserve.server.tasks import stop_task
 from recserve.server.telemetry.grpc_tracing import RpcTracing
 
 logger = logging.getLogger(__name__)
@@ -155,6 +156,5 @@ class LiveState:
     async def close(self) -> None:
         """Stop watching, flush and close the backend."""
         if self.watcher is not None:
-            self.watcher.cancel()
-            await asyncio.gather(self.watcher, return_exceptions=True)
+            await stop_task(self.watcher, "state: the backend watcher")
         await self.backend.close()

@@ -33,6 +33,7 @@ from redis.exceptions import RedisError
 from recserve.server.exceptions import UnavailableError
 from recserve.server.state.events import CatalogChange, ItemDelete, ItemUpsert, UserEvent
 from recserve.server.state.history import EMPTY_PROFILE, StoredEvent, UserProfile, derive_profile, user_events
+from recserve.server.tasks import stop_task
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ STREAM_MAX_ENTRIES = 100_000
 FOLLOW_BLOCK_MS = 1000
 FOLLOW_BATCH = 1000
 READ_RETRY_S = 1.0
-CLOSE_PATIENCE_S = 10.0
 PROFILE_CACHE_USERS = 200_000
 
 CATALOG_WRITE = """
@@ -138,26 +138,10 @@ class RedisBackend:
         """Stop following and close the connections."""
         self._closing = True
         if self._follow_task is not None:
-            await self._stop_following(self._follow_task)
+            await stop_task(self._follow_task, "state: the catalog follower")
         for client in (self._writer, self._follower):
             await client.aclose()
         self._reader.close()
-
-    @staticmethod
-    async def _stop_following(task: asyncio.Task[None]) -> None:
-        """Cancel the follower, again and again if need be: redis-py can swallow a cancellation.
-
-        When its socket timeout fires in the same loop iteration as the cancellation, it reconnects and
-        reads on, and a single cancel() would then wait on the follower forever (a shutdown that hangs).
-        """
-        deadline = time.monotonic() + CLOSE_PATIENCE_S
-        while not task.done() and time.monotonic() < deadline:
-            task.cancel()
-            await asyncio.wait({task}, timeout=0.2)
-        if not task.done():
-            logger.warning("state: the catalog follower did not stop in %.0fs; leaving it", CLOSE_PATIENCE_S)
-        elif not task.cancelled() and task.exception() is not None:
-            logger.warning("state: the catalog follower failed: %s", task.exception())
 
     async def record_events(self, events: Sequence[UserEvent]) -> None:
         """Append events to their users' lists (one transaction); visible to every replica on return."""
