@@ -19,6 +19,7 @@ same before it even creates the call's task.
 
 from __future__ import annotations
 
+import copy
 import time
 
 from recserve.server.batching_policy import LinearCostModel
@@ -47,6 +48,15 @@ class QueueWaitEstimator:
     def measured(self) -> bool:
         """Whether any batch has been measured (nothing is refused before)."""
         return self.cost.fitted
+
+    def start_from(self, previous: QueueWaitEstimator) -> None:
+        """Begin with what `previous` (the version this one replaces) has measured, instead of nothing.
+
+        A version's first batches are its least typical (the old version drains and is freed beside them),
+        and with one batch size seen all of its cost counts as fixed: the time of one slow first batch
+        would stand for every batch and could refuse requests at c=64, far below capacity, as a swap ends.
+        """
+        self.cost = copy.deepcopy(previous.cost)
 
     def on_batch_start(self, size: int, now_ns: int) -> None:
         """A batch of `size` went to the executor."""

@@ -164,6 +164,22 @@ def test_poll_mode_swaps_ten_versions_under_64_callers_without_a_failed_request(
     assert states["10"][0] == "UNAVAILABLE" and "latest: 1" in states["10"][1]
 
 
+def test_a_new_version_starts_with_the_admission_estimate_of_the_one_it_replaces(
+    poll_server: tuple[ServerThread, Path], version_dir: Path
+) -> None:
+    server, model_dir = poll_server
+    with RecommenderClient(server.address, timeout_s=10) as client:
+        for n in range(20):
+            client.recommend(f"user-{n}", k=5)
+    old = server.running.slot.served["1"].batcher.admission.estimator
+    assert old.measured
+    add_version(version_dir, model_dir, "2")
+    wait_for(lambda: "2" in server.running.slot.served)  # and no request since: nothing new measured
+    new = server.running.slot.served["2"].batcher.admission.estimator
+    assert new.measured and new.cost is not old.cost
+    assert new.cost.predict(64) == pytest.approx(old.cost.predict(64))
+
+
 def test_a_removed_version_is_unloaded_and_the_previous_one_serves(
     poll_server: tuple[ServerThread, Path], version_dir: Path
 ) -> None:
@@ -358,6 +374,35 @@ def test_the_load_duty_cycle_rests_in_proportion_to_the_work() -> None:
     assert cycle.paused_s <= 0.15
     with pytest.raises(ValueError):
         DutyCycle(0)
+
+
+def test_a_long_step_is_cut_into_slices_from_inside() -> None:
+    import sys
+
+    from recserve.server.model_control.throttle import DutyCycle
+
+    cycle = DutyCycle(0.5, longest_pause_s=0.05)
+    stretches: list[float] = []
+    pause = cycle.pause
+
+    def timed_pause() -> None:
+        stretches.append(time.perf_counter() - cycle._resumed)
+        pause()
+
+    cycle.pause = timed_pause  # type: ignore[method-assign]
+
+    def one_long_step(seconds: float) -> str:  # Python work that never calls pause() itself
+        started = time.thread_time()  # this thread's CPU time: the pauses do not count
+        while time.thread_time() - started < seconds:
+            sum(range(50))
+        return "done"
+
+    profiler_before = sys.getprofile()
+    assert cycle.sliced(one_long_step, 0.1) == "done"
+    assert sys.getprofile() is profiler_before
+    assert len(stretches) >= 10, "a 100 ms step is paused every few milliseconds"
+    assert max(stretches) < 0.03  # generous for a busy machine; the slice is 2 ms
+    assert cycle.paused_s > 0.05
 
 
 def test_the_gil_is_handed_over_sooner_only_while_a_version_loads() -> None:

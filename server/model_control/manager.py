@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -22,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from opentelemetry.trace import Tracer
 
@@ -37,8 +39,10 @@ from recserve.server.version_loading import warm_up
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 LOADER_NICENESS = 10  # a loading version's thread gets ~1/10 of a busy core against serving threads
-LOAD_SHARE = 0.15  # of the wall time a version loading beside serving ones may work (throttle.py)
+LOAD_SHARE = 0.3  # of the wall time a version loading beside serving ones may work (throttle.py)
 READY, LOADING, UNLOADING, UNAVAILABLE = "READY", "LOADING", "UNLOADING", "UNAVAILABLE"
 
 Changes = list[tuple[CatalogChange, Version | None]]
@@ -176,6 +180,9 @@ class ModelManager:
             service = await self._prepare(version)
             async with self._writes.catalog_lock:  # no catalog change between catching up and serving
                 await self._catch_up(service)
+                current = self.slot.current
+                if current is not None:  # admission's estimate: see QueueWaitEstimator.start_from
+                    service.batcher.admission.estimator.start_from(current.batcher.admission.estimator)
                 service.start()
                 self.slot.install({**self.slot.served, version: service})
         except asyncio.CancelledError:  # shutdown while it loaded: it never served
@@ -203,16 +210,21 @@ class ModelManager:
         loop = asyncio.get_running_loop()
         version_dir = self.model_dir / version
         beside = bool(self.slot.served)  # alone, nothing to yield to: full speed
-        between = DutyCycle(LOAD_SHARE).pause if beside else _no_pause
+        duty = DutyCycle(LOAD_SHARE) if beside else None
+        between = duty.pause if duty is not None else _no_pause
         search_k = self.config.retrieval.search_k
         with quick_gil_handoff() if beside else contextlib.nullcontext():  # see throttle.py
-            model = await loop.run_in_executor(self._loader, load_checked, version_dir, search_k, between)
+            model = await loop.run_in_executor(
+                self._loader, _paced(duty, load_checked), version_dir, search_k, between
+            )
         service = RecommenderService(model, self.config, self.config.batching, self._backend, self._tracer)
         try:
             # Beside serving, one round pays every first-call cost; more only steady the start-up timing.
             rounds = 1 if beside else self._warmup_rounds
             size = self.config.batching.max_batch_size
-            await loop.run_in_executor(self._loader, warm_up, service.pipeline, size, rounds, between)
+            await loop.run_in_executor(
+                self._loader, _paced(duty, warm_up), service.pipeline, size, rounds, between
+            )
         except BaseException:
             await service.close()
             raise
@@ -294,6 +306,13 @@ def _lower_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), LOADER_NICENESS)
     except OSError:
         logger.debug("cannot lower the model loader's priority")
+
+
+def _paced(duty: DutyCycle | None, function: Callable[..., T]) -> Callable[..., T]:
+    """`function`, cut into slices by `duty` (throttle.DutyCycle.sliced); as it is without one."""
+    if duty is None:
+        return function
+    return functools.partial(duty.sliced, function)
 
 
 def _no_pause() -> None:
