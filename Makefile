@@ -20,7 +20,7 @@ help:
 	@echo "make lint    ruff"
 	@echo "make bench   run every benchmark (~40 min on 2 cores) and write docs/benchmarks.md"
 	@echo "make bench-live   live state only: history, ingestion, freshness, rebuild, delta (~12 min; redis-server)"
-	@echo "make bench-swap   model version swaps under load at c=64 (~1.5 min)"
+	@echo "make bench-swap   ten model version swaps under load at c=64 (~2.5 min)"
 	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min; needs libb64-0d)"
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.h native/*.cc)
@@ -93,7 +93,7 @@ bench: model redis-deps
 	$(BIN)/python bench/tracing_overhead.py
 	$(BIN)/python bench/loadtest_ceiling.py | tee bench/results/loadtest_ceiling.md
 	$(BIN)/python bench/live_state.py
-	$(BIN)/python bench/model_swap.py
+	$(BIN)/python bench/model_swap.py --seconds 132
 	$(BIN)/python bench/report.py
 
 # The live-state benchmarks alone (they start their own redis-server); rewrites only that section of
@@ -108,7 +108,7 @@ bench-live: model redis-deps
 bench-swap: model
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
-	$(BIN)/python bench/model_swap.py
+	$(BIN)/python bench/model_swap.py --seconds 132
 	$(BIN)/python bench/report.py --model-swap-only
 
 $(PERF_VENV)/bin/perf_analyzer: bench/requirements-perf-analyzer.txt

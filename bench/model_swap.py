@@ -2,7 +2,7 @@
 
 A `recserve serve` in poll mode (`--model-control-mode poll`, a look every 0.5 s, the default admission
 settings) serves version 1 of the demo model; `recserve loadtest` sends Recommend at c=64 over 8
-connections, closed loop, for the whole run; meanwhile versions 2 to 5 appear in the repository (the
+connections, closed loop, for the whole run; meanwhile a new version appears every 12 s (the
 same files under new numbers, so each swap costs what a real one costs to load, check, warm up and catch
 up, from a warm page cache). Per second: OK answers, p50 and p99, failed calls; the server's RSS every
 0.2 s; each swap's duration from the server's log (loading ... serving). Steady state is the seconds
@@ -10,7 +10,7 @@ before the first swap.
 
 Results go to bench/results/model_swap.json and docs/benchmarks-model-swap.png.
 
-    flock /tmp/bench.lock .venv/bin/python bench/model_swap.py [--seconds 60]
+    flock /tmp/bench.lock .venv/bin/python bench/model_swap.py [--seconds 132]
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from overload import rss_mb
 from server_load import Periodic, ServerProcess, request_data, start_server
 
 CALL = "recserve.v1.Recommender.Recommend"
-SWAPS_AT_S = (12.0, 24.0, 36.0, 48.0)  # seconds into the load when versions 2, 3, ... appear
+SWAP_EVERY_S = (
+    12.0  # versions 2, 3, ... appear this often from this far into the load, until this long before its end
+)
 LOG_LINE = re.compile(
     r"^(\S+ \S+) INFO recserve\.server\.model_control\.manager: model \S+ version (\d+) (\w+)"
 )
@@ -108,6 +110,21 @@ def p99_between(details: list[dict], started: float, begin_s: float, end_s: floa
     return percentile(latencies, 0.99)
 
 
+def swap_times(seconds: float) -> list[float]:
+    """Seconds into a run of `seconds` at which new versions appear."""
+    return [SWAP_EVERY_S * n for n in range(1, int(seconds / SWAP_EVERY_S))]
+
+
+def failed_between(details: list[dict], started: float, begin_s: float, end_s: float) -> int:
+    """Calls that failed (neither OK nor cut off at the end) while a version loaded, or within 1 s after."""
+    return sum(
+        1
+        for d in details
+        if d["status"] not in ("OK", "Canceled")
+        and begin_s <= wall_seconds(d["timestamp"]) - started <= end_s + 1
+    )
+
+
 def measure(args: argparse.Namespace, workdir: Path) -> dict:
     root, model_dir = model_repository(workdir, args.model_repository / "recommender")
     data_file = workdir / "recommend.json"
@@ -120,7 +137,7 @@ def measure(args: argparse.Namespace, workdir: Path) -> dict:
             started = time.time()
             load = start_load(server.address, CALL, data_file, 64, args.seconds, connections=8)
             newest = model_dir / "1"
-            for number, at in enumerate(SWAPS_AT_S, start=2):
+            for number, at in enumerate(swap_times(args.seconds), start=2):
                 time.sleep(max(0.0, started + at - time.time()))
                 (model_dir / str(number)).symlink_to(newest.resolve(), target_is_directory=True)
             report = finish_load(load)
@@ -151,12 +168,14 @@ def summarize(
         "seconds": seconds,
         "statuses": statuses,
         "failed": sum(n for status, n in statuses.items() if status not in ("OK", "Canceled")),
+        "errors": report.get("errorDistribution", {}),
         "swaps_s": [round(b - a, 2) for a, b in loads],
         "swap_windows_s": [[round(a, 2), round(b, 2)] for a, b in loads],
         "steady_ok_per_s": median([w["ok_per_s"] for w in steady]),
         "steady_p50_ms": median([w["p50_ms"] for w in steady]),
         "steady_p99_ms": median([w["p99_ms"] for w in steady]),
         "swap_p99_ms": [round(p99_between(details, started, a, b), 1) for a, b in loads],
+        "swap_failed": [failed_between(details, started, a, b) for a, b in loads],
         "swap_ok_per_s_min": min((w["ok_per_s"] for w in during), default=float("nan")),
         "swap_p99_ms_max": max((w["p99_ms"] for w in during), default=float("nan")),
         "rss_mb_steady": median(steady_rss) if steady_rss else float("nan"),
@@ -199,7 +218,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
-    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--seconds", type=float, default=132.0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="recserve-swap-") as directory:
         result = measure(args, Path(directory))
