@@ -35,7 +35,7 @@ import random
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from server_load import ServerProcess, run_load, start_server, summarize
@@ -76,9 +76,14 @@ def write_inputs(repository: Path, workdir: Path, count: int = 2000, seed: int =
 
 
 def run_perf_analyzer(
-    command: tuple[list[str], dict[str, str]], address: str, data: Path, concurrency: int, seconds: float
+    command: tuple[list[str], dict[str, str]],
+    address: str,
+    data: Path,
+    concurrency: int,
+    seconds: float,
+    options: Sequence[str] = (),
 ) -> dict:
-    """One perf_analyzer measurement; its CSV row as our columns (latencies in ms)."""
+    """One perf_analyzer measurement (with `options` added, e.g. --async); its CSV row as our columns (ms)."""
     binary, env = command
     report = data.with_name(f"perf_analyzer_{concurrency}.csv")
     window_ms = max(int(seconds * 1000 / 3), 200)
@@ -102,6 +107,7 @@ def run_perf_analyzer(
         "1000",
         "-f",
         str(report),
+        *options,
     ]
     result = subprocess.run(
         args, capture_output=True, text=True, env=env, timeout=seconds * 5 + 120, check=False

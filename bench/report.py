@@ -20,6 +20,7 @@ from common import REPO_ROOT, RESULTS  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from model_swap_report import model_swap_section  # noqa: E402
+from peers_report import peers_section  # noqa: E402
 
 DOCS = REPO_ROOT / "docs"
 PLOT = DOCS / "benchmarks.png"
@@ -627,7 +628,8 @@ def render_only(name: str) -> None:
     results = load(name)
     if results is None:
         raise SystemExit(f"no bench/results/{name}.json: run bench/{name}.py first")
-    section = {"live_state": live_state_section, "model_swap": model_swap_section}[name](results)
+    renderers = {"live_state": live_state_section, "model_swap": model_swap_section, "peers": peers_section}
+    section = renderers[name](results)
     BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
 
 
@@ -646,8 +648,17 @@ def main() -> None:
         action="store_true",
         help="re-render only the model-swap section, keeping the rest of docs/benchmarks.md as committed",
     )
+    parser.add_argument(
+        "--peers-only",
+        action="store_true",
+        help="re-render only the section against Triton, keeping the rest of docs/benchmarks.md as committed",
+    )
     args = parser.parse_args()
-    only = "live_state" if args.live_state_only else "model_swap" if args.model_swap_only else None
+    only = next(
+        (name for name, chosen in (("live_state", args.live_state_only), ("model_swap", args.model_swap_only),
+                                   ("peers", args.peers_only)) if chosen),
+        None,
+    )  # fmt: skip
     if only is not None:
         render_only(only)
         return
@@ -727,18 +738,16 @@ def main() -> None:
             generator,
             "",
         ]
-    tracing = load("tracing_overhead")
-    if tracing:
-        out += tracing_section(tracing)
-    perf_analyzer = load("perf_analyzer")
-    if perf_analyzer:
-        out += perf_analyzer_section(perf_analyzer)
-    live_state = load("live_state")
-    if live_state:
-        out += live_state_section(live_state)
-    model_swap = load("model_swap")
-    if model_swap:
-        out += model_swap_section(model_swap)
+    for name, section in (
+        ("tracing_overhead", tracing_section),
+        ("perf_analyzer", perf_analyzer_section),
+        ("live_state", live_state_section),
+        ("model_swap", model_swap_section),
+        ("peers", peers_section),
+    ):
+        results = load(name)
+        if results:
+            out += section(results)
     BENCHMARKS.write_text("\n".join(out))
 
 
