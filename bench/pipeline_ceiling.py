@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from recserve.server.pipeline import STAGES, BatchPipeline, RecommendQuery, UserQuery
+from recserve.server.catalog.from_model import live_catalog
+from recserve.server.context import UserQuery
+from recserve.server.pipeline import STAGES, BatchPipeline, RecommendQuery
 from recserve.server.repository import load_model, resolve_version_dir
 from recserve.server.runtime.tf_model import configure_threads
 from recserve.server.settings import load_model_config
@@ -43,7 +45,8 @@ def make_queries(pipeline: BatchPipeline, size: int, rng: np.random.Generator) -
     queries = []
     for _ in range(size):
         context = rng.integers(1, len(model.items) + 1, size=rng.integers(0, 6)).astype(np.int32)
-        user = UserQuery(int(rng.integers(1, len(model.users) + 1)), context)
+        index = int(rng.integers(1, len(model.users) + 1))
+        user = UserQuery(model.users.ids[index - 1], index, context, use_history=False)
         queries.append(RecommendQuery(user, 10, np.unique(context)))
     return queries
 
@@ -87,9 +90,8 @@ def main() -> None:
     configure_threads(1, 1)
     model_dir = args.model_repository / args.model_name
     config = load_model_config(model_dir)
-    pipeline = BatchPipeline(
-        load_model(resolve_version_dir(model_dir), config.retrieval.search_k), config.retrieval
-    )
+    model = load_model(resolve_version_dir(model_dir), config.retrieval.search_k)
+    pipeline = BatchPipeline(model, live_catalog(model), config.retrieval, config.limits)
     rng = np.random.default_rng(0)
     rows = [measure(pipeline, size, args.seconds, rng) for size in args.batch_sizes]
     if args.json:

@@ -1,0 +1,58 @@
+"""The benchmarks still run against today's code: each one's smallest run, on the tiny test model.
+
+Figures are not checked (benchmarks measure; tests do not time): only that a script runs to the end and
+reports what it should. A benchmark that no longer runs was found, before this, only by the next person
+who needed its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_bench(script: str, *args: str) -> str:
+    result = subprocess.run(
+        [sys.executable, str(REPO_ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, f"{script} failed:\n{result.stderr[-3000:]}"
+    return result.stdout
+
+
+def test_the_pipeline_ceiling_runs(model_repository: Path) -> None:
+    out = run_bench(
+        "pipeline_ceiling.py", "--model-repository", str(model_repository), "--seconds", "0.05",
+        "--batch-sizes", "1", "4", "--json",
+    )  # fmt: skip
+    rows = json.loads(out.strip().splitlines()[-1])
+    assert [row["batch_size"] for row in rows] == [1, 4]
+    assert all(row["rows_per_s"] > 0 and row["ranker_ms"] > 0 for row in rows)
+
+
+def test_the_peer_report_renders_a_result() -> None:
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from peers_report import peers_section
+
+    def row(server: str, concurrency: int, rps: float) -> dict:
+        latency = {"p50_ms": 1000 / rps, "p99_ms": 2000 / rps, "server_queue_ms": 0.1, "server_compute_ms": 1}
+        return {"server": server, "concurrency": concurrency, "rps": rps, **latency,
+                "server_cores": 1.0, "cpu_ms_per_inference": 1.0}  # fmt: skip
+
+    result = {
+        "machine": "2 cores", "seconds": 6, "rounds": 3, "k": 10,
+        "same_answers": {"PyTriton, 1 instance, delay 0 ms": 1.0},
+        "rows": [row("recserve", 16, 1500), row("PyTriton, 1 instance, delay 0 ms", 16, 500),
+                 row("PyTriton, 2 instances, delay 0 ms", 16, 600)],
+    }  # fmt: skip
+    text = "\n".join(peers_section(result))
+    assert "| 16 | 1,500 (0.7 / 1.3) | 600 (1.7 / 3.3), 2 instances, delay 0 ms | 2.50× |" in text
+    assert "met** (lowest ratio 2.50× at c=16" in text
