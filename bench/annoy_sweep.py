@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 from annoy import AnnoyIndex
 
-from recserve.server.pipeline import gather_item_embeddings
 from recserve.server.repository import resolve_version_dir
 from recserve.server.runtime.tf_model import SignatureRunner, configure_threads
 from recserve.training.build import training_data
 from recserve.training.config import load_demo_config
+from recserve.training.embed import gather_embeddings
 from recserve.training.evaluate import exact_top_k, sample_cases
 
 N_TREES = (8, 16, 32, 64)
@@ -39,7 +39,7 @@ def user_queries(version_dir: Path, config_path: Path, count: int) -> np.ndarray
     """User-tower embeddings of `count` held-out demo requests (user + recent items)."""
     cases = sample_cases(training_data(load_demo_config(config_path)).split.test, count, seed=1)
     tower = SignatureRunner(version_dir / "user_tower")
-    recent = gather_item_embeddings(np.load(version_dir / "item_embeddings.npy"), cases.contexts)
+    recent = gather_embeddings(np.load(version_dir / "item_embeddings.npy"), cases.contexts)
     return tower(user_index=cases.user_indices, recent_item_embeddings=recent)["embedding"]
 
 

@@ -28,6 +28,19 @@ def run_bench(script: str, *args: str) -> str:
     return result.stdout
 
 
+# Runs in its own virtualenv (PyTriton): not importable here.
+OTHER_VENV = {"pytriton_server"}
+
+
+def test_every_benchmark_imports() -> None:
+    modules = sorted(p.stem for p in (REPO_ROOT / "bench").glob("*.py") if p.stem not in OTHER_VENV)
+    code = f"import sys; sys.path.insert(0, 'bench'); import {', '.join(modules)}"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False, cwd=REPO_ROOT
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 def test_the_pipeline_ceiling_runs(model_repository: Path) -> None:
     out = run_bench(
         "pipeline_ceiling.py", "--model-repository", str(model_repository), "--seconds", "0.05",
