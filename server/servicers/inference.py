@@ -16,7 +16,7 @@ import grpc
 
 from recserve.inference import grpc_service_pb2 as pb
 from recserve.server.exceptions import PermissionDeniedError, UnavailableError, UnimplementedError
-from recserve.server.kserve import protocol
+from recserve.server.kserve import protocol, single_row
 from recserve.server.kserve.service import InferenceService, server_version
 from recserve.server.model_control.manager import ModelManager
 from recserve.server.model_control.slot import ServiceSlot
@@ -94,6 +94,9 @@ class InferenceServicer:
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         """One inference; outputs come back raw if the inputs came raw, else as typed contents."""
+        common = await single_row.recommend_one(self._inference, request, context.time_remaining())
+        if common is not None:  # one user on `recommender`, as Triton's clients send it
+            return common
         response = await self._inference.infer(protocol.infer_request(request, context.time_remaining()))
         return protocol.infer_response(response, raw=bool(request.raw_input_contents))
 
