@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import REPO_ROOT, RESULTS  # noqa: E402
+from kserve_path_report import kserve_path_section  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from model_swap_report import model_swap_section  # noqa: E402
@@ -628,7 +629,12 @@ def render_only(name: str) -> None:
     results = load(name)
     if results is None:
         raise SystemExit(f"no bench/results/{name}.json: run bench/{name}.py first")
-    renderers = {"live_state": live_state_section, "model_swap": model_swap_section, "peers": peers_section}
+    renderers = {
+        "live_state": live_state_section,
+        "model_swap": model_swap_section,
+        "peers": peers_section,
+        "kserve_path": kserve_path_section,
+    }
     section = renderers[name](results)
     BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
 
@@ -649,6 +655,11 @@ def main() -> None:
         help="re-render only the model-swap section, keeping the rest of docs/benchmarks.md as committed",
     )
     parser.add_argument(
+        "--kserve-path-only",
+        action="store_true",
+        help="re-render only the ModelInfer-against-Recommend section, keeping the rest as committed",
+    )
+    parser.add_argument(
         "--peers-only",
         action="store_true",
         help="re-render only the section against Triton, keeping the rest of docs/benchmarks.md as committed",
@@ -656,7 +667,7 @@ def main() -> None:
     args = parser.parse_args()
     only = next(
         (name for name, chosen in (("live_state", args.live_state_only), ("model_swap", args.model_swap_only),
-                                   ("peers", args.peers_only)) if chosen),
+                                   ("peers", args.peers_only), ("kserve_path", args.kserve_path_only)) if chosen),
         None,
     )  # fmt: skip
     if only is not None:
@@ -744,6 +755,7 @@ def main() -> None:
         ("live_state", live_state_section),
         ("model_swap", model_swap_section),
         ("peers", peers_section),
+        ("kserve_path", kserve_path_section),
     ):
         results = load(name)
         if results:
