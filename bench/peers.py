@@ -42,8 +42,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from perf_analyzer import MODEL, PERF_VENV, K, perf_analyzer_command, run_perf_analyzer, write_inputs
 from server_load import start_server
+
+from recserve.inference import grpc_service_pb2 as kpb
+from recserve.inference import grpc_service_pb2_grpc as kpb_grpc
+from recserve.server.kserve.tensors import deserialize_bytes
 
 PEERS_VENV = REPO_ROOT / ".venv-peers"
 PYTRITON_SERVER = REPO_ROOT / "bench" / "pytriton_server.py"
@@ -155,11 +160,6 @@ def top_items(address: str, users: list[str]) -> list[list[str]]:
     recserve's own KServe stubs, not tritonclient's: both define the `inference` protobuf package, and one
     process can hold only one of them.
     """
-    import grpc
-
-    from recserve.inference import grpc_service_pb2 as kpb
-    from recserve.inference import grpc_service_pb2_grpc as kpb_grpc
-
     tensor = kpb.ModelInferRequest.InferInputTensor
     answers = []
     with grpc.insecure_channel(address) as channel:
@@ -176,7 +176,7 @@ def top_items(address: str, users: list[str]) -> list[list[str]]:
             )  # fmt: skip
             reply = stub.ModelInfer(request, timeout=30)
             if reply.raw_output_contents:
-                items = decode_bytes_tensor(reply.raw_output_contents[0])
+                items = deserialize_bytes("item_ids", reply.raw_output_contents[0])
             else:
                 items = list(reply.outputs[0].contents.bytes_contents)
             answers.append([item.decode() for item in items])
@@ -185,26 +185,11 @@ def top_items(address: str, users: list[str]) -> list[list[str]]:
 
 def inference_count(address: str) -> int:
     """The server's own count of `recommender` inferences so far (ModelStatistics, which both serve)."""
-    import grpc
-
-    from recserve.inference import grpc_service_pb2 as kpb
-    from recserve.inference import grpc_service_pb2_grpc as kpb_grpc
-
     with grpc.insecure_channel(address) as channel:
         reply = kpb_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(
             kpb.ModelStatisticsRequest(name=MODEL), timeout=30
         )
     return sum(stats.inference_count for stats in reply.model_stats)
-
-
-def decode_bytes_tensor(raw: bytes) -> list[bytes]:
-    """A BYTES tensor in the binary form: each element a 4-byte little-endian length, then its bytes."""
-    elements, offset = [], 0
-    while offset < len(raw):
-        length = int.from_bytes(raw[offset : offset + 4], "little")
-        elements.append(raw[offset + 4 : offset + 4 + length])
-        offset += 4 + length
-    return elements
 
 
 def check_same_answers(peers: list[Peer], users: list[str]) -> dict[str, float]:
