@@ -42,10 +42,12 @@ from recserve.server.settings import (
 )
 from recserve.server.statistics import RpcStatistics
 from recserve.server.telemetry.grpc_tracing import RpcTracing
-from recserve.server.telemetry.metrics import MetricsServer, start_metrics_server
+from recserve.server.telemetry.metrics import MetricsServer, build_registry, start_metrics_server
 from recserve.server.telemetry.tracing import INSTRUMENTATION_NAME, build_tracer_provider
 from recserve.server.telemetry.tracing import describe as describe_tracing
 from recserve.server.version_loading import describe_batching, freeze_long_lived_objects
+from recserve.server.workers import WorkerRole
+from recserve.server.workers.metrics_export import MultiprocessExporter
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +80,10 @@ class RunningServer:
     health_port_server: grpc.aio.Server | None = None
     """The plaintext health-only server (tls.plaintext_health_port), when there is one."""
     health_port: int | None = None
+    worker: WorkerRole | None = None
+    """Set when this process is one worker of `recserve serve --workers N`."""
+    metrics_export: MultiprocessExporter | None = None
+    """A worker's metrics, written for the supervisor's `/metrics` (instead of a port of its own)."""
 
     @property
     def service(self) -> RecommenderService | None:
@@ -102,12 +108,13 @@ class RunningServer:
 
 
 async def start_server(
-    settings: ServerSettings, tracer_provider: TracerProvider | None = None
+    settings: ServerSettings, tracer_provider: TracerProvider | None = None, worker: WorkerRole | None = None
 ) -> RunningServer:
     """Bind and start the gRPC server and the metrics endpoint (model not loaded yet).
 
     Port 0 binds a free port, returned. `tracer_provider` overrides the one `settings.tracing` describes
-    (tests pass one with an in-memory exporter); the caller then owns it.
+    (tests pass one with an in-memory exporter); the caller then owns it. A `worker` binds nothing yet:
+    `open_ports` once its model serves, so the kernel never hands a connection to a worker still loading.
     """
     authorizer = Authorizer(settings.auth)  # first: a bad tokens file stops start-up before a port opens
     owns_provider = tracer_provider is None
@@ -122,6 +129,7 @@ async def start_server(
         health_servicer,
         tracer_provider=tracer_provider,
         owns_tracer_provider=owns_provider and tracer_provider is not None,
+        worker=worker,
     )
     running.state = LiveState.from_settings(settings, running.slot, running.tracer)
     model_dir = settings.model_repository / settings.model_name
@@ -159,36 +167,53 @@ async def start_server(
     server.add_generic_rpc_handlers((health_handlers(health_servicer),))
     services = [RECOMMENDER_SERVICE, INFERENCE_SERVICE, EVENTS_SERVICE, CATALOG_SERVICE]
     add_reflection(server, [*(service.full_name for service in services), HEALTH_SERVICE])
-    running.port = await bind_and_start(server, f"{settings.grpc_host}:{settings.grpc_port}", settings.tls)
     await running.set_serving(False)
-    if settings.tls.plaintext_health_port is not None:
-        running.health_port_server, running.health_port = await start_health_port(
-            health_servicer, settings.grpc_host, settings.tls.plaintext_health_port
-        )
-        logger.info(
-            "plaintext health port (grpc.health.v1 only) on %s:%d", settings.grpc_host, running.health_port
-        )
-    logger.info(
-        "gRPC server (%s front end) listening on %s:%d (health NOT_SERVING until the model is ready)",
-        resolve_frontend(settings.frontend),
-        settings.grpc_host,
-        running.port,
-    )
+    if worker is None:
+        await open_ports(running)
     if settings.metrics_enabled:
-        running.metrics = start_metrics_server(
-            settings.metrics_host,
-            settings.metrics_port,
-            running.slot,
-            running.rpc_statistics,
-            settings.model_name,
-            running.state,
-        )
-        logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, running.metrics.port)
+        _start_metrics(running)
     logger.info(
         "%s",
         describe_tracing(settings.tracing) if owns_provider else "tracing: provider given by the caller",
     )
     return running
+
+
+async def open_ports(running: RunningServer) -> None:
+    """Bind and start the gRPC port (and the plaintext health port, when configured)."""
+    settings = running.settings
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    running.port = await bind_and_start(running.server, address, settings.tls)
+    if settings.tls.plaintext_health_port is not None:
+        running.health_port_server, running.health_port = await start_health_port(
+            running.health,
+            settings.grpc_host,
+            settings.tls.plaintext_health_port,
+            shared=running.worker is not None,
+        )
+        logger.info(
+            "plaintext health port (grpc.health.v1 only) on %s:%d", settings.grpc_host, running.health_port
+        )
+    logger.info(
+        "gRPC server (%s front end) listening on %s:%d%s",
+        resolve_frontend(settings.frontend),
+        settings.grpc_host,
+        running.port,
+        "" if running.worker is not None else " (health NOT_SERVING until the model is ready)",
+    )
+
+
+def _start_metrics(running: RunningServer) -> None:
+    """A single server serves `/metrics`; a worker writes its metrics for the supervisor's."""
+    settings = running.settings
+    registry_sources = (running.slot, running.rpc_statistics, settings.model_name, running.state)
+    if running.worker is not None:
+        registry, worker = build_registry(*registry_sources), running.worker
+        running.metrics_export = MultiprocessExporter(registry, worker.metrics_dir, worker.index)
+        running.metrics_export.start()
+        return
+    running.metrics = start_metrics_server(settings.metrics_host, settings.metrics_port, *registry_sources)
+    logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, running.metrics.port)
 
 
 def _model_control_checks(settings: ServerSettings, authorizer: Authorizer) -> dict[str, RoleCheck | None]:
@@ -205,7 +230,7 @@ def _channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_receive_message_bytes),
         ("grpc.max_send_message_length", settings.max_send_message_bytes),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", int(settings.workers > 1)),  # workers share the port; else: in use = error
     ]
 
 
@@ -326,20 +351,24 @@ async def stop_server(running: RunningServer, grace_s: float, drain_s: float = 0
         await running.state.close()
     if running.metrics is not None:
         running.metrics.stop()
+    if running.metrics_export is not None:
+        running.metrics_export.stop()
     if running.owns_tracer_provider and running.tracer_provider is not None:
         running.tracer_provider.shutdown()  # flushes spans still buffered for the exporter
     if running.health_port_server is not None:  # last: probes see NOT_SERVING until the end
         await running.health_port_server.stop(0)
 
 
-async def serve(settings: ServerSettings) -> None:
+async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> None:
     """Run until SIGINT or SIGTERM, then shut down gracefully (a second signal skips the drain)."""
-    running = await start_server(settings)
+    running = await start_server(settings, worker=worker)
     signals = asyncio.Queue[int]()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, signals.put_nowait, sig)
-    loading = asyncio.ensure_future(load_and_serve_model(running))
+    loading = asyncio.ensure_future(
+        load_and_serve_model(running) if worker is None else _load_then_join(running, worker)
+    )
     first_signal = asyncio.ensure_future(signals.get())
     await asyncio.wait({loading, first_signal}, return_when=asyncio.FIRST_COMPLETED)
     if loading.done() and loading.exception() is not None:
@@ -372,8 +401,16 @@ async def serve(settings: ServerSettings) -> None:
     logger.info("stopped")
 
 
-def run(settings: ServerSettings) -> None:
-    """Serve on the configured event loop until stopped."""
+async def _load_then_join(running: RunningServer, worker: WorkerRole) -> RecommenderService:
+    """A worker joins the shared port only once it serves, then tells the supervisor."""
+    service = await load_and_serve_model(running)
+    await open_ports(running)
+    worker.report_ready()
+    return service
+
+
+def run(settings: ServerSettings, worker: WorkerRole | None = None) -> None:
+    """Serve on the configured event loop until stopped (as one of several workers when `worker` is set)."""
     if settings.event_loop != "asyncio":
         try:
             import uvloop
@@ -382,6 +419,6 @@ def run(settings: ServerSettings) -> None:
                 raise
         else:
             logger.debug("using uvloop")
-            uvloop.run(serve(settings))
+            uvloop.run(serve(settings, worker))
             return
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, worker))

@@ -102,6 +102,11 @@ def _add_serve(commands: argparse._SubParsersAction) -> None:
         "--tokens-file", type=Path, help="YAML of token hashes and roles (`recserve token create` makes them)"
     )
     serve.add_argument(
+        "--workers",
+        type=int,
+        help="server processes on one port, ~1 core each (default 1; >1 needs --state-backend redis)",
+    )
+    serve.add_argument(
         "--frontend",
         choices=["auto", "native", "aio"],
         help="gRPC transport: native (grpc++), aio (grpc.aio); auto (default) = native when built",
@@ -238,15 +243,25 @@ def _serve(args: argparse.Namespace) -> int:
             },
             tls={"cert_file": args.tls_cert, "key_file": args.tls_key, "client_ca_file": args.tls_client_ca},
             auth={"tokens_file": args.tokens_file},
+            workers=args.workers,
         )
-    except (ValidationError, FileNotFoundError) as error:
+    except (ValidationError, ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: invalid settings: {error}\n")
         return 2
     from recserve.server.telemetry.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
-    from recserve.server.app import run
     from recserve.server.exceptions import StartupError
+
+    if settings.workers > 1:
+        from recserve.server.workers.supervisor import run_workers
+
+        try:
+            return run_workers(settings)
+        except StartupError as error:
+            sys.stderr.write(f"error: {error}\n")
+            return 2
+    from recserve.server.app import run
     from recserve.server.runtime.tf_model import configure_threads
 
     configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)

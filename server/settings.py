@@ -359,6 +359,13 @@ class ServerSettings(BaseSettings):
     event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
         "auto", description="asyncio event loop; auto = uvloop when installed (less CPU per RPC)."
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes on one port (SO_REUSEPORT), about one core each; more than 1 needs "
+        "state.backend redis, which every worker shares.",
+    )
 
 
 def load_server_settings(config_file: Path | None = None, **overrides: Any) -> ServerSettings:
@@ -376,7 +383,23 @@ def load_server_settings(config_file: Path | None = None, **overrides: Any) -> S
     if config_file is not None:
         file_values = yaml.safe_load(Path(config_file).read_text()) or {}
     cli_values = _without_none(overrides)
-    return ServerSettings(**_merged(_merged(file_values, _env_values()), cli_values))
+    settings = ServerSettings(**_merged(_merged(file_values, _env_values()), cli_values))
+    check_workers(settings)
+    return settings
+
+
+def check_workers(settings: ServerSettings) -> None:
+    """Several workers need the shared state backend (checked on the merged settings, not per source).
+
+    Raises:
+        ValueError: workers > 1 with the memory backend.
+    """
+    if settings.workers > 1 and settings.state.backend != "redis":
+        raise ValueError(
+            f"workers={settings.workers} needs state.backend redis (--state-backend redis --redis-url "
+            "redis://HOST:6379/0): every worker must see every write, and the memory backend lives in one "
+            "process"
+        )
 
 
 def _without_none(values: dict[str, Any]) -> dict[str, Any]:

@@ -17,14 +17,16 @@ from recserve.server.servicers.health import health_handlers
 
 
 async def start_health_port(
-    health_servicer: health.aio.HealthServicer, host: str, port: int
+    health_servicer: health.aio.HealthServicer, host: str, port: int, shared: bool = False
 ) -> tuple[grpc.aio.Server, int]:
     """Bind `host:port` (0 picks a free port) in plaintext, serve health only; the server and its port.
+
+    `shared`: other workers bind the same port (SO_REUSEPORT).
 
     Raises:
         StartupError: the port cannot be bound.
     """
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(options=[("grpc.so_reuseport", int(shared))])
     server.add_generic_rpc_handlers((health_handlers(health_servicer),))  # bad bytes: INVALID_ARGUMENT
     try:
         bound = server.add_insecure_port(f"{host}:{port}")

@@ -55,11 +55,28 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str, log_format: str = "text") -> None:
-    """Log to stderr at `level`, as `text` or `json`, with trace context on every record."""
+class WorkerFilter(logging.Filter):
+    """Adds `worker` (its index under `recserve serve --workers`): several processes share one stderr."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__()
+        self.index = index
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Annotate; never drops a record."""
+        record.worker = self.index
+        return True
+
+
+def configure_logging(level: str, log_format: str = "text", worker: int | None = None) -> None:
+    """Log to stderr at `level`, as `text` or `json`, with trace context (and worker) on every record."""
     handler = logging.StreamHandler(sys.stderr)
     handler.addFilter(TraceContextFilter())
-    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    text_format = TEXT_FORMAT
+    if worker is not None:
+        handler.addFilter(WorkerFilter(worker))
+        text_format = TEXT_FORMAT.replace("%(levelname)s ", "%(levelname)s [worker %(worker)d] ")
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(text_format))
     root = logging.getLogger()
     for existing in list(root.handlers):
         root.removeHandler(existing)

@@ -233,6 +233,18 @@ class MetricsServer:
         self.thread.join(5)
 
 
+def build_registry(
+    slot: ServiceSlot, rpc_statistics: RpcStatistics, model_name: str, state: LiveState | None = None
+) -> CollectorRegistry:
+    """The server's metrics plus process, platform and GC metrics, read at collection time."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ServerCollector(slot, rpc_statistics, model_name, state))
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
 def start_metrics_server(
     host: str,
     port: int,
@@ -242,11 +254,7 @@ def start_metrics_server(
     state: LiveState | None = None,
 ) -> MetricsServer:
     """Serve the server's metrics plus process, platform and GC metrics; port 0 picks a free one."""
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(ServerCollector(slot, rpc_statistics, model_name, state))
-    ProcessCollector(registry=registry)
-    PlatformCollector(registry=registry)
-    GCCollector(registry=registry)
+    registry = build_registry(slot, rpc_statistics, model_name, state)
     httpd, thread = start_prometheus_http_server(port, host, registry)
     thread.name = "metrics-http"
     return MetricsServer(httpd, thread, httpd.server_port)
