@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # perf_analyzer (bench/perf_analyzer.py) lives in a venv of its own: bench/requirements-perf-analyzer.txt.
 PERF_VENV := .venv-perf
 
-.PHONY: help install native-deps redis-deps proto model serve test lint bench bench-live bench-swap bench-perf-analyzer bench-kserve-path bench-peers bench-report clean
+.PHONY: help install native-deps redis-deps proto model serve test lint bench bench-live bench-swap bench-perf-analyzer bench-kserve-path bench-workers bench-peers bench-report clean
 
 help:
 	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench-swap   ten model version swaps under load at c=64 (~2.5 min)"
 	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min; needs libb64-0d)"
 	@echo "make bench-kserve-path   ModelInfer against Recommend through one load generator (~4 min)"
+	@echo "make bench-workers       recserve serve --workers 2 against one worker (~5 min)"
 	@echo "make bench-peers   recserve vs Triton (PyTriton) on the same pipeline, by perf_analyzer (~15 min; needs libb64-0d)"
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.h native/*.cc)
@@ -129,6 +130,12 @@ bench-kserve-path: model
 	mkdir -p bench/results
 	$(BIN)/python bench/kserve_path.py
 	$(BIN)/python bench/report.py --kserve-path-only
+
+bench-workers: model redis-deps
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	mkdir -p bench/results
+	$(BIN)/python bench/workers.py
+	$(BIN)/python bench/report.py --workers-only
 
 # PyTriton (bench/peers.py) in a venv of its own, with recserve beside it: bench/requirements-peers.txt.
 PEERS_VENV := .venv-peers

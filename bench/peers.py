@@ -44,6 +44,7 @@ from pathlib import Path
 
 import grpc
 from perf_analyzer import MODEL, PERF_VENV, K, perf_analyzer_command, run_perf_analyzer, write_inputs
+from process_tree import tree_cpu_seconds
 from server_load import start_server
 
 from recserve.inference import grpc_service_pb2 as kpb
@@ -66,32 +67,6 @@ class Peer:
     address: str
     pid: int
     stop: Callable[[], None]
-
-
-def tree_cpu_seconds(root: int) -> float:
-    """User + system CPU of `root` and every process below it (threads included), from /proc."""
-    parents: dict[int, int] = {}
-    times: dict[int, float] = {}
-    tick = os.sysconf("SC_CLK_TCK")
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # it ended
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        times[pid] = (int(fields[11]) + int(fields[12])) / tick
-
-    def below_root(pid: int) -> bool:
-        while pid > 1:
-            if pid == root:
-                return True
-            pid = parents.get(pid, 1)
-        return False
-
-    return sum(seconds for pid, seconds in times.items() if below_root(pid))
 
 
 def free_ports(count: int) -> int:

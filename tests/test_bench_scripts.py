@@ -8,6 +8,7 @@ who needed its figures.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,8 @@ def test_the_peer_report_renders_a_result() -> None:
     text = "\n".join(peers_section(result))
     assert "| 16 | 1,500 (0.7 / 1.3) | 600 (1.7 / 3.3), 2 instances, delay 0 ms | 2.50× |" in text
     assert "met** (lowest ratio 2.50× at c=16" in text
+
+
+def test_the_workers_benchmark_runs(model_repository: Path) -> None:
+    out = run_bench("workers.py", "--model-repository", str(model_repository), "--smoke")
+    assert re.search(r"c=16: 1 worker \d+/s .* 2 workers \d+/s .*: [\d.]+x", out), out

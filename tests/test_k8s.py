@@ -977,3 +977,53 @@ def test_the_loadtest_job_is_an_admitted_client(rendered: dict[str, list[Manifes
         if grpc_port in policy_ports([rule])
         for peer in rule["from"]
     )
+
+
+# --- workers and autoscaling -----------------------------------------------------------------------------
+
+
+def env_of(container: Manifest) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
+
+
+def test_prod_pods_run_one_worker_per_requested_core(rendered: dict[str, list[Manifest]]) -> None:
+    container = server_container(rendered["prod"])
+    env = env_of(container)
+    workers = int(env["RECSERVE_WORKERS"])
+    assert workers > 1 and env["RECSERVE_STATE__BACKEND"] == "redis", "more workers need the Redis backend"
+    assert quantity(container["resources"]["requests"]["cpu"]) == workers
+    settings = load_server_settings(
+        ROOT / "k8s" / "base" / "server.yaml", workers=workers, state={"backend": "redis"}
+    )
+    assert settings.workers == workers
+    rss_per_worker = 650 * 2**20  # docs/workers.md, demo model
+    assert quantity(container["resources"]["requests"]["memory"]) > workers * rss_per_worker
+
+
+@pytest.mark.parametrize("render", ("base", "dev", "model-pvc"))
+def test_one_worker_where_state_is_in_memory(rendered: dict[str, list[Manifest]], render: str) -> None:
+    assert "RECSERVE_WORKERS" not in env_of(server_container(rendered[render]))
+
+
+def test_the_hpa_scales_on_queue_delay_served_by_the_shipped_adapter_rule(
+    rendered: dict[str, list[Manifest]], tmp_path: Path
+) -> None:
+    metrics = one(rendered["prod"], "HorizontalPodAutoscaler", SERVER)["spec"]["metrics"]
+    pods = [m["pods"] for m in metrics if m["type"] == "Pods"]
+    assert [p["metric"]["name"] for p in pods] == ["recserve_queue_delay_seconds"]
+    assert quantity(pods[0]["target"]["averageValue"]) < 0.25, "below the server's 250 ms queue-wait bound"
+    assert any(m["type"] == "Resource" for m in metrics), "CPU stays as a floor"
+    kubectl = find_kubectl()
+    assert kubectl is not None
+    (adapter,) = kustomize(kubectl, K8S / "monitoring" / "prometheus-adapter")
+    assert adapter["kind"] == "ConfigMap" and adapter["metadata"]["namespace"] == "monitoring"
+    (rule,) = yaml.safe_load(adapter["data"]["config.yaml"])["rules"]
+    assert rule["name"]["as"] == "recserve_queue_delay_seconds"
+    assert rule["resources"]["overrides"] == {
+        "namespace": {"resource": "namespace"},
+        "pod": {"resource": "pod"},
+    }
+    served = re.findall(r"recserve_\w+", rule["seriesQuery"] + rule["metricsQuery"])
+    assert set(served) == {"recserve_queue_duration_us_count", "recserve_queue_duration_us_sum"}
+    metrics_source = (ROOT / "server" / "telemetry" / "metrics.py").read_text()
+    assert '"recserve_queue_duration_us"' in metrics_source, "the histogram the rule reads"
