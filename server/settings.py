@@ -389,16 +389,22 @@ def load_server_settings(config_file: Path | None = None, **overrides: Any) -> S
 
 
 def check_workers(settings: ServerSettings) -> None:
-    """Several workers need the shared state backend (checked on the merged settings, not per source).
+    """Several workers need shared state and model versions each can follow alone (merged settings).
 
     Raises:
-        ValueError: workers > 1 with the memory backend.
+        ValueError: workers > 1 with the memory backend, or with explicit model control.
     """
     if settings.workers > 1 and settings.state.backend != "redis":
         raise ValueError(
             f"workers={settings.workers} needs state.backend redis (--state-backend redis --redis-url "
             "redis://HOST:6379/0): every worker must see every write, and the memory backend lives in one "
             "process"
+        )
+    if settings.workers > 1 and settings.model_control_mode == "explicit":
+        raise ValueError(
+            f"workers={settings.workers} cannot use model_control_mode explicit: a RepositoryModelLoad call "
+            "reaches one worker only. Use model_control_mode poll (every worker follows the repository) or "
+            "none, or one worker per pod"
         )
 
 

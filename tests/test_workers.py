@@ -203,3 +203,29 @@ def test_sigterm_drains_every_worker(
     for pid in worker_pids(server):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_explicit_model_control_is_refused_with_several_workers(
+    model_repository: Path, redis: RedisServer
+) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "recserve",
+        "serve",
+        "--workers",
+        "2",
+        "--model-control-mode",
+        "explicit",
+    ]
+    command += [
+        "--state-backend",
+        "redis",
+        "--redis-url",
+        redis.url,
+        "--model-repository",
+        str(model_repository),
+    ]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert finished.returncode == 2
+    assert "cannot use model_control_mode explicit" in finished.stderr
