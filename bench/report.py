@@ -22,6 +22,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from model_swap_report import model_swap_section  # noqa: E402
 from peers_report import peers_section  # noqa: E402
+from scale_report import scale_section  # noqa: E402
 from workers_report import workers_section  # noqa: E402
 
 DOCS = REPO_ROOT / "docs"
@@ -636,6 +637,7 @@ def render_only(name: str) -> None:
         "peers": peers_section,
         "kserve_path": kserve_path_section,
         "workers": workers_section,
+        "scale": scale_section,
     }
     section = renderers[name](results)
     BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
@@ -662,6 +664,11 @@ def main() -> None:
         help="re-render only the ModelInfer-against-Recommend section, keeping the rest as committed",
     )
     parser.add_argument(
+        "--scale-only",
+        action="store_true",
+        help="re-render only the catalog-size section, keeping the rest of docs/benchmarks.md as committed",
+    )
+    parser.add_argument(
         "--workers-only",
         action="store_true",
         help="re-render only the workers section, keeping the rest of docs/benchmarks.md as committed",
@@ -675,7 +682,7 @@ def main() -> None:
     only = next(
         (name for name, chosen in (("live_state", args.live_state_only), ("model_swap", args.model_swap_only),
                                    ("peers", args.peers_only), ("kserve_path", args.kserve_path_only),
-                                   ("workers", args.workers_only)) if chosen),
+                                   ("workers", args.workers_only), ("scale", args.scale_only)) if chosen),
         None,
     )  # fmt: skip
     if only is not None:
@@ -765,6 +772,7 @@ def main() -> None:
         ("peers", peers_section),
         ("kserve_path", kserve_path_section),
         ("workers", workers_section),
+        ("scale", scale_section),
     ):
         results = load(name)
         if results:

@@ -438,3 +438,60 @@ def test_next_build_is_version_two(tiny_repository: Path, built: Path) -> None:
     assert json.loads((second / "metadata.json").read_text())["version"] == "2"
     assert (built / "metadata.json").is_file()  # version 1 untouched
     assert sorted(p.name for p in (tiny_repository / "recommender").iterdir()) == ["1", "2", "config.yaml"]
+
+
+# A large catalog's paths, at a small size ---------------------------------------------------------------
+
+
+def test_an_epoch_over_more_examples_than_it_shows_takes_a_bounded_sample() -> None:
+    from recserve.training.train import tower_steps_per_epoch
+
+    assert tower_steps_per_epoch(27_000_000, 1024, 1_000_000) == 1_000_000 // 1024
+    assert tower_steps_per_epoch(280_000, 1024, 1_000_000) == 280_000 // 1024, "small data: every example"
+
+
+def test_approximate_near_negatives_find_most_of_the_exact_ones() -> None:
+    from recserve.training import train_ranker
+
+    rng = np.random.default_rng(3)
+    items = rng.normal(size=(3000, 16)).astype(np.float32)
+    items /= np.linalg.norm(items, axis=1, keepdims=True)
+    users = items[rng.choice(3000, 50)] + 0.1 * rng.normal(size=(50, 16)).astype(np.float32)
+    exact = train_ranker._nearest_items(users, items, 50)
+    approximate = train_ranker._approximate_nearest_items(users, items, 50)
+    assert approximate.shape == exact.shape and approximate.min() >= 1 and approximate.max() <= 3000
+    overlap = np.mean([np.intersect1d(a, e).size / 50 for a, e in zip(approximate, exact, strict=True)])
+    assert overlap >= 0.5
+
+
+def test_validation_recall_is_the_same_scored_in_parts(built: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recserve.training import train
+    from recserve.training.build import training_data
+    from recserve.training.towers import build_towers
+
+    data = training_data(DemoConfig(**TINY_DEMO))
+    interactions = data.interactions
+    towers = build_towers(interactions.num_users, interactions.num_items, interactions.num_tags, 32, 64)
+    cases = data.split.ranker.take(np.arange(300))
+    whole = train.validation_recall(towers, cases, data.item_tags)
+    monkeypatch.setattr(train, "SCORED_ROWS", 7)
+    assert train.validation_recall(towers, cases, data.item_tags) == whole
+
+
+def test_a_build_through_the_large_catalog_paths_still_learns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sampled tower epochs, a sampled ranker set and approximate near negatives: what a million items use."""
+    from recserve.training import train_ranker
+    from recserve.training.build import build_demo
+
+    monkeypatch.setattr(train_ranker, "EXACT_NEIGHBOURS_MAX_ITEMS", 100)
+    model_dir = tmp_path / "recommender"
+    model_dir.mkdir()
+    demo = {**TINY_DEMO, "max_examples_per_epoch": 15_000, "ranker_max_examples": 600}
+    document = {"name": "recommender", "retrieval": RETRIEVAL, "demo": demo}
+    (model_dir / "config.yaml").write_text(yaml.safe_dump(document))
+    version = build_demo(tmp_path, "recommender", show_progress=False)
+    evaluation = json.loads((version / "evaluation.json").read_text())
+    assert evaluation["recall@10"] >= 1.5 * evaluation["popular_recall@10"]
+    assert evaluation["ann_recall@100"] >= 0.9

@@ -166,7 +166,9 @@ def train_models(data: TrainingData, config: DemoConfig, progress: BuildProgress
         config.embedding_dim,
         config.hidden_units,
     )
-    steps = config.max_epochs * tower_steps_per_epoch(len(data.split.train), config.batch_size)
+    steps = config.max_epochs * tower_steps_per_epoch(
+        len(data.split.train), config.batch_size, config.max_examples_per_epoch
+    )
     validation = sample_cases(data.split.ranker, config.validation_cases, config.seed)
     with progress.stage("train towers", total=steps) as advance:
         towers_history = train_towers(towers, data.split.train, validation, data.item_tags, config, advance)

@@ -51,6 +51,12 @@ class DemoConfig(BaseModel):
     patience: int = Field(
         2, ge=1, description="Tower epochs without a better validation recall before training stops."
     )
+    max_examples_per_epoch: int = Field(
+        1_000_000,
+        ge=1,
+        description="Tower examples per epoch: a larger training set gives each epoch a fresh random "
+        "sample of this many, so an epoch's cost (and a large catalog's build time) stays bounded.",
+    )
     validation_cases: int = Field(
         2000, ge=1, description="Held-out (ranker) examples sampled to validate the towers after each epoch."
     )
@@ -79,6 +85,11 @@ class DemoConfig(BaseModel):
         1, ge=1, description="Interactions before each user's last kept out of tower training for the ranker."
     )
     ranker_max_epochs: int = Field(20, ge=1, description="Most passes over the ranker examples.")
+    ranker_max_examples: int = Field(
+        200_000,
+        ge=1,
+        description="Held-out positives the ranker trains on (a random sample of them when there are more).",
+    )
     ranker_patience: int = Field(
         2, ge=1, description="Ranker epochs without a lower validation loss before training stops."
     )

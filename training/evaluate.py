@@ -126,5 +126,8 @@ def ann_recall_at_k(
 def exact_top_k(queries: np.ndarray, item_embeddings: np.ndarray, k: int) -> np.ndarray:
     """Rows (0-based) of the `k` items of highest cosine to each unit query, [Q, k], unordered."""
     k = min(k, len(item_embeddings))
-    scores = queries.astype(np.float32) @ item_embeddings.T
-    return np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    parts = []
+    for start in range(0, len(queries), 256):  # bounded memory at a million items
+        scores = queries[start : start + 256].astype(np.float32) @ item_embeddings.T
+        parts.append(np.argpartition(-scores, k - 1, axis=1)[:, :k])
+    return np.concatenate(parts) if parts else np.zeros((0, k), dtype=np.int64)

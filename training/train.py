@@ -18,6 +18,7 @@ import tensorflow as tf
 from recserve.training.config import DemoConfig
 from recserve.training.data import Examples
 from recserve.training.embed import embed_items, embed_users
+from recserve.training.lazy_adam import LazyAdam
 from recserve.training.towers import Towers
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ ProgressCallback = Callable[[], None]
 MASKED_LOGIT = -1e9
 MIN_STEPS_PER_EPOCH = 100
 VALIDATION_K = 50
+SCORED_ROWS = 256  # users scored against every item at once: 1 GB of scores at a million items
 
 
 def configure_tensorflow(seed: int, threads: int = 0) -> None:
@@ -47,9 +49,13 @@ def batch_size_for(num_examples: int, batch_size: int) -> int:
     return max(2, min(batch_size, num_examples // MIN_STEPS_PER_EPOCH))
 
 
-def tower_steps_per_epoch(num_examples: int, batch_size: int) -> int:
-    """Full batches per epoch (the last partial batch is dropped so every step has the same shape)."""
-    return max(1, num_examples // batch_size_for(num_examples, batch_size))
+def tower_steps_per_epoch(num_examples: int, batch_size: int, max_examples: int | None = None) -> int:
+    """Full batches per epoch over `num_examples`, or over a sample of `max_examples` of them.
+
+    The last partial batch is dropped so every step has the same shape.
+    """
+    shown = min(num_examples, max_examples or num_examples)
+    return max(1, shown // batch_size_for(shown, batch_size))
 
 
 @dataclass(frozen=True)
@@ -106,16 +112,17 @@ class _TowerEpoch:
         self.examples = examples
         self.config = config
         self.rng = np.random.default_rng(config.seed)
-        self.batch_size = batch_size_for(len(examples), config.batch_size)
-        self.steps = tower_steps_per_epoch(len(examples), config.batch_size)
+        self.shown = min(len(examples), config.max_examples_per_epoch)
+        self.batch_size = batch_size_for(self.shown, config.batch_size)
+        self.steps = tower_steps_per_epoch(len(examples), config.batch_size, config.max_examples_per_epoch)
         target_counts = np.bincount(examples.targets, minlength=len(item_tags)) + 1.0
         self.log_q = np.log(target_counts / target_counts.sum()).astype(np.float32)
-        optimizer = keras.optimizers.Adam(config.learning_rate)
+        optimizer = LazyAdam(config.learning_rate)
         self.step = _tower_step(towers, optimizer, tf.constant(item_tags), config.temperature)
 
     def run(self, on_step: ProgressCallback | None) -> float:
-        """Train one epoch; returns its mean loss."""
-        order = self.rng.permutation(len(self.examples))
+        """Train one epoch (over a fresh sample when the examples are more than an epoch shows)."""
+        order = self.rng.permutation(len(self.examples))[: self.shown]
         total = 0.0
         for batch in range(self.steps):
             rows = order[batch * self.batch_size : (batch + 1) * self.batch_size]
@@ -193,9 +200,14 @@ def validation_recall(towers: Towers, cases: Examples, item_tags: np.ndarray, k:
     """
     item_vectors = embed_items(towers.item_tower, item_tags)
     user_vectors = embed_users(towers.user_tower, item_vectors, cases.user_indices, cases.contexts)
-    scores = user_vectors @ item_vectors.T
-    rows = np.repeat(np.arange(len(cases)), cases.contexts.shape[1])
-    columns = cases.contexts.reshape(-1).astype(np.int64) - 1
-    scores[rows[columns >= 0], columns[columns >= 0]] = -np.inf
-    target_scores = np.take_along_axis(scores, cases.targets[:, None] - 1, axis=1)
-    return float(np.mean((scores > target_scores).sum(axis=1) < k))
+    hits = []
+    for start in range(0, len(cases), SCORED_ROWS):  # [rows, all items] at a time: bounded memory
+        part = slice(start, start + SCORED_ROWS)
+        scores = user_vectors[part] @ item_vectors.T
+        contexts, targets = cases.contexts[part], cases.targets[part]
+        rows = np.repeat(np.arange(len(contexts)), contexts.shape[1])
+        columns = contexts.reshape(-1).astype(np.int64) - 1
+        scores[rows[columns >= 0], columns[columns >= 0]] = -np.inf
+        target_scores = np.take_along_axis(scores, targets[:, None] - 1, axis=1)
+        hits.append((scores > target_scores).sum(axis=1) < k)
+    return float(np.mean(np.concatenate(hits)))

@@ -8,11 +8,16 @@ from dataclasses import dataclass
 
 import keras
 import numpy as np
+from annoy import AnnoyIndex
 
 from recserve.training.config import DemoConfig
 from recserve.training.data import Examples
 from recserve.training.embed import embed_users
 from recserve.training.train import batch_size_for
+
+EXACT_NEIGHBOURS_MAX_ITEMS = 100_000
+"""Up to this many items, the ranker's near negatives come from scoring every item."""
+NEIGHBOUR_INDEX_TREES = 8
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,9 @@ def train_ranker(
     measure the validation loss; the best epoch's weights are kept.
     """
     rng = np.random.default_rng(config.seed + 1)
+    if len(examples) > config.ranker_max_examples:
+        kept = rng.choice(len(examples), config.ranker_max_examples, replace=False)
+        examples = examples.take(np.sort(kept))
     user_vectors = embed_users(user_tower, items.known, examples.user_indices, examples.contexts)
     negatives = _ranker_negatives(rng, user_vectors, items.known, item_popularity, config)
     clashes = negatives == examples.targets[:, None]
@@ -142,10 +150,34 @@ def _ranker_negatives(
 
 
 def _nearest_items(user_vectors: np.ndarray, item_embeddings: np.ndarray, count: int) -> np.ndarray:
-    """The `count` items of highest cosine per user (1-based item indices, unordered), exact."""
+    """The `count` items of highest cosine per user (1-based item indices, unordered).
+
+    Exact, or beyond `EXACT_NEIGHBOURS_MAX_ITEMS` from an approximate index (scoring every pair would take
+    hours there).
+    """
     count = min(count, len(item_embeddings))
+    if len(item_embeddings) > EXACT_NEIGHBOURS_MAX_ITEMS:
+        return _approximate_nearest_items(user_vectors, item_embeddings, count)
     parts = []
     for start in range(0, len(user_vectors), 1024):
         scores = user_vectors[start : start + 1024] @ item_embeddings.T
         parts.append(np.argpartition(-scores, count - 1, axis=1)[:, :count] + 1)
     return np.concatenate(parts)
+
+
+def _approximate_nearest_items(
+    user_vectors: np.ndarray, item_embeddings: np.ndarray, count: int
+) -> np.ndarray:
+    """Like `_nearest_items`, from a small Annoy index built on every core for this alone."""
+    index = AnnoyIndex(item_embeddings.shape[1], "angular")
+    for row, vector in enumerate(item_embeddings):
+        index.add_item(row, vector)
+    index.build(NEIGHBOUR_INDEX_TREES, n_jobs=-1)
+    try:
+        found = np.ones((len(user_vectors), count), dtype=np.int64)  # item 1 where a search comes up short
+        for row, vector in enumerate(user_vectors):
+            neighbours = index.get_nns_by_vector(vector, count)
+            found[row, : len(neighbours)] = np.asarray(neighbours) + 1
+        return found
+    finally:
+        index.unload()

@@ -1,0 +1,83 @@
+"""The "Catalog size" section of docs/benchmarks.md and its plot, from bench/results/scale.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HEADING = "## Catalog size: 20k to a million items"
+PLOT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-scale.png"
+THROUGHPUT_TARGET = 0.5  # throughput at the largest size against the smallest, at equal recall
+
+
+def scale_section(result: dict) -> list[str]:
+    """Markdown lines: the command, one row per size, the cost-curve plot, the verdict."""
+    rows = sorted(result["rows"], key=lambda row: row["items"])
+    plot_cost_curves(rows)
+    sizes = " ".join(f"--size {row['items']}=REPOSITORY" for row in rows)
+    lines = [
+        HEADING,
+        "",
+        "```sh",
+        f".venv/bin/python bench/scale.py {sizes} --seconds {result['seconds']:g} --rounds {result['rounds']}",
+        "```",
+        "",
+        "Each size is a demo build (`recserve build-demo --num-items N --num-users N`). `search_k` is chosen "
+        "per size as the cheapest with recall@100 of exact search >= 0.9 on real queries (user-tower "
+        "embeddings of held-out requests); the server runs the committed config with that `search_k`. "
+        f"Latency and throughput: `recserve loadtest`, Recommend k = 10, {result['rounds']} interleaved "
+        f"rounds of {result['seconds']:g} s, medians; {result['machine']}, the load generator on the same "
+        "cores.",
+        "",
+        "| items | n_trees | index MB | version MB | search_k (recall@100) | Annoy ms per query | start to "
+        "SERVING s | RSS MB (PSS) | Recommend p50 at c=1 ms | Recommend req/s at c=64 (p99 ms) |",
+        "|---:|---:|---:|---:|---|---:|---:|---|---:|---|",
+    ]
+    for row in rows:
+        chosen, memory = row["chosen"], row["memory_mb"]
+        lines.append(
+            f"| {row['items']:,} | {row['n_trees']} | {row['index_mb']:,.0f} | {row['version_mb']:,.0f} "
+            f"| {chosen['search_k']:,} ({chosen['recall_at_100']:.3f}) | {chosen['ms_per_query']:.2f} "
+            f"| {row['start_s']:.1f} | {memory['rss']:,.0f} ({memory['pss']:,.0f}) | {row['c1_p50_ms']:.2f} "
+            f"| {row['c64_rps']:,.0f} ({row['c64_p99_ms']:.1f}) |"
+        )
+    smallest, largest = rows[0], rows[-1]
+    share = largest["c64_rps"] / smallest["c64_rps"]
+    met = share >= THROUGHPUT_TARGET
+    lines += [
+        "",
+        f"![Annoy cost against recall by catalog size]({PLOT.name})",
+        "",
+        f"- **Target: throughput at {largest['items']:,} items >= {THROUGHPUT_TARGET:.0%} of that at "
+        f"{smallest['items']:,}, at equal recall: {'met' if met else 'not met'}** ({share:.0%}: "
+        f"{largest['c64_rps']:,.0f} against {smallest['c64_rps']:,.0f} req/s at c=64).",
+        "",
+    ]
+    return lines
+
+
+def plot_cost_curves(rows: list[dict]) -> None:
+    """Recall@100 against ms per query along each size's search_k sweep."""
+    figure, axes = plt.subplots(figsize=(7, 4.2))
+    for row in rows:
+        sweep = row["sweep"]
+        axes.plot(
+            [point["ms_per_query"] for point in sweep],
+            [point["recall_at_100"] for point in sweep],
+            marker="o",
+            label=f"{row['items']:,} items",
+        )
+        for point in sweep:
+            axes.annotate(f"{point['search_k']}", (point["ms_per_query"], point["recall_at_100"]), fontsize=6)
+    axes.axhline(0.9, color="grey", linestyle="--", linewidth=0.8)
+    axes.set_xlabel("Annoy ms per query (labels: search_k)")
+    axes.set_ylabel("recall@100 of exact search")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(PLOT, dpi=120)
+    plt.close(figure)
