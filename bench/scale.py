@@ -31,14 +31,17 @@ from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
-from annoy_sweep import measure, user_queries
+from annoy_sweep import measure
 from perf_analyzer import write_inputs
 from process_tree import tree_memory_mb
 from server_load import LOADTEST, ServerProcess, repository_with, start_server
 
 from recserve.server.repository import resolve_version_dir
-from recserve.server.runtime.tf_model import configure_threads
-from recserve.training.evaluate import exact_top_k
+from recserve.server.runtime.tf_model import SignatureRunner, configure_threads
+from recserve.training.build import training_data
+from recserve.training.config import load_demo_config
+from recserve.training.embed import gather_embeddings
+from recserve.training.evaluate import exact_top_k, sample_cases
 
 CALL = "recserve.v1.Recommender.Recommend"
 SEARCH_K = (1000, 2000, 3000, 5000, 8000, 12000, 20000, 30000, 50000, 80000)
@@ -51,7 +54,8 @@ def index_figures(repository: Path, queries_count: int) -> dict:
     model_dir = repository / "recommender"
     version_dir = resolve_version_dir(model_dir)
     embeddings = np.load(version_dir / "item_embeddings.npy")
-    queries = user_queries(version_dir, model_dir / "config.yaml", queries_count)
+    metadata = json.loads((version_dir / "metadata.json").read_text())
+    queries = user_queries(version_dir, model_dir / "config.yaml", metadata, queries_count)
     exact = exact_top_k(queries, embeddings, K)
     index = AnnoyIndex(embeddings.shape[1], "angular")
     index.load(str(version_dir / "items.ann"))
@@ -65,7 +69,6 @@ def index_figures(repository: Path, queries_count: int) -> dict:
     index.unload()
     good = [row for row in sweep if row["recall_at_100"] >= RECALL_TARGET]
     chosen = min(good, key=lambda row: row["ms_per_query"]) if good else sweep[-1]
-    metadata = json.loads((version_dir / "metadata.json").read_text())
     return {
         "items": len(embeddings),
         "n_trees": index_trees(metadata),
@@ -74,6 +77,17 @@ def index_figures(repository: Path, queries_count: int) -> dict:
         "sweep": sweep,
         "chosen": chosen,
     }
+
+
+def user_queries(version_dir: Path, config_path: Path, metadata: dict, count: int) -> np.ndarray:
+    """User-tower embeddings of `count` held-out requests of the data the version was built from (its
+    sizes and seed from metadata.json: a large build's sizes were flags, not config.yaml)."""
+    sizes = {"num_users": metadata["num_users"], "num_items": metadata["num_items"]}
+    config = load_demo_config(config_path).model_copy(update={**sizes, "seed": metadata["dataset"]["seed"]})
+    cases = sample_cases(training_data(config).split.test, count, seed=1)
+    tower = SignatureRunner(version_dir / "user_tower")
+    recent = gather_embeddings(np.load(version_dir / "item_embeddings.npy"), cases.contexts)
+    return tower(user_index=cases.user_indices, recent_item_embeddings=recent)["embedding"]
 
 
 def index_trees(metadata: dict) -> int | None:
@@ -119,7 +133,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--smoke", action="store_true", help="one 0.5 s round, 50 queries; writes no results")
     args = parser.parse_args()
+    if args.smoke:
+        args.seconds, args.rounds, args.queries = 0.5, 1, 50
     configure_threads(1, 1)
     sizes = {int(items): Path(path) for items, path in (size.split("=", 1) for size in args.size)}
     workdir = Path(tempfile.mkdtemp(prefix="recserve-scale-"))
@@ -159,9 +176,9 @@ def main() -> None:
             f"{row['index_mb']:.0f} MB, start {row['start_s']:.1f} s, RSS {row['memory_mb']['rss']:.0f} MB, "
             f"c=1 p50 {row['c1_p50_ms']:.2f} ms, c=64 {row['c64_rps']:.0f}/s"
         )
-    write_result(
-        "scale", {"machine": machine_note(), "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
-    )
+    if not args.smoke:
+        payload = {"machine": machine_note(), "seconds": args.seconds, "rounds": args.rounds, "rows": rows}
+        write_result("scale", payload)
 
 
 if __name__ == "__main__":

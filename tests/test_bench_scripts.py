@@ -75,3 +75,8 @@ def test_the_peer_report_renders_a_result() -> None:
 def test_the_workers_benchmark_runs(model_repository: Path) -> None:
     out = run_bench("workers.py", "--model-repository", str(model_repository), "--smoke")
     assert re.search(r"c=16: 1 worker \d+/s .* 2 workers \d+/s .*: [\d.]+x", out), out
+
+
+def test_the_scale_benchmark_runs(model_repository: Path) -> None:
+    out = run_bench("scale.py", "--size", f"2500={model_repository}", "--smoke")
+    assert re.search(r"2,500 items: search_k \d+ \(recall@100 [\d.]+, [\d.]+ ms\), index \d+ MB", out), out

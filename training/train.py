@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -93,9 +94,19 @@ def train_towers(
     curve: list[float] = []
     best_weights: list[list[np.ndarray]] = []
     for _ in range(config.max_epochs):
+        started = time.perf_counter()
         losses.append(epoch.run(on_step))
+        trained = time.perf_counter()
         curve.append(validation_recall(towers, validation, item_tags))
-        logger.info("tower epoch %d: loss %.4f, validation recall@50 %.4f", len(curve), losses[-1], curve[-1])
+        logger.info(
+            "tower epoch %d: loss %.4f, validation recall@50 %.4f (%d steps in %.0f s, validation %.0f s)",
+            len(curve),
+            losses[-1],
+            curve[-1],
+            epoch.steps,
+            trained - started,
+            time.perf_counter() - trained,
+        )
         if len(curve) == 1 or curve[-1] > max(curve[:-1]):
             best_weights = [tower.get_weights() for tower in (towers.user_tower, towers.item_tower)]
         elif len(curve) - 1 - int(np.argmax(curve)) >= config.patience:
