@@ -17,6 +17,8 @@ from recserve.client.cli import add_client_commands
 # Each pool is sized deliberately: a spinning BLAS/OpenMP worker steals a core from gRPC on small machines.
 THREAD_ENVIRONMENT = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 QUIET_TENSORFLOW = {"TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+# Training keeps oneDNN: without it a tower step at a million items takes 196 instead of 55 ms.
+QUIET_TRAINING = {"TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,7 +276,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _build_demo(args: argparse.Namespace) -> int:
-    os.environ.update(QUIET_TENSORFLOW)
+    os.environ.update(QUIET_TRAINING)
     _configure_logging("INFO")
     from recserve.training.build import build_demo
     from recserve.training.config import load_demo_config
@@ -299,7 +301,7 @@ def _build_demo(args: argparse.Namespace) -> int:
 
 
 def _retrain(args: argparse.Namespace) -> int:
-    os.environ.update(QUIET_TENSORFLOW)
+    os.environ.update(QUIET_TRAINING)
     from pydantic import ValidationError
 
     from recserve.server.settings import load_server_settings
