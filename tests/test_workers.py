@@ -89,22 +89,14 @@ def worker_pids(server: ServerProcess) -> list[int]:
     return [int(pid) for pid in re.findall(r"worker \d started \(pid (\d+)\)", server.log.read_text())]
 
 
+def refused(*flags: str) -> subprocess.CompletedProcess[str]:
+    """`recserve serve` with `flags`, expected to refuse its settings at once."""
+    command = [sys.executable, "-m", "recserve", "serve", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60)
+
+
 def test_more_workers_than_one_need_the_redis_backend(model_repository: Path) -> None:
-    finished = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "recserve",
-            "serve",
-            "--workers",
-            "2",
-            "--model-repository",
-            str(model_repository),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    finished = refused("--workers", "2", "--model-repository", str(model_repository))
     assert finished.returncode == 2
     assert "workers=2 needs state.backend redis" in finished.stderr
 
@@ -208,24 +200,7 @@ def test_sigterm_drains_every_worker(
 def test_explicit_model_control_is_refused_with_several_workers(
     model_repository: Path, redis: RedisServer
 ) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "recserve",
-        "serve",
-        "--workers",
-        "2",
-        "--model-control-mode",
-        "explicit",
-    ]
-    command += [
-        "--state-backend",
-        "redis",
-        "--redis-url",
-        redis.url,
-        "--model-repository",
-        str(model_repository),
-    ]
-    finished = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    flags = ("--workers", "2", "--model-control-mode", "explicit", "--state-backend", "redis")
+    finished = refused(*flags, "--redis-url", redis.url, "--model-repository", str(model_repository))
     assert finished.returncode == 2
     assert "cannot use model_control_mode explicit" in finished.stderr
