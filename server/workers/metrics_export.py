@@ -76,7 +76,8 @@ class MultiprocessExporter:
     def flush(self) -> None:
         """Replace this process's files with a snapshot of the registry."""
         files: dict[str, list[tuple[str, float]]] = defaultdict(list)
-        for family in [*self._registry.collect(), *self._worker_families()]:
+        families = list(self._registry.collect())
+        for family in [*families, self._worker_family(families)]:
             prefix = _file_prefix(family)
             if prefix is not None:
                 files[prefix].extend(_entries(family))
@@ -86,11 +87,11 @@ class MultiprocessExporter:
             (self._directory / f"{stale}_{self._pid}.db").unlink(missing_ok=True)
         self._written = set(files)
 
-    def _worker_families(self) -> Iterator[Metric]:
+    def _worker_family(self, families: list[Metric]) -> Metric:
         """Calls this worker finished, labelled by worker: shows how evenly the kernel spreads connections."""
         total = sum(
             sample.value
-            for family in self._registry.collect()
+            for family in families
             if family.name == "recserve_rpc"
             for sample in family.samples
             if sample.name == "recserve_rpc_total"
@@ -99,7 +100,7 @@ class MultiprocessExporter:
             WORKER_RPCS, "Finished gRPC calls by worker (recserve serve --workers).", labels=["worker"]
         )
         family.add_metric([self._worker], total)
-        yield family
+        return family
 
     def _replace(self, prefix: str, entries: Iterable[tuple[str, float]]) -> None:
         final = self._directory / f"{prefix}_{self._pid}.db"
