@@ -24,7 +24,7 @@ from annoy import AnnoyIndex
 from recserve.server.repository import resolve_version_dir
 from recserve.server.runtime.tf_model import SignatureRunner, configure_threads
 from recserve.training.build import training_data
-from recserve.training.config import load_demo_config
+from recserve.training.config import DemoConfig, load_demo_config
 from recserve.training.embed import gather_embeddings
 from recserve.training.evaluate import exact_top_k, sample_cases
 
@@ -35,9 +35,9 @@ K = 100
 RECALL_TARGET = 0.94
 
 
-def user_queries(version_dir: Path, config_path: Path, count: int) -> np.ndarray:
-    """User-tower embeddings of `count` held-out demo requests (user + recent items)."""
-    cases = sample_cases(training_data(load_demo_config(config_path)).split.test, count, seed=1)
+def user_queries(version_dir: Path, config: DemoConfig, count: int) -> np.ndarray:
+    """User-tower embeddings of `count` held-out requests (user + recent items) of `config`'s demo data."""
+    cases = sample_cases(training_data(config).split.test, count, seed=1)
     tower = SignatureRunner(version_dir / "user_tower")
     recent = gather_embeddings(np.load(version_dir / "item_embeddings.npy"), cases.contexts)
     return tower(user_index=cases.user_indices, recent_item_embeddings=recent)["embedding"]
@@ -80,7 +80,7 @@ def main() -> None:
     model_dir = args.model_repository / args.model_name
     version_dir = resolve_version_dir(model_dir)
     embeddings = np.load(version_dir / "item_embeddings.npy")
-    queries = user_queries(version_dir, model_dir / "config.yaml", args.queries)
+    queries = user_queries(version_dir, load_demo_config(model_dir / "config.yaml"), args.queries)
     exact = exact_top_k(queries, embeddings, K)
     query_lists = queries.tolist()
     rows = []

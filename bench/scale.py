@@ -31,17 +31,15 @@ from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
-from annoy_sweep import measure
+from annoy_sweep import measure, user_queries
 from perf_analyzer import write_inputs
 from process_tree import tree_memory_mb
 from server_load import LOADTEST, ServerProcess, repository_with, start_server
 
 from recserve.server.repository import resolve_version_dir
-from recserve.server.runtime.tf_model import SignatureRunner, configure_threads
-from recserve.training.build import training_data
-from recserve.training.config import load_demo_config
-from recserve.training.embed import gather_embeddings
-from recserve.training.evaluate import exact_top_k, sample_cases
+from recserve.server.runtime.tf_model import configure_threads
+from recserve.training.config import DemoConfig, load_demo_config
+from recserve.training.evaluate import exact_top_k
 
 CALL = "recserve.v1.Recommender.Recommend"
 SEARCH_K = (1000, 2000, 3000, 5000, 8000, 12000, 20000, 30000, 50000, 80000)
@@ -55,7 +53,7 @@ def index_figures(repository: Path, queries_count: int) -> dict:
     version_dir = resolve_version_dir(model_dir)
     embeddings = np.load(version_dir / "item_embeddings.npy")
     metadata = json.loads((version_dir / "metadata.json").read_text())
-    queries = user_queries(version_dir, model_dir / "config.yaml", metadata, queries_count)
+    queries = user_queries(version_dir, built_config(model_dir / "config.yaml", metadata), queries_count)
     exact = exact_top_k(queries, embeddings, K)
     index = AnnoyIndex(embeddings.shape[1], "angular")
     index.load(str(version_dir / "items.ann"))
@@ -79,15 +77,10 @@ def index_figures(repository: Path, queries_count: int) -> dict:
     }
 
 
-def user_queries(version_dir: Path, config_path: Path, metadata: dict, count: int) -> np.ndarray:
-    """User-tower embeddings of `count` held-out requests of the data the version was built from (its
-    sizes and seed from metadata.json: a large build's sizes were flags, not config.yaml)."""
+def built_config(config_path: Path, metadata: dict) -> DemoConfig:
+    """The demo settings a version was built with: a large build's sizes were flags, not config.yaml."""
     sizes = {"num_users": metadata["num_users"], "num_items": metadata["num_items"]}
-    config = load_demo_config(config_path).model_copy(update={**sizes, "seed": metadata["dataset"]["seed"]})
-    cases = sample_cases(training_data(config).split.test, count, seed=1)
-    tower = SignatureRunner(version_dir / "user_tower")
-    recent = gather_embeddings(np.load(version_dir / "item_embeddings.npy"), cases.contexts)
-    return tower(user_index=cases.user_indices, recent_item_embeddings=recent)["embedding"]
+    return load_demo_config(config_path).model_copy(update={**sizes, "seed": metadata["dataset"]["seed"]})
 
 
 def index_trees(metadata: dict) -> int | None:
