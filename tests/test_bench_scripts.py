@@ -80,3 +80,9 @@ def test_the_workers_benchmark_runs(model_repository: Path) -> None:
 def test_the_scale_benchmark_runs(model_repository: Path) -> None:
     out = run_bench("scale.py", "--size", f"2500={model_repository}", "--smoke")
     assert re.search(r"2,500 items: search_k \d+ \(recall@100 [\d.]+, [\d.]+ ms\), index \d+ MB", out), out
+
+
+def test_the_movielens_file_is_written(tmp_path: Path) -> None:
+    out = run_bench("movielens_file.py", "--num-users", "200", "--num-items", "500", str(tmp_path))
+    assert re.search(r"ratings.csv: [\d,]+ ratings of 200 users over 500 movies", out), out
+    assert (tmp_path / "movies.csv").read_text().startswith("movieId,title,genres\n1,Item 1,tag-")

@@ -11,12 +11,13 @@ import pytest
 import yaml
 
 from recserve.server.settings import load_model_config
+from recserve.training import movielens
 from recserve.training.cold_start import hold_out_items, random_items
 from recserve.training.config import DemoConfig, load_demo_config
 from recserve.training.data import split_by_time
 from recserve.training.demo_data import generate_demo
 from recserve.training.evaluate import ann_recall_at_k, ndcg_at_k, popularity_recommender, recall_at_k
-from recserve.training.movielens import read_movielens
+from recserve.training.movielens import read_movielens, write_movielens
 
 DATA = Path(__file__).parent / "data"
 TINY_DEMO = {
@@ -113,6 +114,41 @@ def test_read_movielens(path: Path, rows: int, users: tuple[str, ...]) -> None:
     assert interactions.item_rows.max() < interactions.num_items
     liked = read_movielens(path, min_rating=4)
     assert 0 < len(liked) < rows
+
+
+def test_read_movielens_in_chunks_equals_one_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = read_movielens(DATA / "movielens-csv")
+    monkeypatch.setattr(movielens, "CHUNK_LINES", 5)  # 38 ratings in 8 chunks
+    chunked = read_movielens(DATA / "movielens-csv")
+    assert (chunked.user_ids, chunked.item_ids, chunked.item_tags) == (
+        whole.user_ids,
+        whole.item_ids,
+        whole.item_tags,
+    )
+    for name in ("user_rows", "item_rows", "timestamps"):
+        assert np.array_equal(getattr(chunked, name), getattr(whole, name))
+
+
+def test_a_bad_ratings_line_is_named(tmp_path: Path) -> None:
+    (tmp_path / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,2,4.0,100\n1,3\n")
+    with pytest.raises(ValueError, match=r"ratings.csv:3: expected user, item, rating, timestamp"):
+        read_movielens(tmp_path)
+
+
+def test_demo_data_written_as_movielens_reads_back(tmp_path: Path) -> None:
+    data = generate_demo(300, 800, seed=5)
+    read = read_movielens(write_movielens(data, tmp_path))
+    assert len(read) == len(data) and read.source.startswith("movielens:")
+    # Ids are row + 1; the reader keeps only items somebody rated, in numeric order.
+    assert read.user_ids == tuple(str(row + 1) for row in range(data.num_users))
+    item_row = {item_id: row for row, item_id in enumerate(read.item_ids)}
+    original = np.array([item_row[str(row + 1)] for row in data.item_rows])
+    order = np.lexsort((data.item_rows, data.user_rows, data.timestamps))
+    read_order = np.lexsort((read.item_rows, read.user_rows, read.timestamps))
+    assert np.array_equal(read.user_rows[read_order], data.user_rows[order])
+    assert np.array_equal(read.item_rows[read_order], original[order])
+    for item_id, tags in zip(read.item_ids, read.item_tags, strict=True):
+        assert tags == data.item_tags[int(item_id) - 1]
 
 
 def test_demo_items_have_tags_that_tell_their_topic_approximately() -> None:

@@ -8,6 +8,8 @@ Three layouts are understood, each a ratings file with an optional movie file be
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,8 @@ ML_100K_GENRES = (
 )  # fmt: skip
 # What the files say instead of a genre: no tag.
 NO_GENRE = frozenset({"(no genres listed)", "unknown", ""})
+# Ratings lines parsed at a time (~250 MB of Python strings at most).
+CHUNK_LINES = 1_000_000
 
 
 def read_movielens(path: Path, min_rating: float | None = None) -> Interactions:
@@ -43,17 +47,17 @@ def read_movielens(path: Path, min_rating: float | None = None) -> Interactions:
         ValueError: a line does not have four fields.
     """
     file, separator, header_lines = _ratings_file(Path(path))
-    lines = [line for line in file.read_text().splitlines()[header_lines:] if line.strip()]
-    fields = [line.split(separator) for line in lines]
-    if any(len(row) < 4 for row in fields):
-        raise ValueError(f"{file}: expected user, item, rating, timestamp on every line")
-    table = np.array([row[:4] for row in fields], dtype=str).reshape(-1, 4)
-    if min_rating is not None:
-        table = table[table[:, 2].astype(np.float64) >= min_rating]
-    user_ids, users = _vocabulary(table[:, 0])
-    item_ids, items = _vocabulary(table[:, 1])
-    timestamps = table[:, 3].astype(np.float64).astype(np.int64)
-    users, items, timestamps = first_occurrences(users, items, timestamps, len(item_ids))
+    user_vocabulary, item_vocabulary = _Vocabulary(), _Vocabulary()
+    user_codes, item_codes, times = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    for table in _ratings_tables(file, separator, header_lines):
+        if min_rating is not None:
+            table = table[table[:, 2].astype(np.float64) >= min_rating]
+        user_codes.append(user_vocabulary.codes(table[:, 0]))
+        item_codes.append(item_vocabulary.codes(table[:, 1]))
+        times.append(table[:, 3].astype(np.float64).astype(np.int64))
+    user_ids, users = user_vocabulary.ordered(np.concatenate(user_codes))
+    item_ids, items = item_vocabulary.ordered(np.concatenate(item_codes))
+    users, items, timestamps = first_occurrences(users, items, np.concatenate(times), len(item_ids))
     genres = read_genres(file)
     item_tags = tuple(genres.get(item_id, ()) for item_id in item_ids)
     return Interactions(
@@ -82,15 +86,51 @@ def _ratings_file(path: Path) -> tuple[Path, str, int]:
     raise FileNotFoundError(f"no MovieLens ratings file ({names}) at {path}")
 
 
-def _vocabulary(values: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
-    """Distinct ids (numeric ones in numeric order) and each value's row in them."""
-    distinct, rows = np.unique(values, return_inverse=True)
-    if all(value.isdigit() for value in distinct):
-        order = np.argsort(distinct.astype(np.int64), kind="stable")
-        rank = np.empty_like(order)
-        rank[order] = np.arange(order.size)
-        distinct, rows = distinct[order], rank[rows]
-    return tuple(str(value) for value in distinct), rows.astype(np.int64)
+def _ratings_tables(file: Path, separator: str, header_lines: int) -> Iterator[np.ndarray]:
+    """The ratings as str tables [n, 4] of at most `CHUNK_LINES` rows.
+
+    A file of tens of millions of lines never lives in memory as Python strings all at once.
+    """
+    with file.open(encoding="latin-1") as lines:
+        for _ in range(header_lines):
+            next(lines, None)
+        number = header_lines
+        while chunk := list(islice(lines, CHUNK_LINES)):
+            fields = []
+            for line in chunk:
+                number += 1
+                if not line.strip():
+                    continue
+                row = line.rstrip("\r\n").split(separator)
+                if len(row) < 4:
+                    raise ValueError(f"{file}:{number}: expected user, item, rating, timestamp on every line")
+                fields.append(row[:4])
+            yield np.array(fields, dtype=str).reshape(-1, 4)
+
+
+class _Vocabulary:
+    """Distinct ids in the order first seen, built one chunk at a time; `ordered` sorts them at the end."""
+
+    def __init__(self) -> None:
+        self._code_of: dict[str, int] = {}
+
+    def codes(self, values: np.ndarray) -> np.ndarray:
+        """Each value's code (its first-seen position), int64."""
+        distinct, rows = np.unique(values, return_inverse=True)
+        code_of = self._code_of
+        distinct_codes = np.array(
+            [code_of.setdefault(str(v), len(code_of)) for v in distinct], dtype=np.int64
+        )
+        return distinct_codes[rows.reshape(-1)]
+
+    def ordered(self, codes: np.ndarray) -> tuple[tuple[str, ...], np.ndarray]:
+        """The distinct ids sorted (numeric ones in numeric order), and each code's row in them."""
+        ids = list(self._code_of)
+        numeric = all(value.isdigit() for value in ids)
+        order = sorted(range(len(ids)), key=(lambda c: int(ids[c])) if numeric else ids.__getitem__)
+        rank = np.empty(len(ids), dtype=np.int64)
+        rank[np.asarray(order, dtype=np.int64)] = np.arange(len(ids))
+        return tuple(ids[c] for c in order), rank[codes]
 
 
 def read_genres(ratings_file: Path) -> dict[str, tuple[str, ...]]:
@@ -133,3 +173,28 @@ def _u_item(path: Path) -> list[tuple[str, list[str]]]:
 
 
 _GENRE_READERS = {"movies.csv": _movies_csv, "movies.dat": _movies_dat, "u.item": _u_item}
+
+
+def write_movielens(interactions: Interactions, directory: Path) -> Path:
+    """Write `interactions` as a MovieLens `ratings.csv` and `movies.csv` in `directory`; the ratings path.
+
+    Users and items get the numeric ids of MovieLens (row + 1), tags become genres, and every interaction
+    is a 5-star rating: the file of a catalog of any size, in the format the reader takes from real
+    MovieLens releases.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    ratings = directory / "ratings.csv"
+    with ratings.open("w", encoding="utf-8") as file:
+        file.write("userId,movieId,rating,timestamp\n")
+        for start in range(0, len(interactions), CHUNK_LINES):
+            rows = slice(start, start + CHUNK_LINES)
+            users = (interactions.user_rows[rows].astype(np.int64) + 1).tolist()
+            items = (interactions.item_rows[rows].astype(np.int64) + 1).tolist()
+            times = interactions.timestamps[rows].tolist()
+            file.writelines(f"{u},{i},5.0,{t}\n" for u, i, t in zip(users, items, times, strict=True))
+    with (directory / "movies.csv").open("w", encoding="utf-8", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(("movieId", "title", "genres"))
+        for row, tags in enumerate(interactions.item_tags):
+            writer.writerow((row + 1, f"Item {row + 1}", "|".join(tags) or "(no genres listed)"))
+    return ratings
