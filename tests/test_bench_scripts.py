@@ -86,3 +86,11 @@ def test_the_movielens_file_is_written(tmp_path: Path) -> None:
     out = run_bench("movielens_file.py", "--num-users", "200", "--num-items", "500", str(tmp_path))
     assert re.search(r"ratings.csv: [\d,]+ ratings of 200 users over 500 movies", out), out
     assert (tmp_path / "movies.csv").read_text().startswith("movieId,title,genres\n1,Item 1,tag-")
+
+
+def test_the_delta_benchmark_runs(model_repository: Path) -> None:
+    out = run_bench(
+        "delta_scale.py", "--model-repository", str(model_repository), "--deltas", "0", "300", "--smoke"
+    )
+    assert re.search(r"\| 300 \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \| [\d.]+ \|", out), out
+    assert re.search(r"Rebuild over [\d,]+ rows \(\d+ trees\): [\d.]+ s in the background", out), out
