@@ -31,14 +31,13 @@ from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
-from annoy_sweep import measure, user_queries
+from annoy_sweep import built_config, measure, user_queries
 from perf_analyzer import write_inputs
 from process_tree import tree_memory_mb
 from server_load import LOADTEST, ServerProcess, repository_with, start_server
 
 from recserve.server.repository import resolve_version_dir
 from recserve.server.runtime.tf_model import configure_threads
-from recserve.training.config import DemoConfig, load_demo_config
 from recserve.training.evaluate import exact_top_k
 
 CALL = "recserve.v1.Recommender.Recommend"
@@ -75,12 +74,6 @@ def index_figures(repository: Path, queries_count: int) -> dict:
         "sweep": sweep,
         "chosen": chosen,
     }
-
-
-def built_config(config_path: Path, metadata: dict) -> DemoConfig:
-    """The demo settings a version was built with: a large build's sizes were flags, not config.yaml."""
-    sizes = {"num_users": metadata["num_users"], "num_items": metadata["num_items"]}
-    return load_demo_config(config_path).model_copy(update={**sizes, "seed": metadata["dataset"]["seed"]})
 
 
 def index_trees(metadata: dict) -> int | None:
