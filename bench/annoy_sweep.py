@@ -127,7 +127,14 @@ def main() -> None:
             f"| {row['build_s']:.1f} |"
         )
     write_result(
-        args.result, {"machine": machine_note(), "queries": len(queries), "rows": rows, "choice": choice}
+        args.result,
+        {
+            "machine": machine_note(),
+            "items": len(embeddings),
+            "queries": len(queries),
+            "rows": rows,
+            "choice": choice,
+        },
     )
 
 

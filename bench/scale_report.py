@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 HEADING = "## Catalog size: 20k to a million items"
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-scale.png"
 THROUGHPUT_TARGET = 0.5  # throughput at the largest size against the smallest, at equal recall
+RESULTS = Path(__file__).resolve().parent / "results"
+TREES_RESULT = "annoy_sweep_1m"  # bench/annoy_sweep.py on the largest build, --result annoy_sweep_1m
+DELTA_RESULT = "delta_scale"
 
 
 def scale_section(result: dict) -> list[str]:
@@ -55,6 +59,79 @@ def scale_section(result: dict) -> list[str]:
         f"- **Target: throughput at {largest['items']:,} items >= {THROUGHPUT_TARGET:.0%} of that at "
         f"{smallest['items']:,}, at equal recall: {'met' if met else 'not met'}** ({share:.0%}: "
         f"{largest['c64_rps']:,.0f} against {smallest['c64_rps']:,.0f} req/s at c=64).",
+        "",
+    ]
+    return lines + trees_lines(_load(TREES_RESULT)) + delta_lines(_load(DELTA_RESULT))
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def trees_lines(sweep: dict | None) -> list[str]:
+    """More trees against a larger search_k on the largest build: the cheapest way to recall@100 0.9."""
+    if sweep is None:
+        return []
+    rows = sweep["rows"]
+    items = sweep.get("items")
+    lines = [
+        f"### Trees against search_k at {items:,} items" if items else "### Trees against search_k",
+        "",
+        "```sh",
+        f".venv/bin/python bench/annoy_sweep.py --model-repository REPOSITORY --queries {sweep['queries']} "
+        f"--n-trees {' '.join(str(t) for t in dict.fromkeys(r['n_trees'] for r in rows))} "
+        f"--search-k {' '.join(str(k) for k in dict.fromkeys(r['search_k'] for r in rows))} "
+        f"--recall-target 0.9 --result {TREES_RESULT}",
+        "```",
+        "",
+        f"Indexes built in process as build-demo builds them; {sweep['queries']} real queries; {sweep['machine']}.",
+        "",
+        "| n_trees | build s | search_k | recall@100 | ms per query |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        mark = " **(cheapest >= 0.9)**" if row == sweep.get("choice") else ""
+        lines.append(
+            f"| {row['n_trees']} | {row['build_s']:.0f} | {row['search_k']:,} | {row['recall_at_100']:.3f}{mark} "
+            f"| {row['ms_per_query']:.2f} |"
+        )
+    return [*lines, ""]
+
+
+def delta_lines(delta: dict | None) -> list[str]:
+    """The exact delta's cost per batch as it grows, and a background rebuild, at the largest size."""
+    if delta is None:
+        return []
+    rows, rebuild = delta["rows"], delta["rebuild"]
+    base = rows[0]
+    lines = [
+        f"### The live delta at {delta['items']:,} items",
+        "",
+        "```sh",
+        f".venv/bin/python bench/delta_scale.py --model-repository REPOSITORY "
+        f"--deltas {' '.join(str(r['delta']) for r in rows)}",
+        "```",
+        "",
+        f"In process, through `BatchPipeline.run_batch` (no RPC), batches of {delta['batch']} Recommend queries; "
+        f"upserted items embedded by the item tower and committed as the write path does; {delta['machine']}.",
+        "",
+        "| upserted items searched exactly | ms per batch (p99) | ANN stage ms | ANN stage over none | rows/s |",
+        "| ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['delta']:,} | {row['ms_per_batch']:.1f} ({row['p99_ms_per_batch']:.1f}) | {row['ann_ms']:.1f} "
+            f"| {row['ann_ms'] - base['ann_ms']:+.1f} | {delta['batch'] / row['ms_per_batch'] * 1000:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Rebuild over every live row ({rebuild['rows']:,}, {rebuild['n_trees']} trees) in a child process at "
+        f"idle priority, as the server's background rebuild runs: **{rebuild['build_s']:.0f} s**, "
+        f"{rebuild['open_and_swap_s'] * 1000:.1f} ms to open (memory-mapped) and swap in. Batches meanwhile: "
+        f"{rebuild['before']['ms_per_batch']:.1f} ms before, {rebuild['during']['ms_per_batch']:.1f} ms during "
+        f"(p99 {rebuild['before']['p99_ms_per_batch']:.1f} / {rebuild['during']['p99_ms_per_batch']:.1f}), "
+        f"{rebuild['after']['ms_per_batch']:.1f} ms after (the delta folded in).",
         "",
     ]
     return lines

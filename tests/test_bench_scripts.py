@@ -94,3 +94,44 @@ def test_the_delta_benchmark_runs(model_repository: Path) -> None:
     )
     assert re.search(r"\| 300 \| [\d.]+ \| [\d.]+ \| [+-][\d.]+ \| [\d.]+ \|", out), out
     assert re.search(r"Rebuild over [\d,]+ rows \(\d+ trees\): [\d.]+ s in the background", out), out
+
+
+def test_the_scale_report_renders_trees_and_delta() -> None:
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from scale_report import delta_lines, trees_lines
+
+    def point(n_trees: int, recall: float, ms: float) -> dict:
+        return {"n_trees": n_trees, "search_k": 5000, "recall_at_100": recall, "ms_per_query": ms,
+                "build_s": 40 * n_trees / 32}  # fmt: skip
+
+    sweep_rows = [point(32, 0.91, 1.2), point(64, 0.93, 1.3)]
+    sweep = {
+        "machine": "2 cores",
+        "items": 1_000_000,
+        "queries": 500,
+        "rows": sweep_rows,
+        "choice": sweep_rows[0],
+    }
+    text = "\n".join(trees_lines(sweep))
+    assert (
+        "--n-trees 32 64 --search-k 5000" in text
+        and "| 32 | 40 | 5,000 | 0.910 **(cheapest >= 0.9)** |" in text
+    )
+
+    def batch(ms: float, ann_ms: float) -> dict:
+        return {
+            "ms_per_batch": ms,
+            "p99_ms_per_batch": 2 * ms,
+            "ann_ms": ann_ms,
+            "user_tower_ms": 1,
+            "ranker_ms": 5,
+        }
+
+    delta = {
+        "machine": "2 cores", "items": 1_000_000, "batch": 64,
+        "rows": [{"delta": 0, **batch(32, 20)}, {"delta": 5000, **batch(40, 28)}],
+        "rebuild": {"rows": 1_005_000, "n_trees": 32, "build_s": 61.0, "open_and_swap_s": 0.001,
+                    "before": batch(40, 28), "during": batch(50, 30), "after": batch(32, 20)},
+    }  # fmt: skip
+    text = "\n".join(delta_lines(delta))
+    assert "| 5,000 | 40.0 (80.0) | 28.0 | +8.0 | 1,600 |" in text and "**61 s**" in text
