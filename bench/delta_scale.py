@@ -141,6 +141,7 @@ def main() -> None:
     parser.add_argument("--model-name", default="recommender")
     parser.add_argument("--deltas", type=int, nargs="+", default=list(DELTAS))
     parser.add_argument("--seconds", type=float, default=5.0, help="time per delta size")
+    parser.add_argument("--search-k", type=int, help="override retrieval.search_k (bench/scale.py's choice)")
     parser.add_argument("--smoke", action="store_true", help="0.3 s per size; writes no results")
     args = parser.parse_args()
     if args.smoke:
@@ -148,6 +149,10 @@ def main() -> None:
     configure_threads(1, 1)
     model_dir = args.model_repository / args.model_name
     config = load_model_config(model_dir)
+    if args.search_k is not None:
+        config = config.model_copy(
+            update={"retrieval": config.retrieval.model_copy(update={"search_k": args.search_k})}
+        )
     model = load_model(resolve_version_dir(model_dir), config.retrieval.search_k)
     catalog = live_catalog(model)
     pipeline = BatchPipeline(model, catalog, config.retrieval, config.limits)
@@ -171,7 +176,9 @@ def main() -> None:
     rebuild = rebuild_figures(pipeline, catalog, batches, args.seconds)
     pipeline.close()
     items = len(model.items)
-    print(f"Live delta over {items:,} items, batches of {BATCH}, {machine_note()}")
+    print(
+        f"Live delta over {items:,} items, search_k {config.retrieval.search_k}, batches of {BATCH}, {machine_note()}"
+    )
     print("| delta items | ms per batch | ANN stage ms | ANN growth over delta 0 | p99 ms per batch |")
     print("| ---: | ---: | ---: | ---: | ---: |")
     for row in rows:
@@ -191,6 +198,7 @@ def main() -> None:
         payload = {
             "machine": machine_note(),
             "items": items,
+            "search_k": config.retrieval.search_k,
             "batch": BATCH,
             "rows": rows,
             "rebuild": rebuild,

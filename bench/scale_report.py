@@ -37,14 +37,15 @@ def scale_section(result: dict) -> list[str]:
         f"rounds of {result['seconds']:g} s, medians; {result['machine']}, the load generator on the same "
         "cores.",
         "",
-        "| items | n_trees | index MB | version MB | search_k (recall@100) | Annoy ms per query | start to "
+        "| items | n_trees | index build s | index MB | version MB | search_k (recall@100) | Annoy ms per query | start to "
         "SERVING s | RSS MB (PSS) | Recommend p50 at c=1 ms | Recommend req/s at c=64 (p99 ms) |",
-        "|---:|---:|---:|---:|---|---:|---:|---|---:|---|",
+        "|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---|",
     ]
     for row in rows:
         chosen, memory = row["chosen"], row["memory_mb"]
         lines.append(
-            f"| {row['items']:,} | {row['n_trees']} | {row['index_mb']:,.0f} | {row['version_mb']:,.0f} "
+            f"| {row['items']:,} | {row['n_trees']} | {row.get('index_build_s', float('nan')):.1f} "
+            f"| {row['index_mb']:,.0f} | {row['version_mb']:,.0f} "
             f"| {chosen['search_k']:,} ({chosen['recall_at_100']:.3f}) | {chosen['ms_per_query']:.2f} "
             f"| {row['start_s']:.1f} | {memory['rss']:,.0f} ({memory['pss']:,.0f}) | {row['c1_p50_ms']:.2f} "
             f"| {row['c64_rps']:,.0f} ({row['c64_p99_ms']:.1f}) |"
@@ -109,7 +110,7 @@ def delta_lines(delta: dict | None) -> list[str]:
         f"### The live delta at {delta['items']:,} items",
         "",
         "```sh",
-        f".venv/bin/python bench/delta_scale.py --model-repository REPOSITORY "
+        f".venv/bin/python bench/delta_scale.py --model-repository REPOSITORY --search-k {delta['search_k']} "
         f"--deltas {' '.join(str(r['delta']) for r in rows)}",
         "```",
         "",

@@ -128,7 +128,7 @@ def test_the_scale_report_renders_trees_and_delta() -> None:
         }
 
     delta = {
-        "machine": "2 cores", "items": 1_000_000, "batch": 64,
+        "machine": "2 cores", "items": 1_000_000, "batch": 64, "search_k": 5000,
         "rows": [{"delta": 0, **batch(32, 20)}, {"delta": 5000, **batch(40, 28)}],
         "rebuild": {"rows": 1_005_000, "n_trees": 32, "build_s": 61.0, "open_and_swap_s": 0.001,
                     "before": batch(40, 28), "during": batch(50, 30), "after": batch(32, 20)},
