@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import REPO_ROOT, RESULTS  # noqa: E402
 from kserve_path_report import kserve_path_section  # noqa: E402
+from light_load_report import light_load_section  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from model_swap_report import model_swap_section  # noqa: E402
@@ -638,6 +639,7 @@ def render_only(name: str) -> None:
         "kserve_path": kserve_path_section,
         "workers": workers_section,
         "scale": scale_section,
+        "light_load": light_load_section,
     }
     section = renderers[name](results)
     BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
@@ -669,6 +671,11 @@ def main() -> None:
         help="re-render only the catalog-size section, keeping the rest of docs/benchmarks.md as committed",
     )
     parser.add_argument(
+        "--light-load-only",
+        action="store_true",
+        help="re-render only the concurrency-1 section, keeping the rest of docs/benchmarks.md as committed",
+    )
+    parser.add_argument(
         "--workers-only",
         action="store_true",
         help="re-render only the workers section, keeping the rest of docs/benchmarks.md as committed",
@@ -682,7 +689,8 @@ def main() -> None:
     only = next(
         (name for name, chosen in (("live_state", args.live_state_only), ("model_swap", args.model_swap_only),
                                    ("peers", args.peers_only), ("kserve_path", args.kserve_path_only),
-                                   ("workers", args.workers_only), ("scale", args.scale_only)) if chosen),
+                                   ("workers", args.workers_only), ("scale", args.scale_only),
+                                   ("light_load", args.light_load_only)) if chosen),
         None,
     )  # fmt: skip
     if only is not None:
@@ -773,6 +781,7 @@ def main() -> None:
         ("kserve_path", kserve_path_section),
         ("workers", workers_section),
         ("scale", scale_section),
+        ("light_load", light_load_section),
     ):
         results = load(name)
         if results:

@@ -135,3 +135,9 @@ def test_the_scale_report_renders_trees_and_delta() -> None:
     }  # fmt: skip
     text = "\n".join(delta_lines(delta))
     assert "| 5,000 | 40.0 (80.0) | 28.0 | +8.0 | 1,600 |" in text and "**61 s**" in text
+
+
+def test_the_light_load_benchmark_runs(model_repository: Path) -> None:
+    out = run_bench("light_load.py", "--model-repository", str(model_repository), "--smoke")
+    assert re.search(r"server p50 [\d.]+ ms, pipeline batch 1 [\d.]+ ms: gap -?[\d.]+ ms \(target", out), out
+    assert re.search(r"ranker: [\d.]+ ms in the server, [\d.]+ in process", out), out

@@ -72,6 +72,7 @@ def run_loadtest(args: argparse.Namespace) -> int:
             Path(options.output).write_text(text)
         else:
             sys.stdout.write(text)
+            sys.stdout.flush()  # now, not at interpreter exit: a report cut short must fail loudly here
     except SetupError as error:
         sys.stderr.write(f"error: {error}\n")
         return 1
