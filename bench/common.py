@@ -8,11 +8,15 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-# Set before numpy/TensorFlow load, exactly as `recserve serve` does.
+# Set before numpy/TensorFlow load, exactly as `recserve serve` does (server/cli.py: THREAD_ENVIRONMENT and
+# QUIET_TENSORFLOW), so that in-process figures (the pipeline ceiling) run the server's kernels: without
+# TF_ENABLE_ONEDNN_OPTS=0 here they ran TensorFlow's oneDNN kernels, which the server turns off.
 for _name, _value in {
     "OPENBLAS_NUM_THREADS": "1",
     "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "2",
+    "TF_ENABLE_ONEDNN_OPTS": "0",
 }.items():
     os.environ.setdefault(_name, _value)
 

@@ -26,8 +26,9 @@ from common import REPO_ROOT, machine_note, write_result  # first: sets thread l
 # isort: on
 import os
 
-# Before TensorFlow loads, as `recserve retrain` runs it (server/cli.py): oneDNN's kernels round differently,
-# which would move a few of the breakdown's near-tied rankings away from evaluation.json's.
+# Before TensorFlow loads (bench/common.py sets it too), and inherited by the `recserve retrain` child, so the
+# breakdown here and the child's evaluation.json run the same kernels: oneDNN's round differently, which
+# would move a few near-tied rankings.
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 import argparse
