@@ -30,6 +30,12 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def load_result(name: str) -> dict[str, Any] | None:
+    """One benchmark's results (bench/results/<name>.json), or None if it has not run."""
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Store raw results as JSON under bench/results/ (not committed) for docs and plots."""
     RESULTS.mkdir(parents=True, exist_ok=True)

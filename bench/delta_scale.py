@@ -30,11 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-from pipeline_ceiling import make_queries
+from pipeline_ceiling import make_queries, run_batches
 
 from recserve.server.catalog.from_model import live_catalog
 from recserve.server.catalog.live import LiveCatalog
-from recserve.server.pipeline import STAGES, BatchPipeline
+from recserve.server.pipeline import BatchPipeline
 from recserve.server.repository import load_model, resolve_version_dir
 from recserve.server.runtime.ann_index import AnnIndex
 from recserve.server.runtime.index_build import build_in_child
@@ -65,25 +65,6 @@ def grow_delta(catalog: LiveCatalog, tag_ids: list[str], target: int, rng: np.ra
         catalog.commit(catalog.prepare(changes))
 
 
-def run_batches(
-    pipeline: BatchPipeline, batches: list, until: threading.Event | float
-) -> tuple[list[float], dict[str, list[float]]]:
-    """Run batches until the event is set (or for that many seconds): ms of each batch, total and by stage."""
-    totals: list[float] = []
-    per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    deadline = time.perf_counter() + until if isinstance(until, float) else 0.0
-    while len(totals) < 5 or (
-        not until.is_set() if isinstance(until, threading.Event) else time.perf_counter() < deadline
-    ):
-        before = {stage: pipeline.stages[stage].compute_duration_ns for stage in STAGES}
-        started = time.perf_counter_ns()
-        pipeline.run_batch(batches[len(totals) % len(batches)])
-        totals.append((time.perf_counter_ns() - started) / 1e6)
-        for stage in STAGES:
-            per_stage[stage].append((pipeline.stages[stage].compute_duration_ns - before[stage]) / 1e6)
-    return totals, per_stage
-
-
 def summary(totals: list[float], per_stage: dict[str, list[float]]) -> dict[str, float]:
     """Median and p99 ms per batch, median ms per stage."""
     return {
@@ -99,7 +80,31 @@ def rebuild_figures(pipeline: BatchPipeline, catalog: LiveCatalog, batches: list
     before = summary(*run_batches(pipeline, batches, seconds))
     rows, embeddings, covered_size = catalog.index_snapshot()
     n_trees = pipeline.model.index.n_trees
-    path = Path(tempfile.mkdtemp(prefix="recserve-delta-scale-")) / "index.ann"
+    with tempfile.TemporaryDirectory(prefix="recserve-delta-scale-") as directory:  # a 1M index: ~700 MB
+        path = Path(directory) / "index.ann"
+        build_s, during = timed_rebuild(pipeline, batches, embeddings, path, n_trees)
+        started = time.perf_counter()
+        index = AnnIndex(path, embeddings.shape[1], search_k=pipeline.retrieval.search_k)
+        catalog.install_index(index, rows, covered_size)
+        swap_s = time.perf_counter() - started
+        after = summary(*run_batches(pipeline, batches, seconds))
+        index_mb = path.stat().st_size / 2**20
+    return {
+        "rows": int(rows.size),
+        "n_trees": n_trees,
+        "build_s": build_s,
+        "open_and_swap_s": swap_s,
+        "index_mb": index_mb,
+        "before": before,
+        "during": during,
+        "after": after,
+    }
+
+
+def timed_rebuild(
+    pipeline: BatchPipeline, batches: list, embeddings: np.ndarray, path: Path, n_trees: int
+) -> tuple[float, dict[str, float]]:
+    """Build the index in the server's background child while batches run: its seconds, the batches' figures."""
     done = threading.Event()
     timing: dict[str, float] = {}
 
@@ -115,21 +120,7 @@ def rebuild_figures(pipeline: BatchPipeline, catalog: LiveCatalog, batches: list
     builder.start()
     during = summary(*run_batches(pipeline, batches, done))
     builder.join()
-    started = time.perf_counter()
-    index = AnnIndex(path, embeddings.shape[1], search_k=pipeline.retrieval.search_k)
-    catalog.install_index(index, rows, covered_size)
-    swap_s = time.perf_counter() - started
-    after = summary(*run_batches(pipeline, batches, seconds))
-    return {
-        "rows": int(rows.size),
-        "n_trees": n_trees,
-        "build_s": timing["build_s"],
-        "open_and_swap_s": swap_s,
-        "index_mb": path.stat().st_size / 2**20,
-        "before": before,
-        "during": during,
-        "after": after,
-    }
+    return timing["build_s"], during
 
 
 def main() -> None:

@@ -30,15 +30,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+from light_load_report import TARGET_MS
 from perf_analyzer import write_inputs
 from server_load import LOADTEST, ServerProcess, start_server
 
 from recserve.client import ModelStatistics
+from recserve.server.pipeline import STAGES
 
 RECOMMEND = "recserve.v1.Recommender.Recommend"
 HEALTH = "grpc.health.v1.Health.Check"
-TARGET_MS = 0.5
-STAGES = ("history", "user_tower", "ann", "ranker")
 
 
 def client_p50_ms(server: ServerProcess, call: str, data: Path | None, seconds: float) -> float:

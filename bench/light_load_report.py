@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 HEADING = "## Concurrency 1: the server against its own pipeline"
-STAGES = ("history", "user_tower", "ann", "ranker")
 TARGET_MS = 0.5
 
 
 def light_load_section(result: dict) -> list[str]:
     """Markdown lines: the command, the split of the gap, per stage in the server and in process."""
     cell = result["median"]
+    stages = [
+        key[len("pipeline_") : -len("_ms")]
+        for key in cell
+        if key.startswith("pipeline_") and key != "pipeline_ms"
+    ]
     rounds = len(result["rounds"])
-    in_server = sum(cell[f"server_{stage}_ms"] for stage in STAGES)
-    in_process = sum(cell[f"pipeline_{stage}_ms"] for stage in STAGES)
+    in_server = sum(cell[f"server_{stage}_ms"] for stage in stages)
+    in_process = sum(cell[f"pipeline_{stage}_ms"] for stage in stages)
     gap = result["gap_ms"]
     lines = [
         HEADING,
@@ -41,7 +45,7 @@ def light_load_section(result: dict) -> list[str]:
         "|---|---:|---:|",
         *(
             f"| {stage} | {cell[f'server_{stage}_ms']:.3f} | {cell[f'pipeline_{stage}_ms']:.3f} |"
-            for stage in STAGES
+            for stage in stages
         ),
         "",
     ]

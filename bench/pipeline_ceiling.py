@@ -24,6 +24,7 @@ from common import (
 
 import argparse
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -51,22 +52,33 @@ def make_queries(pipeline: BatchPipeline, size: int, rng: np.random.Generator) -
     return queries
 
 
+def run_batches(
+    pipeline: BatchPipeline, batches: list[list[RecommendQuery]], until: float | threading.Event
+) -> tuple[list[float], dict[str, list[float]]]:
+    """Run `batches` round robin for `until` seconds (or until the event is set), at least 5: ms of each
+    batch, total and by stage."""
+    totals: list[float] = []
+    per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
+    deadline = time.perf_counter() + until if isinstance(until, float) else 0.0
+
+    def going() -> bool:
+        return not until.is_set() if isinstance(until, threading.Event) else time.perf_counter() < deadline
+
+    while len(totals) < 5 or going():
+        before = {stage: pipeline.stages[stage].compute_duration_ns for stage in STAGES}
+        started = time.perf_counter_ns()
+        pipeline.run_batch(batches[len(totals) % len(batches)])
+        totals.append((time.perf_counter_ns() - started) / 1e6)
+        for stage in STAGES:
+            per_stage[stage].append((pipeline.stages[stage].compute_duration_ns - before[stage]) / 1e6)
+    return totals, per_stage
+
+
 def measure(pipeline: BatchPipeline, size: int, seconds: float, rng: np.random.Generator) -> dict[str, float]:
     """Run batches of `size` for about `seconds`; medians of the per-batch timings."""
     batches = [make_queries(pipeline, size, rng) for _ in range(8)]
     pipeline.run_batch(batches[0])  # warm this shape
-    totals: list[float] = []
-    per_stage: dict[str, list[float]] = {stage: [] for stage in STAGES}
-    deadline = time.perf_counter() + seconds
-    n = 0
-    while time.perf_counter() < deadline or n < 5:
-        before = {stage: pipeline.stages[stage].compute_duration_ns for stage in STAGES}
-        started = time.perf_counter_ns()
-        pipeline.run_batch(batches[n % len(batches)])
-        totals.append((time.perf_counter_ns() - started) / 1e6)
-        for stage in STAGES:
-            per_stage[stage].append((pipeline.stages[stage].compute_duration_ns - before[stage]) / 1e6)
-        n += 1
+    totals, per_stage = run_batches(pipeline, batches, float(seconds))
     ms = median(totals)
     return {
         "batch_size": size,

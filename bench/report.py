@@ -8,15 +8,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from common import REPO_ROOT, RESULTS  # noqa: E402
+from common import load_result as load  # noqa: E402
 from kserve_path_report import kserve_path_section  # noqa: E402
 from light_load_report import light_load_section  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
@@ -31,12 +30,6 @@ PLOT = DOCS / "benchmarks.png"
 PERF_ANALYZER_PLOT = DOCS / "benchmarks-perf-analyzer.png"
 BENCHMARKS = DOCS / "benchmarks.md"
 TARGET_CONCURRENCY = 64
-
-
-def load(name: str) -> dict[str, Any] | None:
-    """One benchmark's results, or None if it has not run."""
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
 
 
 def cell(rows: list[dict], config: str, concurrency: int) -> dict | None:

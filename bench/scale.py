@@ -24,7 +24,6 @@ from common import machine_note, median, write_result  # first: sets thread limi
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -35,13 +34,12 @@ from annoy import AnnoyIndex
 from annoy_sweep import build_index, built_config, measure, user_queries
 from perf_analyzer import write_inputs
 from process_tree import tree_memory_mb
-from server_load import LOADTEST, ServerProcess, repository_with, start_server
+from server_load import ServerProcess, repository_with, run_load, start_server, summarize
 
 from recserve.server.repository import resolve_version_dir
 from recserve.server.runtime.tf_model import configure_threads
 from recserve.training.evaluate import exact_top_k
 
-CALL = "recserve.v1.Recommender.Recommend"
 SEARCH_K = (1000, 2000, 3000, 5000, 8000, 12000, 20000, 30000, 50000, 80000)
 RECALL_TARGET = 0.9
 K = 100
@@ -100,19 +98,8 @@ def start_sized(repository: Path, search_k: int, workdir: Path) -> tuple[ServerP
 
 
 def run(server: ServerProcess, data: Path, concurrency: int, seconds: float) -> dict:
-    """One closed-loop run: throughput and p50/p99 (ms)."""
-    command = [
-        *LOADTEST, "--insecure", "--call", CALL, "-D", str(data), "-c", str(concurrency),
-        "--connections", str(min(concurrency, 4)), "-z", f"{seconds}s", "-O", "json", server.address,
-    ]  # fmt: skip
-    report = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
-    latency = {p["percentage"]: p["latency"] / 1e6 for p in report["latencyDistribution"]}
-    ok = report["statusCodeDistribution"].get("OK", 0)
-    return {
-        "rps": ok / (report["total"] / 1e9),
-        "p50_ms": latency.get(50, 0.0),
-        "p99_ms": latency.get(99, 0.0),
-    }
+    """One closed-loop run of `recserve loadtest`: throughput and p50/p99 (ms)."""
+    return summarize(run_load(server.address, data, concurrency, seconds, use_ghz=False))
 
 
 def main() -> None:

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from common import load_result  # noqa: E402
 
 HEADING = "## Catalog size: 20k to a million items"
 PLOT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks-scale.png"
 THROUGHPUT_TARGET = 0.5  # throughput at the largest size against the smallest, at equal recall
-RESULTS = Path(__file__).resolve().parent / "results"
 TREES_RESULT = "annoy_sweep_1m"  # bench/annoy_sweep.py on the largest build, --result annoy_sweep_1m
 DELTA_RESULT = "delta_scale"
 
@@ -62,12 +61,7 @@ def scale_section(result: dict) -> list[str]:
         f"{largest['c64_rps']:,.0f} against {smallest['c64_rps']:,.0f} req/s at c=64).",
         "",
     ]
-    return lines + trees_lines(_load(TREES_RESULT)) + delta_lines(_load(DELTA_RESULT))
-
-
-def _load(name: str) -> dict | None:
-    path = RESULTS / f"{name}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    return lines + trees_lines(load_result(TREES_RESULT)) + delta_lines(load_result(DELTA_RESULT))
 
 
 def trees_lines(sweep: dict | None) -> list[str]:
