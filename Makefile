@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # perf_analyzer (bench/perf_analyzer.py) lives in a venv of its own: bench/requirements-perf-analyzer.txt.
 PERF_VENV := .venv-perf
 
-.PHONY: help install native-deps redis-deps proto model serve test lint bench bench-live bench-swap bench-perf-analyzer bench-kserve-path bench-workers bench-peers bench-scale bench-light-load bench-report clean
+.PHONY: help install native-deps redis-deps proto model serve test lint bench bench-live bench-swap bench-perf-analyzer bench-kserve-path bench-workers bench-peers bench-scale bench-light-load bench-ceiling-share bench-report clean
 
 help:
 	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench-workers       recserve serve --workers 2 against one worker (~5 min)"
 	@echo "make bench-scale   20k / 200k / 1M items: builds the two large demos into $(SCALE_DIR) if missing (~40 min), then ~15 min"
 	@echo "make bench-light-load   concurrency 1: server p50 against the pipeline's batch-1 time, and the split (~2 min)"
+	@echo "make bench-ceiling-share   concurrency 128: the server's share of its pipeline's ceiling, by thread and stage (~3 min)"
 	@echo "make bench-peers   recserve vs Triton (PyTriton) on the same pipeline, by perf_analyzer (~15 min; needs libb64-0d)"
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.h native/*.cc)
@@ -163,6 +164,12 @@ bench-light-load: model
 	mkdir -p bench/results
 	$(BIN)/python bench/light_load.py
 	$(BIN)/python bench/report.py --light-load-only
+
+bench-ceiling-share: model
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	mkdir -p bench/results
+	$(BIN)/python bench/ceiling_share.py
+	$(BIN)/python bench/report.py --ceiling-share-only
 
 # PyTriton (bench/peers.py) in a venv of its own, with recserve beside it: bench/requirements-peers.txt.
 PEERS_VENV := .venv-peers

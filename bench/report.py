@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from ceiling_share_report import ceiling_share_section  # noqa: E402
 from common import REPO_ROOT, RESULTS  # noqa: E402
 from common import load_result as load  # noqa: E402
 from kserve_path_report import kserve_path_section  # noqa: E402
@@ -633,6 +634,7 @@ def render_only(name: str) -> None:
         "workers": workers_section,
         "scale": scale_section,
         "light_load": light_load_section,
+        "ceiling_share": ceiling_share_section,
     }
     section = renderers[name](results)
     BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
@@ -669,6 +671,11 @@ def main() -> None:
         help="re-render only the concurrency-1 section, keeping the rest of docs/benchmarks.md as committed",
     )
     parser.add_argument(
+        "--ceiling-share-only",
+        action="store_true",
+        help="re-render only the concurrency-128 section, keeping the rest of docs/benchmarks.md as committed",
+    )
+    parser.add_argument(
         "--workers-only",
         action="store_true",
         help="re-render only the workers section, keeping the rest of docs/benchmarks.md as committed",
@@ -683,7 +690,8 @@ def main() -> None:
         (name for name, chosen in (("live_state", args.live_state_only), ("model_swap", args.model_swap_only),
                                    ("peers", args.peers_only), ("kserve_path", args.kserve_path_only),
                                    ("workers", args.workers_only), ("scale", args.scale_only),
-                                   ("light_load", args.light_load_only)) if chosen),
+                                   ("light_load", args.light_load_only),
+                                   ("ceiling_share", args.ceiling_share_only)) if chosen),
         None,
     )  # fmt: skip
     if only is not None:
@@ -775,6 +783,7 @@ def main() -> None:
         ("workers", workers_section),
         ("scale", scale_section),
         ("light_load", light_load_section),
+        ("ceiling_share", ceiling_share_section),
     ):
         results = load(name)
         if results:

@@ -26,6 +26,7 @@ from recserve.server.settings import LimitSettings, RetrievalSettings
 from recserve.server.state.history import EMPTY_PROFILE, UserProfile
 from recserve.server.statistics import StageStatistics
 from recserve.server.telemetry.tracing import stage_span
+from recserve.server.threads import name_os_thread
 
 STAGES = ("history", "user_tower", "ann", "ranker")
 
@@ -97,7 +98,11 @@ class BatchPipeline:
         self.stages = {stage: StageStatistics() for stage in STAGES}
         # Annoy releases the GIL, so a batch's lookups can run on several cores at once.
         self._ann_pool = (
-            ThreadPoolExecutor(retrieval.ann_threads, thread_name_prefix="ann")
+            ThreadPoolExecutor(
+                retrieval.ann_threads,
+                thread_name_prefix="ann",
+                initializer=name_os_thread,
+            )
             if retrieval.ann_threads > 1
             else None
         )

@@ -33,6 +33,7 @@ from recserve.server.pipeline import (
 from recserve.server.repository import LoadedModel
 from recserve.server.settings import BatchingSettings, ModelConfig
 from recserve.server.telemetry.tracing import BatchTracer
+from recserve.server.threads import name_os_thread
 
 MAX_IDS_IN_MESSAGE = 5
 
@@ -84,7 +85,11 @@ class RecommenderService:
             ),
         )
         # One thread per batch in flight: TensorFlow and Annoy release the GIL, so batches overlap.
-        self.executor = ThreadPoolExecutor(max_workers=batching.instance_count, thread_name_prefix="batch")
+        self.executor = ThreadPoolExecutor(
+            max_workers=batching.instance_count,
+            thread_name_prefix="batch",
+            initializer=name_os_thread,
+        )
         batch_tracer = (
             BatchTracer(tracer, {"recserve.model.name": model.name, "recserve.model.version": model.version})
             if tracer is not None

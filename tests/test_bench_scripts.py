@@ -141,3 +141,9 @@ def test_the_light_load_benchmark_runs(model_repository: Path) -> None:
     out = run_bench("light_load.py", "--model-repository", str(model_repository), "--smoke")
     assert re.search(r"server p50 [\d.]+ ms, pipeline batch 1 [\d.]+ ms: gap -?[\d.]+ ms \(target", out), out
     assert re.search(r"ranker: [\d.]+ ms in the server, [\d.]+ in process", out), out
+
+
+def test_the_ceiling_share_benchmark_runs(model_repository: Path) -> None:
+    out = run_bench("ceiling_share.py", "--model-repository", str(model_repository), "--smoke")
+    assert re.search(r"server \d+ req/s, ceiling at batch 64 \d+ rows/s: share \d+%", out), out
+    assert re.search(r"ann: [\d.]+ / [\d.]+", out) and re.search(r"event_loop: \d+", out), out
