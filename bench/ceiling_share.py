@@ -61,19 +61,8 @@ def thread_kind(is_main: bool, name: str) -> str:
 
 
 def server_cpu(server: ServerProcess) -> dict[str, float]:
-    """CPU seconds the server's threads have used, by kind."""
-    clock = os.sysconf("SC_CLK_TCK")
-    totals = dict.fromkeys(THREADS, 0.0)
-    for task in Path(f"/proc/{server.process.pid}/task").iterdir():
-        try:
-            name = (task / "comm").read_text().strip()
-            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue  # the thread ended
-        totals[thread_kind(int(task.name) == server.process.pid, name)] += (
-            int(fields[11]) + int(fields[12])
-        ) / clock
-    return totals
+    """CPU seconds the server's threads have used, by kind (every kind present)."""
+    return {**dict.fromkeys(THREADS, 0.0), **server.cpu_by_thread_group(thread_kind)}
 
 
 def machine_idle_s() -> float:

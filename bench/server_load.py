@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,10 @@ class ServerProcess:
         """User + system CPU the server process has used."""
         return sum(self.cpu_by_thread_group().values())
 
-    def cpu_by_thread_group(self) -> dict[str, float]:
-        """CPU seconds per thread group: the event loop, other Python threads (batches), TensorFlow, gRPC."""
+    def cpu_by_thread_group(self, group_of: Callable[[bool, str], str] | None = None) -> dict[str, float]:
+        """CPU seconds per thread group: by default the event loop, other Python threads (batches),
+        TensorFlow, gRPC; `group_of(is_main_thread, os_thread_name)` groups otherwise."""
+        group_of = group_of or _thread_group
         groups: dict[str, float] = {}
         for task in Path(f"/proc/{self.process.pid}/task").iterdir():
             try:
@@ -119,7 +122,7 @@ class ServerProcess:
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue  # the thread ended
-            group = _thread_group(int(task.name) == self.process.pid, name)
+            group = group_of(int(task.name) == self.process.pid, name)
             groups[group] = groups.get(group, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf(
                 "SC_CLK_TCK"
             )
