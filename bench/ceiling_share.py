@@ -106,8 +106,8 @@ def measure_server(
 def measure_ceiling(repository: Path, seconds: float) -> dict[str, float]:
     """The pipeline at the server's max batch size in a process of its own: rows/s, stages, CPU per row.
 
-    The CPU includes the process's start (model load, about 4 s of one core); `cpu_us_per_row` subtracts
-    a start-only run's CPU measured once (`start_cpu_s`).
+    `process_cpu_s` includes the process's start (the model load); `main` subtracts what a start-only run
+    costs (`ceiling_start_cpu_s`) for `ceiling_cpu_us_per_row`.
     """
     client = children_cpu_s()
     command = [sys.executable, str(Path(__file__).with_name("pipeline_ceiling.py")), "--model-repository",
