@@ -195,7 +195,7 @@ def main() -> None:
     if not args.smoke:
         write_result(
             "ceiling_share",
-            {"machine": machine_note(), "seconds": args.seconds, "concurrency": CONCURRENCY,
+            {"machine": machine_note(), "seconds": args.seconds, "concurrency": CONCURRENCY, "stages": list(STAGES),
              "configs": results, "ceiling_start_cpu_s": start_cpu,
              "load_generator_start_cpu_s": client_start_cpu},
         )  # fmt: skip

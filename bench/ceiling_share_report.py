@@ -14,6 +14,7 @@ THREAD_ROWS = (
     ("load_generator", "the load generator (same cores)"),
     ("idle", "idle: no thread wanted the CPU"),
 )
+NOT_THE_SERVER = ("load_generator", "idle")
 
 
 def ceiling_share_section(result: dict) -> list[str]:
@@ -27,14 +28,9 @@ def ceiling_share_section(result: dict) -> list[str]:
 def _config_lines(flags: str, entry: dict, result: dict) -> list[str]:
     cell, rounds = entry["median"], entry["rounds"]
     share = cell["share"]
-    server_cpu = sum(cell[f"cpu_us_{kind}"] for kind, _ in THREAD_ROWS[:6])
+    server_cpu = sum(cell[f"cpu_us_{kind}"] for kind, _ in THREAD_ROWS if kind not in NOT_THE_SERVER)
     flag_text = f' --server-flags "{flags}"' if flags else ""
-    stages = [
-        key[len("ceiling_") : -len("_ms")]
-        for key in cell
-        if key.startswith("ceiling_") and key.endswith("_ms")
-    ]
-    stages = [stage for stage in stages if stage != "ms_per_batch" and f"server_{stage}_ms" in cell]
+    stages = result["stages"]
     return [
         "```sh",
         f".venv/bin/python bench/ceiling_share.py --rounds {len(rounds)} --seconds {result['seconds']:g}{flag_text}",
