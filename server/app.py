@@ -26,6 +26,7 @@ from recserve.server.model_control.manager import ModelManager
 from recserve.server.model_control.slot import ServiceSlot
 from recserve.server.recommender import RecommenderService
 from recserve.server.repository import VersionRejectedError, resolve_version_dir
+from recserve.server.runtime.tf_model import start_runtime
 from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
 from recserve.server.servicers.events import SERVICE as EVENTS_SERVICE
 from recserve.server.servicers.health import health_handlers
@@ -45,6 +46,7 @@ from recserve.server.telemetry.grpc_tracing import RpcTracing
 from recserve.server.telemetry.metrics import MetricsServer, build_registry, start_metrics_server
 from recserve.server.telemetry.tracing import INSTRUMENTATION_NAME, build_tracer_provider
 from recserve.server.telemetry.tracing import describe as describe_tracing
+from recserve.server.threads import start_thread_starter
 from recserve.server.version_loading import describe_batching, freeze_long_lived_objects
 from recserve.server.workers import WorkerRole
 from recserve.server.workers.metrics_export import MultiprocessExporter
@@ -117,6 +119,9 @@ async def start_server(
     `open_ports` once its model serves, so the kernel never hands a connection to a worker still loading.
     """
     authorizer = Authorizer(settings.auth)  # first: a bad tokens file stops start-up before a port opens
+    # Before any version loads: threads created here keep this thread's priority, not the loader's nice 10.
+    start_thread_starter()
+    start_runtime(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
     owns_provider = tracer_provider is None
     if tracer_provider is None:
         tracer_provider = build_tracer_provider(settings.tracing)

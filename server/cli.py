@@ -264,9 +264,7 @@ def _serve(args: argparse.Namespace) -> int:
             sys.stderr.write(f"error: {error}\n")
             return 2
     from recserve.server.app import run
-    from recserve.server.runtime.tf_model import configure_threads
 
-    configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
     try:
         run(settings)
     except StartupError as error:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,7 +25,7 @@ from recserve.server.settings import LimitSettings, RetrievalSettings
 from recserve.server.state.history import EMPTY_PROFILE, UserProfile
 from recserve.server.statistics import StageStatistics
 from recserve.server.telemetry.tracing import stage_span
-from recserve.server.threads import name_os_thread
+from recserve.server.threads import serving_pool
 
 STAGES = ("history", "user_tower", "ann", "ranker")
 
@@ -97,15 +96,7 @@ class BatchPipeline:
         self._tracer = tracer  # stage spans, children of the current (batch) span when it is sampled
         self.stages = {stage: StageStatistics() for stage in STAGES}
         # Annoy releases the GIL, so a batch's lookups can run on several cores at once.
-        self._ann_pool = (
-            ThreadPoolExecutor(
-                retrieval.ann_threads,
-                thread_name_prefix="ann",
-                initializer=name_os_thread,
-            )
-            if retrieval.ann_threads > 1
-            else None
-        )
+        self._ann_pool = serving_pool(retrieval.ann_threads, "ann") if retrieval.ann_threads > 1 else None
 
     def close(self) -> None:
         """Stop the lookup threads."""

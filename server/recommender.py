@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,7 +32,7 @@ from recserve.server.pipeline import (
 from recserve.server.repository import LoadedModel
 from recserve.server.settings import BatchingSettings, ModelConfig
 from recserve.server.telemetry.tracing import BatchTracer
-from recserve.server.threads import name_os_thread
+from recserve.server.threads import serving_pool
 
 MAX_IDS_IN_MESSAGE = 5
 
@@ -85,11 +84,7 @@ class RecommenderService:
             ),
         )
         # One thread per batch in flight: TensorFlow and Annoy release the GIL, so batches overlap.
-        self.executor = ThreadPoolExecutor(
-            max_workers=batching.instance_count,
-            thread_name_prefix="batch",
-            initializer=name_os_thread,
-        )
+        self.executor = serving_pool(batching.instance_count, "batch")
         batch_tracer = (
             BatchTracer(tracer, {"recserve.model.name": model.name, "recserve.model.version": model.version})
             if tracer is not None

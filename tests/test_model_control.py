@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -449,3 +450,22 @@ def test_a_retrained_version_is_picked_up_by_a_polling_server_under_load(
         assert callers.failures == []
         evaluation = writer.model_info().evaluation
         assert "previous_recall@10" in evaluation and "recall@10" in evaluation
+
+
+def test_the_serving_threads_of_a_version_loaded_in_the_background_keep_the_servers_priority(
+    poll_server: tuple[ServerThread, Path], version_dir: Path
+) -> None:
+    server, model_dir = poll_server
+    add_version(version_dir, model_dir, "2")
+    wait_for(lambda: served_version(server.address) == "2")
+    with RecommenderClient(server.address, timeout_s=10) as client:
+        client.recommend("user-1", k=5)
+    serving = os.getpriority(os.PRIO_PROCESS, threading.main_thread().native_id)
+    niceness: dict[str, set[int]] = collections.defaultdict(set)
+    for task in Path("/proc/self/task").iterdir():
+        name = (task / "comm").read_text().strip()
+        group = name.split("_")[0]
+        if group in ("ann", "batch", "tf"):
+            niceness[group].add(os.getpriority(os.PRIO_PROCESS, int(task.name)))
+    # The loader runs at nice 10 (model_control.manager.LOADER_NICENESS); what it builds must not.
+    assert dict(niceness) == {"ann": {serving}, "batch": {serving}, "tf": {serving}}

@@ -29,6 +29,16 @@ def configure_threads(intra_op: int, inter_op: int) -> None:
         pass  # TensorFlow already initialised in this process: the first setting stands.
 
 
+def start_runtime(intra_op: int, inter_op: int) -> None:
+    """Size TensorFlow's thread pools and create them now, on the calling thread.
+
+    TensorFlow creates its pools' threads with its first op, and they inherit the niceness of the thread
+    that ran it: left to the first model load, they would run at the loader's nice 10 for good.
+    """
+    configure_threads(intra_op, inter_op)
+    tf.constant(0.0).numpy()
+
+
 class SignatureRunner:
     """One loaded SavedModel signature: numpy arrays in, numpy arrays out."""
 

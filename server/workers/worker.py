@@ -31,9 +31,7 @@ def main() -> int:
     configure_logging(settings.log_level, settings.log_format, worker=role.index)
     from recserve.server.app import run
     from recserve.server.exceptions import StartupError
-    from recserve.server.runtime.tf_model import configure_threads
 
-    configure_threads(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
     try:
         run(settings, role)
     except StartupError as error:
