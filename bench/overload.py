@@ -15,7 +15,7 @@ Everything runs on the same cores as the load generator (`recserve loadtest`, a 
 4. recovery: right after the open loop, c=8 for 10 s; the p99 of each 1 s window against the same load
    before the storm, and how long until it is back within 1.5x.
 
-Results go to bench/results/overload.json and, with --write-docs, into docs/reliability.md ("Overload").
+Results go to bench/results/overload.json; docs/reliability.md ("Overload") quotes them.
 
     .venv/bin/python bench/overload.py [--seconds 15] [--rounds 3]
 """
