@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 # perf_analyzer (bench/perf_analyzer.py) lives in a venv of its own: bench/requirements-perf-analyzer.txt.
 PERF_VENV := .venv-perf
 
-.PHONY: help install native-deps redis-deps proto model serve test lint bench bench-live bench-swap bench-perf-analyzer bench-kserve-path bench-workers bench-peers bench-scale bench-light-load bench-ceiling-share bench-report clean
+.PHONY: help install native-deps redis-deps perf-deps proto model serve test lint bench bench-live bench-swap bench-perf-analyzer bench-kserve-path bench-workers bench-peers bench-scale bench-light-load bench-ceiling-share bench-exact-search bench-report clean
 
 help:
 	@echo "make serve   install, build the demo model if missing, start the server on :$(GRPC_PORT)"
@@ -21,13 +21,14 @@ help:
 	@echo "make bench   run every benchmark (~40 min on 2 cores) and write docs/benchmarks.md"
 	@echo "make bench-live   live state only: history, ingestion, freshness, rebuild, delta (~12 min; redis-server)"
 	@echo "make bench-swap   ten model version swaps under load at c=64 (~2.5 min)"
-	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min; needs libb64-0d)"
+	@echo "make bench-perf-analyzer   Triton's perf_analyzer vs recserve loadtest (~10 min)"
 	@echo "make bench-kserve-path   ModelInfer against Recommend through one load generator (~4 min)"
 	@echo "make bench-workers       recserve serve --workers 2 against one worker (~5 min)"
 	@echo "make bench-scale   20k / 200k / 1M items: builds the two large demos into $(SCALE_DIR) if missing (~40 min), then ~15 min"
 	@echo "make bench-light-load   concurrency 1: server p50 against the pipeline's batch-1 time, and the split (~2 min)"
 	@echo "make bench-ceiling-share   concurrency 128: the server's share of its pipeline's ceiling, by thread and stage (~3 min)"
-	@echo "make bench-peers   recserve vs Triton (PyTriton) on the same pipeline, by perf_analyzer (~15 min; needs libb64-0d)"
+	@echo "make bench-exact-search   exact search of a small catalog against the Annoy index: cost by size, ceiling, served (~8 min)"
+	@echo "make bench-peers   recserve vs Triton (PyTriton) on the same pipeline, by perf_analyzer (~15 min)"
 
 $(STAMP): pyproject.toml setup.py $(wildcard native/*.h native/*.cc)
 	@$(MAKE) --no-print-directory native-deps
@@ -122,7 +123,20 @@ $(PERF_VENV)/bin/perf_analyzer: bench/requirements-perf-analyzer.txt
 	$(PERF_VENV)/bin/python -m pip install --quiet -r bench/requirements-perf-analyzer.txt
 	touch $@
 
-bench-perf-analyzer: model $(PERF_VENV)/bin/perf_analyzer
+# libb64 for perf_analyzer (tritonclient's binary links it): installed from Debian/Ubuntu packages when we
+# are root, else the perf_analyzer benchmarks stop with the command to run.
+perf-deps:
+	@if ldconfig -p 2>/dev/null | grep -q libb64.so.0d; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing libb64-0d for perf_analyzer"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install --yes --quiet libb64-0d >/dev/null 2>&1 \
+		|| { apt-get update --quiet >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install --yes --quiet libb64-0d >/dev/null 2>&1; } \
+		|| echo "could not install libb64-0d: perf_analyzer will not start"; \
+	else \
+		echo "note: perf_analyzer needs libb64: sudo apt-get install libb64-0d"; \
+	fi
+
+bench-perf-analyzer: model perf-deps $(PERF_VENV)/bin/perf_analyzer
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/perf_analyzer.py
@@ -171,6 +185,12 @@ bench-ceiling-share: model
 	$(BIN)/python bench/ceiling_share.py
 	$(BIN)/python bench/report.py --ceiling-share-only
 
+bench-exact-search: model
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	mkdir -p bench/results
+	$(BIN)/python bench/exact_search.py
+	$(BIN)/python bench/report.py --exact-search-only
+
 # PyTriton (bench/peers.py) in a venv of its own, with recserve beside it: bench/requirements-peers.txt.
 PEERS_VENV := .venv-peers
 
@@ -179,7 +199,7 @@ $(PEERS_VENV)/bin/pytriton: bench/requirements-peers.txt pyproject.toml
 	$(PEERS_VENV)/bin/python -m pip install --quiet -r bench/requirements-peers.txt -e .
 	touch $@
 
-bench-peers: model $(PERF_VENV)/bin/perf_analyzer $(PEERS_VENV)/bin/pytriton
+bench-peers: model perf-deps $(PERF_VENV)/bin/perf_analyzer $(PEERS_VENV)/bin/pytriton
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/peers.py

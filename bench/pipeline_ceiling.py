@@ -103,7 +103,9 @@ def main() -> None:
     model_dir = args.model_repository / args.model_name
     config = load_model_config(model_dir)
     model = load_model(resolve_version_dir(model_dir), config.retrieval.search_k)
-    pipeline = BatchPipeline(model, live_catalog(model), config.retrieval, config.limits)
+    pipeline = BatchPipeline(
+        model, live_catalog(model, config.retrieval.exact_search_max_items), config.retrieval, config.limits
+    )
     rng = np.random.default_rng(0)
     rows = [measure(pipeline, size, args.seconds, rng) for size in args.batch_sizes]
     if args.json:

@@ -48,7 +48,7 @@ def recommend_function(model_dir: Path):  # noqa: ANN201 - PyTriton's decorated 
     """A batched callable: rows of (user_id, k) -> padded item ids and scores, as recserve answers them."""
     config = load_model_config(model_dir)
     model = load_model(resolve_version_dir(model_dir), config.retrieval.search_k)
-    catalog = live_catalog(model)
+    catalog = live_catalog(model, config.retrieval.exact_search_max_items)
     pipeline = BatchPipeline(model, catalog, config.retrieval, config.limits)
     users = model.users.index_by_id
     default_k = config.limits.default_k

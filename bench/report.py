@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from ceiling_share_report import ceiling_share_section  # noqa: E402
 from common import REPO_ROOT, RESULTS  # noqa: E402
 from common import load_result as load  # noqa: E402
+from exact_search_report import exact_search_section  # noqa: E402
 from kserve_path_report import kserve_path_section  # noqa: E402
 from light_load_report import light_load_section  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
@@ -635,6 +636,7 @@ def render_only(name: str) -> None:
         "scale": scale_section,
         "light_load": light_load_section,
         "ceiling_share": ceiling_share_section,
+        "exact_search": exact_search_section,
     }
     section = renderers[name](results)
     BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
@@ -676,6 +678,11 @@ def main() -> None:
         help="re-render only the concurrency-128 section, keeping the rest of docs/benchmarks.md as committed",
     )
     parser.add_argument(
+        "--exact-search-only",
+        action="store_true",
+        help="re-render only the exact-search section, keeping the rest of docs/benchmarks.md as committed",
+    )
+    parser.add_argument(
         "--workers-only",
         action="store_true",
         help="re-render only the workers section, keeping the rest of docs/benchmarks.md as committed",
@@ -691,7 +698,8 @@ def main() -> None:
                                    ("peers", args.peers_only), ("kserve_path", args.kserve_path_only),
                                    ("workers", args.workers_only), ("scale", args.scale_only),
                                    ("light_load", args.light_load_only),
-                                   ("ceiling_share", args.ceiling_share_only)) if chosen),
+                                   ("ceiling_share", args.ceiling_share_only),
+                                   ("exact_search", args.exact_search_only)) if chosen),
         None,
     )  # fmt: skip
     if only is not None:
@@ -784,6 +792,7 @@ def main() -> None:
         ("scale", scale_section),
         ("light_load", light_load_section),
         ("ceiling_share", ceiling_share_section),
+        ("exact_search", exact_search_section),
     ):
         results = load(name)
         if results:

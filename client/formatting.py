@@ -18,6 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from recserve.client.results import (
+    IndexInfo,
     ModelInfo,
     ModelStatistics,
     Recommendation,
@@ -101,6 +102,7 @@ def show_model_info(console: Console, info: ModelInfo) -> None:
         ("users / items", f"{info.num_users:,} / {info.num_items:,}"),
         ("embedding dim", str(info.embedding_dim)),
         ("index", f"{index.library} ({index.metric}), {index.n_trees} trees, search_k {search_k}"),
+        ("retrieval", _retrieval(index)),
         ("candidates per request", str(index.candidate_count)),
         ("k", f"default {info.default_k}, max {info.max_k}"),
         ("max score items", str(info.max_score_items)),
@@ -207,3 +209,12 @@ def _show_items(
 def _plain(console: Console, text: str) -> None:
     """Print ids verbatim (ids may hold brackets) on one line, whatever the terminal width."""
     console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _retrieval(index: IndexInfo) -> str:
+    """How candidates are found now: through the index, or exactly while the catalog is small enough."""
+    if index.exact_search:
+        return f"exact (catalogs up to {index.exact_search_max_items:,} items)"
+    if index.exact_search_max_items:
+        return f"through the index (exact up to {index.exact_search_max_items:,} items)"
+    return "through the index"

@@ -78,12 +78,21 @@ class IndexInfo:
     n_trees: int
     search_k: int
     candidate_count: int
+    exact_search_max_items: int = 0
+    exact_search: bool = False
+    """Retrieval scores every item exactly now (the catalog is within `exact_search_max_items`)."""
 
     @classmethod
     def from_proto(cls, message: pb.IndexInfo) -> IndexInfo:
         """Convert an IndexInfo message."""
         return cls(
-            message.library, message.metric, message.n_trees, message.search_k, message.candidate_count
+            message.library,
+            message.metric,
+            message.n_trees,
+            message.search_k,
+            message.candidate_count,
+            message.exact_search_max_items,
+            message.exact_search,
         )
 
 

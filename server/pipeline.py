@@ -248,7 +248,9 @@ def offline_recommender(version_dir: Path, batch_size: int = 64) -> RecommendFn:
 
     config = load_model_config(version_dir.parent)
     model = load_model(version_dir, config.retrieval.search_k)
-    pipeline = BatchPipeline(model, live_catalog(model), config.retrieval, config.limits)
+    pipeline = BatchPipeline(
+        model, live_catalog(model, config.retrieval.exact_search_max_items), config.retrieval, config.limits
+    )
 
     def recommend(user_indices: np.ndarray, contexts: np.ndarray, k: int) -> np.ndarray:
         out = np.zeros((len(user_indices), k), dtype=np.int32)

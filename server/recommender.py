@@ -71,7 +71,7 @@ class RecommenderService:
         """`history` None: no stored history; `tracer` None: no spans at all (tracing off)."""
         self.model = model
         self.config = config
-        self.catalog: LiveCatalog = live_catalog(model)
+        self.catalog: LiveCatalog = live_catalog(model, config.retrieval.exact_search_max_items)
         self.pipeline = BatchPipeline(model, self.catalog, config.retrieval, config.limits, history, tracer)
         retrieval = config.retrieval
         self.rebuilder = IndexRebuilder(

@@ -91,6 +91,12 @@ class RetrievalSettings(BaseModel):
     ann_threads: int = Field(
         2, ge=1, description="Threads sharing one batch's ANN lookups (Annoy releases the GIL)."
     )
+    exact_search_max_items: int = Field(
+        0,
+        ge=0,
+        description="Search catalogs of at most this many live items exactly (one matrix product per batch "
+        "over every item) instead of through the ANN index; 0 = always the index.",
+    )
     rebuild_delta_items: int = Field(
         5000,
         ge=1,

@@ -147,3 +147,23 @@ def test_the_ceiling_share_benchmark_runs(model_repository: Path) -> None:
     out = run_bench("ceiling_share.py", "--model-repository", str(model_repository), "--smoke")
     assert re.search(r"server \d+ req/s, ceiling at batch 64 \d+ rows/s: share \d+%", out), out
     assert re.search(r"ann: [\d.]+ / [\d.]+", out) and re.search(r"event_loop: \d+", out), out
+
+
+def test_the_exact_search_benchmark_runs(model_repository: Path) -> None:
+    out = run_bench(
+        "exact_search.py", "--model-repository", str(model_repository), "--sizes", "2000", "4000",
+        "--retrieval-seconds", "0.05", "--ceiling-seconds", "0.05", "--rounds", "1", "--seconds", "0.5",
+        "--concurrency", "4",
+    )  # fmt: skip
+    result = json.loads(Path(out.strip().splitlines()[-1].split("results: ", 1)[1]).read_text())
+    assert [(row["items"], row["batch"]) for row in result["by_size"]] == [
+        (2000, 1),
+        (2000, 64),
+        (4000, 1),
+        (4000, 64),
+    ]
+    assert all(
+        0 < row["annoy_recall_at_100"] <= 1 and row["exact_ms_per_batch"] > 0 for row in result["by_size"]
+    )
+    assert set(result["served"]) == {"annoy", "exact"}
+    assert all(cell["load"]["4"]["rps"] > 0 for cell in result["served"].values())

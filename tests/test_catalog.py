@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +13,9 @@ import pytest
 from recserve.server.catalog.live import BaseCatalog, LiveCatalog
 from recserve.server.catalog.rebuild import IndexRebuilder, RebuildPolicy
 from recserve.server.catalog.view import Retrieval
+from recserve.server.runtime.ann_index import AnnIndex
 from recserve.server.state.events import ItemDelete, ItemUpsert
-from tests.catalogs import BASE_ITEMS, small_base, tag_embedding, unit
+from tests.catalogs import BASE_ITEMS, DIMENSION, small_base, tag_embedding, unit
 
 
 def serial(function, positions):  # noqa: ANN001, ANN201 - a Mapper that runs on the caller's thread
@@ -141,3 +143,49 @@ def test_the_delta_search_finds_the_exact_top_rows(columns: int) -> None:
         expected = np.argsort(-scores[row], kind="stable")[:want]
         assert sorted(scores[row, found].tolist()) == sorted(scores[row, expected].tolist())
         assert found.size == want
+
+
+def exact_top(view, vectors: np.ndarray, queries: Sequence[Retrieval]) -> list[set[int]]:  # noqa: ANN001
+    """Brute force: per query, its `wanted` live, not excluded rows of highest cosine."""
+    found = []
+    for query in queries:
+        scores = view.embeddings[: view.size] @ vectors[query.position]
+        usable = view.live[: view.size].copy()
+        usable[0] = False
+        usable[query.excluded] = False
+        rows = np.flatnonzero(usable)
+        found.append(set(rows[np.argsort(-scores[rows])[: query.wanted]].tolist()))
+    return found
+
+
+def test_a_small_catalog_is_searched_exactly_not_through_the_index(base: BaseCatalog, tmp_path: Path) -> None:
+    coarse = replace(base, index=AnnIndex(tmp_path / "base.ann", DIMENSION, search_k=1))  # one leaf per query
+    exact_catalog = LiveCatalog(coarse, tag_embedding, exact_search_max_items=BASE_ITEMS)
+    commit(exact_catalog, ItemDelete("item-7"), ItemUpsert("new", ("fresh",)), ItemDelete("item-9"))
+    vectors = unit(np.random.default_rng(11).normal(size=(6, DIMENSION)))
+    queries = [Retrieval(q, 25, np.array([q + 1, 40 + q], dtype=np.int32)) for q in range(6)]
+    view = exact_catalog.view()
+    assert view.exact
+    assert [set(rows.tolist()) for rows in view.retrieve(vectors, queries, serial)] == exact_top(
+        view, vectors, queries
+    )
+    through_index = LiveCatalog(coarse, tag_embedding).view()
+    assert not through_index.exact
+    got = [set(rows.tolist()) for rows in through_index.retrieve(vectors, queries, serial)]
+    assert got != exact_top(through_index, vectors, queries), "the coarse index alone misses rows"
+
+
+def test_exact_search_follows_the_catalog_size(base: BaseCatalog) -> None:
+    catalog = LiveCatalog(base, tag_embedding, exact_search_max_items=BASE_ITEMS + 1)
+    assert catalog.view().exact
+    commit(catalog, ItemUpsert("a", ("fresh",)))
+    assert catalog.view().exact, "401 live items: still exact"
+    assert retrieve(catalog, tag_embedding(np.zeros(1), [("fresh",)])[0], 1) == ["a"]
+    commit(catalog, ItemUpsert("b", ("fresh",)))
+    assert not catalog.view().exact, "402 live items: through the index again"
+    commit(catalog, ItemDelete("item-3"))
+    view = catalog.view()
+    assert view.exact
+    rows, scores = view.similar(4, 10)
+    assert 4 not in rows and 3 not in rows and np.all(np.diff(scores) <= 1e-6)
+    assert set(rows.tolist()) == exact_top(view, view.embeddings[4][None, :], [Retrieval(0, 11)])[0] - {4}

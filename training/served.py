@@ -33,7 +33,7 @@ class ServedVersion:
     def __init__(self, version_dir: Path, catalog: Catalog) -> None:
         config = load_model_config(version_dir.parent)
         self.model = load_model(version_dir, config.retrieval.search_k)
-        self.catalog = live_catalog(self.model)
+        self.catalog = live_catalog(self.model, config.retrieval.exact_search_max_items)
         changes = [
             (ItemUpsert(item_id, tags) if tags is not None else ItemDelete(item_id), None)
             for item_id, tags in catalog.items()

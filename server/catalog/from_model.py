@@ -47,8 +47,8 @@ def item_embedder(model: LoadedModel) -> EmbedItems:
     return embed
 
 
-def live_catalog(model: LoadedModel) -> LiveCatalog:
-    """The catalog of `model` as built, ready for changes."""
+def live_catalog(model: LoadedModel, exact_search_max_items: int = 0) -> LiveCatalog:
+    """The catalog of `model` as built, ready for changes; exact search up to `exact_search_max_items`."""
     base = BaseCatalog(
         ids=list(model.items.ids),
         embeddings=model.item_embeddings,
@@ -56,4 +56,4 @@ def live_catalog(model: LoadedModel) -> LiveCatalog:
         popularity=model.item_popularity,
         index=model.index,
     )
-    return LiveCatalog(base, item_embedder(model))
+    return LiveCatalog(base, item_embedder(model), exact_search_max_items)

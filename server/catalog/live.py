@@ -55,7 +55,9 @@ class PreparedChanges:
 class LiveCatalog:
     """Base catalog + changes. Commit on one thread (the event loop); views may be read on any."""
 
-    def __init__(self, base: BaseCatalog, embed_items: EmbedItems) -> None:
+    def __init__(self, base: BaseCatalog, embed_items: EmbedItems, exact_search_max_items: int = 0) -> None:
+        """While the catalog has at most `exact_search_max_items` live items, it is searched exactly."""
+        self._exact_search_max_items = exact_search_max_items
         self._rows = RowStore(base.ids, base.embeddings)
         self._embed_items = embed_items
         self._base_index_by_id = {item_id: row for row, item_id in enumerate(base.ids, start=1)}
@@ -204,4 +206,5 @@ class LiveCatalog:
             delta_start=self._delta_start,
             popular_rows=self._popular_rows,
             row_by_id=self._row_by_id,
+            exact=len(self._row_by_id) <= self._exact_search_max_items,
         )

@@ -1,9 +1,10 @@
 """What one batch sees of the live catalog, and retrieval over it: the Annoy index plus the exact delta.
 
 Rows the index covers are searched through Annoy (approximately), the rows appended since it was built (the
-delta) exactly, with one matrix product for the whole batch. Dead rows (deleted items, or items whose
-features changed) and each query's excluded rows are dropped from both, fetching more from the index when
-too few are left, so a query still gets `wanted` candidates.
+delta) exactly, with one matrix product for the whole batch. A catalog small enough that one product over
+every row costs less than the Annoy lookups is searched exactly throughout (`exact`). Dead rows (deleted
+items, or items whose features changed) and each query's excluded rows are dropped from both, fetching more
+from the index when too few are left, so a query still gets `wanted` candidates.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class CatalogView:
     """Base rows, most popular first."""
     row_by_id: dict[str, int]
     """The catalog's current row of each live item (shared: it changes after the view was taken)."""
+    exact: bool = False
+    """Every row is searched exactly, the index not at all."""
 
     def row_of(self, item_id: str) -> int:
         """The item's row in this view, 0 when unknown, deleted, or added after the view was taken."""
@@ -70,14 +73,15 @@ class CatalogView:
 
         The Annoy lookups run through `mapper`; the delta is searched for all queries at once.
         """
+        if self.exact:
+            return self._exactly(self._vectors(user_embeddings, queries), queries, 1)[0]
         from_index = mapper(
             lambda q: self._from_index(user_embeddings[queries[q].position], queries[q]), range(len(queries))
         )
         if self.delta_size == 0:
             return from_index
-        positions = np.fromiter((query.position for query in queries), dtype=np.int64, count=len(queries))
-        vectors = user_embeddings[positions]
-        delta_rows, delta_scores = self._from_delta(vectors, queries)
+        vectors = self._vectors(user_embeddings, queries)
+        delta_rows, delta_scores = self._exactly(vectors, queries, self.delta_start)
         return [
             _best(rows, self._cosines(rows, vector), extra, extra_scores, query.wanted)
             for rows, vector, extra, extra_scores, query in zip(
@@ -116,13 +120,20 @@ class CatalogView:
             count *= 2
         return kept[: query.wanted]
 
-    def _from_delta(
-        self, vectors: np.ndarray, queries: Sequence[Retrieval]
+    @staticmethod
+    def _vectors(user_embeddings: np.ndarray, queries: Sequence[Retrieval]) -> np.ndarray:
+        """Each query's user embedding, in query order."""
+        positions = np.fromiter((query.position for query in queries), dtype=np.int64, count=len(queries))
+        return user_embeddings[positions]
+
+    def _exactly(
+        self, vectors: np.ndarray, queries: Sequence[Retrieval], start: int
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per query, its best `wanted` live delta rows (exact cosine) and their cosines."""
-        start = self.delta_start
+        """Per query, its best `wanted` live rows from `start` on (exact cosine) and their cosines."""
         scores = vectors @ self.embeddings[start : self.size].T
-        scores[:, ~self.live[start : self.size]] = -np.inf
+        dead = np.flatnonzero(~self.live[start : self.size])
+        if dead.size:
+            scores[:, dead] = -np.inf
         for row, query in enumerate(queries):
             if query.excluded.size and query.excluded[-1] >= start:
                 scores[row, query.excluded[query.excluded >= start] - start] = -np.inf

@@ -126,6 +126,7 @@ class RecommenderModel(InferenceModel):
             "adaptive_latency_target_us": str(config.batching.adaptive.latency_target_us),
             "candidate_count": str(config.retrieval.candidate_count),
             "search_k": str(self.service.model.index.search_k),
+            "exact_search_max_items": str(config.retrieval.exact_search_max_items),
             "default_k": str(config.limits.default_k),
             "max_k": str(config.limits.max_k),
             "max_recent_items": str(config.limits.max_recent_items),

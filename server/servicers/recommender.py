@@ -86,6 +86,8 @@ class RecommenderServicer:
                 n_trees=model.index.n_trees,
                 search_k=model.index.search_k,
                 candidate_count=config.retrieval.candidate_count,
+                exact_search_max_items=config.retrieval.exact_search_max_items,
+                exact_search=service.catalog.view().exact,
             ),
             default_k=config.limits.default_k,
             max_k=config.limits.max_k,

@@ -95,18 +95,22 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class IndexInfo(_message.Message):
-    __slots__ = ("library", "metric", "n_trees", "search_k", "candidate_count")
+    __slots__ = ("library", "metric", "n_trees", "search_k", "candidate_count", "exact_search_max_items", "exact_search")
     LIBRARY_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
     N_TREES_FIELD_NUMBER: _ClassVar[int]
     SEARCH_K_FIELD_NUMBER: _ClassVar[int]
     CANDIDATE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXACT_SEARCH_MAX_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    EXACT_SEARCH_FIELD_NUMBER: _ClassVar[int]
     library: str
     metric: str
     n_trees: int
     search_k: int
     candidate_count: int
-    def __init__(self, library: _Optional[str] = ..., metric: _Optional[str] = ..., n_trees: _Optional[int] = ..., search_k: _Optional[int] = ..., candidate_count: _Optional[int] = ...) -> None: ...
+    exact_search_max_items: int
+    exact_search: bool
+    def __init__(self, library: _Optional[str] = ..., metric: _Optional[str] = ..., n_trees: _Optional[int] = ..., search_k: _Optional[int] = ..., candidate_count: _Optional[int] = ..., exact_search_max_items: _Optional[int] = ..., exact_search: _Optional[bool] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
     __slots__ = ("model_name", "model_version", "embedding_dim", "num_users", "num_items", "index", "default_k", "max_k", "max_score_items", "max_recent_items", "evaluation")
