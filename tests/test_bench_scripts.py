@@ -153,9 +153,11 @@ def test_the_exact_search_benchmark_runs(model_repository: Path) -> None:
     out = run_bench(
         "exact_search.py", "--model-repository", str(model_repository), "--sizes", "2000", "4000",
         "--retrieval-seconds", "0.05", "--ceiling-seconds", "0.05", "--rounds", "1", "--seconds", "0.5",
-        "--concurrency", "4",
+        "--concurrency", "4", "--result", "exact_search_test",
     )  # fmt: skip
-    result = json.loads(Path(out.strip().splitlines()[-1].split("results: ", 1)[1]).read_text())
+    written = Path(out.strip().splitlines()[-1].split("results: ", 1)[1])
+    result = json.loads(written.read_text())
+    written.unlink()  # not the benchmark's own result file, which docs/benchmarks.md is rendered from
     assert [(row["items"], row["batch"]) for row in result["by_size"]] == [
         (2000, 1),
         (2000, 64),
@@ -167,3 +169,10 @@ def test_the_exact_search_benchmark_runs(model_repository: Path) -> None:
     )
     assert set(result["served"]) == {"annoy", "exact"}
     assert all(cell["load"]["4"]["rps"] > 0 for cell in result["served"].values())
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from exact_search_report import exact_search_section
+
+    section = exact_search_section(result)
+    assert section[0] == "## Exact search against the index"
+    assert any(line.startswith("| 4,000 | 64 |") for line in section)
+    assert any("at c=4 the committed config's" in line for line in section)

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from recserve.server.catalog import view as view_module
 from recserve.server.catalog.live import BaseCatalog, LiveCatalog
 from recserve.server.catalog.rebuild import IndexRebuilder, RebuildPolicy
 from recserve.server.catalog.view import Retrieval
@@ -158,7 +159,11 @@ def exact_top(view, vectors: np.ndarray, queries: Sequence[Retrieval]) -> list[s
     return found
 
 
-def test_a_small_catalog_is_searched_exactly_not_through_the_index(base: BaseCatalog, tmp_path: Path) -> None:
+@pytest.mark.parametrize("score_budget", [view_module.SCORE_BUDGET, 1000])  # 1000: queries in chunks of 2
+def test_a_small_catalog_is_searched_exactly_not_through_the_index(
+    base: BaseCatalog, tmp_path: Path, score_budget: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(view_module, "SCORE_BUDGET", score_budget)
     coarse = replace(base, index=AnnIndex(tmp_path / "base.ann", DIMENSION, search_k=1))  # one leaf per query
     exact_catalog = LiveCatalog(coarse, tag_embedding, exact_search_max_items=BASE_ITEMS)
     commit(exact_catalog, ItemDelete("item-7"), ItemUpsert("new", ("fresh",)), ItemDelete("item-9"))
@@ -176,6 +181,7 @@ def test_a_small_catalog_is_searched_exactly_not_through_the_index(base: BaseCat
 
 
 def test_exact_search_follows_the_catalog_size(base: BaseCatalog) -> None:
+    assert not LiveCatalog(base, tag_embedding).view().exact, "0: never exact"
     catalog = LiveCatalog(base, tag_embedding, exact_search_max_items=BASE_ITEMS + 1)
     assert catalog.view().exact
     commit(catalog, ItemUpsert("a", ("fresh",)))

@@ -206,5 +206,5 @@ class LiveCatalog:
             delta_start=self._delta_start,
             popular_rows=self._popular_rows,
             row_by_id=self._row_by_id,
-            exact=len(self._row_by_id) <= self._exact_search_max_items,
+            exact=self._exact_search_max_items > 0 and len(self._row_by_id) <= self._exact_search_max_items,
         )

@@ -17,6 +17,8 @@ import numpy as np
 from recserve.server.runtime.ann_index import AnnIndex
 
 MAX_REFETCHES = 3
+SCORE_BUDGET = 4 * 1024 * 1024
+"""Most cosines an exact search holds at once (16 MiB of float32): 64 queries over 65,536 items."""
 NO_ROWS = np.zeros(0, dtype=np.int32)
 
 Mapper = Callable[[Callable[[int], np.ndarray], Sequence[int]], list[np.ndarray]]
@@ -129,19 +131,28 @@ class CatalogView:
     def _exactly(
         self, vectors: np.ndarray, queries: Sequence[Retrieval], start: int
     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-        """Per query, its best `wanted` live rows from `start` on (exact cosine) and their cosines."""
-        scores = vectors @ self.embeddings[start : self.size].T
+        """Per query, its best `wanted` live rows from `start` on (exact cosine) and their cosines.
+
+        Queries go in chunks whose score matrix stays within SCORE_BUDGET floats, so a large catalog
+        searched exactly costs time, not a matrix of batch size x catalog size at once.
+        """
+        items = self.embeddings[start : self.size].T
         dead = np.flatnonzero(~self.live[start : self.size])
-        if dead.size:
-            scores[:, dead] = -np.inf
-        for row, query in enumerate(queries):
-            if query.excluded.size and query.excluded[-1] >= start:
-                scores[row, query.excluded[query.excluded >= start] - start] = -np.inf
-        rows_out, scores_out = [], []
-        for row, best in enumerate(_top_columns(scores, [query.wanted for query in queries])):
-            best = best[np.isfinite(scores[row, best])]
-            rows_out.append((best + start).astype(np.int32))
-            scores_out.append(scores[row, best])
+        chunk = max(1, SCORE_BUDGET // max(1, self.size - start))
+        rows_out: list[np.ndarray] = []
+        scores_out: list[np.ndarray] = []
+        for first in range(0, len(queries), chunk):
+            part = queries[first : first + chunk]
+            scores = vectors[first : first + chunk] @ items
+            if dead.size:
+                scores[:, dead] = -np.inf
+            for row, query in enumerate(part):
+                if query.excluded.size and query.excluded[-1] >= start:
+                    scores[row, query.excluded[query.excluded >= start] - start] = -np.inf
+            for row, best in enumerate(_top_columns(scores, [query.wanted for query in part])):
+                best = best[np.isfinite(scores[row, best])]
+                rows_out.append((best + start).astype(np.int32))
+                scores_out.append(scores[row, best])
         return rows_out, scores_out
 
     def _usable(self, rows: np.ndarray, excluded: np.ndarray) -> np.ndarray:
