@@ -150,6 +150,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--result", default="ceiling_share", help="name of the result file (bench/results/)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument(
@@ -194,7 +195,7 @@ def main() -> None:
         results[flags] = {"rounds": entries, "median": cell}
     if not args.smoke:
         write_result(
-            "ceiling_share",
+            args.result,
             {"machine": machine_note(), "seconds": args.seconds, "concurrency": CONCURRENCY, "stages": list(STAGES),
              "configs": results, "ceiling_start_cpu_s": start_cpu,
              "load_generator_start_cpu_s": client_start_cpu},

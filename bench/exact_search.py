@@ -222,6 +222,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--result", default="exact_search", help="name of the result file (bench/results/)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=6.0, help="per load cell")
     parser.add_argument("--retrieval-seconds", type=float, default=2.0, help="per retrieval cell")
@@ -249,7 +250,7 @@ def main() -> None:
         "by_size": by_size,
         "served": serving,
     }
-    print("results:", write_result("exact_search", result))
+    print("results:", write_result(args.result, result))
 
 
 if __name__ == "__main__":

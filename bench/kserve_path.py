@@ -86,6 +86,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--result", default="kserve_path", help="name of the result file (bench/results/)")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[64, 128])
@@ -122,7 +123,7 @@ def main() -> None:
             f"{row['Recommend']['rps']:.0f}/s: {row['ratio']:.2f}x (rounds {min(row['ratios']):.2f}-{max(row['ratios']):.2f})"
         )
     write_result(
-        "kserve_path",
+        args.result,
         {"machine": machine_note(), "seconds": args.seconds, "rounds": args.rounds, "k": K, "rows": rows},
     )
 

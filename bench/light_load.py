@@ -97,6 +97,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--result", default="light_load", help="name of the result file (bench/results/)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--smoke", action="store_true", help="one 0.5 s round; writes no results")
@@ -134,7 +135,7 @@ def main() -> None:
         )
     if not args.smoke:
         write_result(
-            "light_load", {"machine": machine_note(), "rounds": rounds, "median": cell, "gap_ms": gap}
+            args.result, {"machine": machine_note(), "rounds": rounds, "median": cell, "gap_ms": gap}
         )
 
 

@@ -209,6 +209,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument("--result", default="peers", help="name of the result file (bench/results/)")
     parser.add_argument("--perf-venv", type=Path, default=PERF_VENV)
     parser.add_argument("--peers-venv", type=Path, default=PEERS_VENV)
     parser.add_argument("--seconds", type=float, default=6.0)
@@ -246,7 +247,7 @@ def main() -> None:
     print_table(rows)
     if not args.smoke:
         write_result(
-            "peers",
+            args.result,
             {
                 "machine": machine_note(),
                 "seconds": args.seconds,
