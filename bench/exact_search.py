@@ -27,8 +27,6 @@ from common import DEFAULT_REPOSITORY, machine_note, median, write_result  # fir
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 from annoy_sweep import built_config, user_queries
-from server_load import measure_cell, repository_with, request_data, start_server
+from server_load import ceiling_rows, measure_cell, repository_with, request_data, start_server
 
 from recserve.server.catalog.live import BaseCatalog, LiveCatalog
 from recserve.server.catalog.view import CatalogView, Retrieval
@@ -160,19 +158,7 @@ def retrieval_by_size(
 
 def ceiling(repository: Path, seconds: float) -> list[dict]:
     """Part 2: the in-process pipeline at batches 1 and 64 (its own process)."""
-    command = [
-        sys.executable,
-        str(Path(__file__).with_name("pipeline_ceiling.py")),
-        "--model-repository",
-        str(repository),
-        "--batch-sizes",
-        *map(str, BATCHES),
-        "--seconds",
-        str(seconds),
-        "--json",
-    ]
-    output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
-    return json.loads(output.strip().splitlines()[-1])
+    return ceiling_rows(repository, [str(batch) for batch in BATCHES], seconds)
 
 
 def served(repositories: dict[str, Path], args: argparse.Namespace, workdir: Path) -> dict:

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,22 +288,27 @@ def measure_cell(
     }
 
 
-def measure_ceiling(repository: Path) -> dict:
-    """The in-process pipeline now, between server runs (the servers idle meanwhile): its best batch size's
-    row, and its row at the server's max_batch_size (64) for comparison."""
+def ceiling_rows(repository: Path, batch_sizes: Sequence[str], seconds: float) -> list[dict]:
+    """`bench/pipeline_ceiling.py` in a process of its own: one row per batch size."""
     command = [
         sys.executable,
         str(Path(__file__).with_name("pipeline_ceiling.py")),
         "--model-repository",
         str(repository),
         "--batch-sizes",
-        *CEILING_BATCH_SIZES,
+        *batch_sizes,
         "--seconds",
-        "1",
+        str(seconds),
         "--json",
     ]
     output = subprocess.run(command, check=True, capture_output=True, text=True, timeout=300).stdout
-    rows = json.loads(output.strip().splitlines()[-1])
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def measure_ceiling(repository: Path) -> dict:
+    """The in-process pipeline now, between server runs (the servers idle meanwhile): its best batch size's
+    row, and its row at the server's max_batch_size (64) for comparison."""
+    rows = ceiling_rows(repository, CEILING_BATCH_SIZES, 1)
     best = max(rows, key=lambda row: row["rows_per_s"])
     at_server_batch = next(row for row in rows if row["batch_size"] == SERVER_MAX_BATCH_SIZE)
     return {**best, "rows_per_s_at_server_batch": at_server_batch["rows_per_s"]}

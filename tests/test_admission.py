@@ -17,7 +17,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import yaml
 
 from recserve.client import RecommenderClient
 from recserve.server.admission import QueueWaitEstimator
@@ -26,6 +25,7 @@ from recserve.server.exceptions import OverloadedError, QueueFullError
 from recserve.server.frontend import native_available
 from recserve.server.settings import BatchingSettings, ServerSettings, StateSettings
 from recserve.v1 import recommender_pb2, recommender_pb2_grpc
+from tests.repositories import configured_like
 from tests.serving import ServerProcess, ServerThread
 
 HUGE_DELAY_US = 60_000_000
@@ -125,14 +125,8 @@ async def test_deadline_admission_can_be_turned_off(executor) -> None:
 @pytest.fixture(scope="module")
 def bounded_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's model with a 5 ms queue-wait bound, so one slow batch makes the queue too long."""
-    source = model_repository / "recommender"
-    target = tmp_path_factory.mktemp("bounded") / "recommender"
-    target.mkdir()
-    config = yaml.safe_load((source / "config.yaml").read_text())
-    config.setdefault("batching", {})["max_queue_wait_microseconds"] = 5_000
-    (target / "config.yaml").write_text(yaml.safe_dump(config))
-    (target / "1").symlink_to((source / "1").resolve(), target_is_directory=True)
-    return target.parent
+    target = tmp_path_factory.mktemp("bounded")
+    return configured_like(model_repository, target, "batching", {"max_queue_wait_microseconds": 5_000})
 
 
 @contextlib.contextmanager

@@ -7,7 +7,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-import yaml
 
 from recserve.client import RecommenderClient
 from recserve.inference import grpc_service_pb2 as kpb
@@ -16,6 +15,7 @@ from recserve.server.catalog.from_model import live_catalog
 from recserve.server.pipeline import BatchPipeline, RankedItems
 from recserve.server.repository import load_model
 from recserve.server.settings import LimitSettings, RetrievalSettings, ServerSettings, StateSettings
+from tests.repositories import configured_like
 from tests.serving import ServerThread
 from tests.test_pipeline import queries
 
@@ -45,14 +45,8 @@ def test_exact_search_answers_as_an_index_that_inspects_every_node(version_dir: 
 @pytest.fixture(scope="module")
 def exact_repository(model_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The session's model, configured to search its 2,500 items exactly."""
-    source = model_repository / "recommender"
-    target = tmp_path_factory.mktemp("exact") / "recommender"
-    target.mkdir()
-    config = yaml.safe_load((source / "config.yaml").read_text())
-    config.setdefault("retrieval", {})["exact_search_max_items"] = 10_000
-    (target / "config.yaml").write_text(yaml.safe_dump(config))
-    (target / "1").symlink_to((source / "1").resolve(), target_is_directory=True)
-    return target.parent
+    target = tmp_path_factory.mktemp("exact")
+    return configured_like(model_repository, target, "retrieval", {"exact_search_max_items": 10_000})
 
 
 def test_a_server_searching_exactly_says_so_and_serves(
