@@ -331,12 +331,14 @@ def test_cli_model_info_json_and_table(
     assert answer["model_version"] == info.model_version
     assert answer["num_items"] == info.num_items
     assert answer["index"]["library"] == info.index.library
+    assert answer["index"]["exact_search"] is False and answer["index"]["exact_search_max_items"] == 0
     assert answer["evaluation"] == pytest.approx(info.evaluation)
 
     exit_code, out, _ = run_cli(["model-info", "--target", server_address], capsys)
     assert exit_code == 0
     assert info.model_version in out
     assert info.index.library in out
+    assert "through the index" in out
 
 
 def test_cli_health(server_address: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
+from rich.console import Console
 
 from recserve.client import RecommenderClient
+from recserve.client.formatting import show_model_info
 from recserve.inference import grpc_service_pb2 as kpb
 from recserve.inference import grpc_service_pb2_grpc as kpb_grpc
 from recserve.server.catalog.from_model import live_catalog
@@ -59,6 +62,9 @@ def test_a_server_searching_exactly_says_so_and_serves(
         info = client.model_info()
         assert info.index.exact_search and info.index.exact_search_max_items == 10_000
         assert info.index.library == "annoy", "the index is still built and loaded for larger catalogs"
+        table = Console(file=io.StringIO(), width=200)
+        show_model_info(table, info)
+        assert "exact (catalogs up to 10,000 items)" in table.file.getvalue()
         recommended = client.recommend("user-3", k=10, recent_item_ids=["item-42"])
         assert len(recommended.items) == 10 and "item-42" not in {item.item_id for item in recommended.items}
         similar = client.similar_items("item-42", k=5)
