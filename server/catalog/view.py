@@ -73,7 +73,8 @@ class CatalogView:
     ) -> list[np.ndarray]:
         """Per query, up to `wanted` live rows closest to its user embedding by cosine, none excluded.
 
-        The Annoy lookups run through `mapper`; the delta is searched for all queries at once.
+        The Annoy lookups run through `mapper`; the delta (in an `exact` view every row) is searched for
+        all queries at once.
         """
         if self.exact:
             return self._exactly(self._vectors(user_embeddings, queries), queries, 1)[0]
