@@ -37,7 +37,7 @@ from annoy_sweep import built_config, user_queries
 from server_load import ceiling_rows, measure_cell, repository_with, request_data, start_server
 
 from recserve.server.catalog.live import BaseCatalog, LiveCatalog
-from recserve.server.catalog.view import CatalogView, Retrieval
+from recserve.server.catalog.view import CatalogView, Retrieval, spread_over
 from recserve.server.repository import resolve_version_dir
 from recserve.server.runtime.ann_index import AnnIndex, build_index
 from recserve.server.settings import load_model_config
@@ -78,21 +78,12 @@ def view_of(embeddings: np.ndarray, index: AnnIndex, exact: bool) -> CatalogView
     return LiveCatalog(base, lambda *_: np.zeros(0), len(embeddings) if exact else 0).view()
 
 
-def time_retrieval(view: CatalogView, queries: np.ndarray, batch: int, seconds: float, pool) -> dict:  # noqa: ANN001
+def time_retrieval(
+    view: CatalogView, queries: np.ndarray, batch: int, seconds: float, pool: ThreadPoolExecutor
+) -> dict:
     """ms per batch (median) and CPU µs per query of `view.retrieve` over batches of `batch` queries."""
 
-    def mapper(function, positions):  # noqa: ANN001, ANN202 - the pipeline's: strided chunks on the pool
-        if len(positions) < 2:
-            return [function(p) for p in positions]
-        results = [None] * len(positions)
-
-        def run(chunk: range) -> None:
-            for slot in chunk:
-                results[slot] = function(positions[slot])
-
-        list(pool.map(run, [range(start, len(positions), ANN_THREADS) for start in range(ANN_THREADS)]))
-        return results
-
+    mapper = spread_over(pool, ANN_THREADS)  # as the server's pipeline spreads a batch's lookups
     requests = [Retrieval(position, CANDIDATES) for position in range(batch)]
     timings, found, done, start = [], [], 0, 0
     cpu_before, deadline = cpu_seconds(), time.perf_counter() + seconds

@@ -18,7 +18,7 @@ import numpy as np
 from opentelemetry.trace import Tracer
 
 from recserve.server.catalog.live import LiveCatalog
-from recserve.server.catalog.view import CatalogView, Retrieval
+from recserve.server.catalog.view import CatalogView, Retrieval, spread_over
 from recserve.server.context import NO_ROWS, ContextResolver, ResolvedUser, UserQuery
 from recserve.server.repository import LoadedModel
 from recserve.server.settings import LimitSettings, RetrievalSettings
@@ -97,6 +97,7 @@ class BatchPipeline:
         self.stages = {stage: StageStatistics() for stage in STAGES}
         # Annoy releases the GIL, so a batch's lookups can run on several cores at once.
         self._ann_pool = serving_pool(retrieval.ann_threads, "ann") if retrieval.ann_threads > 1 else None
+        self._map = spread_over(self._ann_pool, retrieval.ann_threads)
 
     def close(self) -> None:
         """Stop the lookup threads."""
@@ -203,20 +204,6 @@ class BatchPipeline:
             ):
                 found[position] = rows
         return found
-
-    def _map(self, function: Callable[[int], np.ndarray], positions: Sequence[int]) -> list[np.ndarray]:
-        """`function` over positions, spread over the `ann_threads` lookup threads; results in order."""
-        if self._ann_pool is None or len(positions) < 2:
-            return [function(position) for position in positions]
-        threads = self.retrieval.ann_threads
-        results: list[np.ndarray] = [NO_ROWS] * len(positions)
-
-        def run(chunk: range) -> None:
-            for slot in chunk:
-                results[slot] = function(positions[slot])
-
-        list(self._ann_pool.map(run, [range(start, len(positions), threads) for start in range(threads)]))
-        return results
 
 
 def _exclusions(query: RecommendQuery, user: ResolvedUser) -> np.ndarray:

@@ -10,6 +10,7 @@ from the index when too few are left, so a query still gets `wanted` candidates.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +24,27 @@ NO_ROWS = np.zeros(0, dtype=np.int32)
 
 Mapper = Callable[[Callable[[int], np.ndarray], Sequence[int]], list[np.ndarray]]
 """Runs a per-query function over query positions (perhaps on several threads), results in order."""
+
+
+def spread_over(pool: Executor | None, threads: int) -> Mapper:
+    """A Mapper running `threads` strided chunks of the positions on `pool`, else on the caller's thread.
+
+    Annoy releases the GIL, so one batch's lookups overlap on the pool's threads.
+    """
+
+    def mapper(function: Callable[[int], np.ndarray], positions: Sequence[int]) -> list[np.ndarray]:
+        if pool is None or len(positions) < 2:
+            return [function(position) for position in positions]
+        results: list[np.ndarray] = [NO_ROWS] * len(positions)
+
+        def run(chunk: range) -> None:
+            for slot in chunk:
+                results[slot] = function(positions[slot])
+
+        list(pool.map(run, [range(start, len(positions), threads) for start in range(threads)]))
+        return results
+
+    return mapper
 
 
 @dataclass(frozen=True)
