@@ -109,14 +109,14 @@ bench-live: model redis-deps
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/live_state.py
-	$(BIN)/python bench/report.py --live-state-only
+	$(BIN)/python bench/report.py --only live_state
 
 # Version swaps under load alone; rewrites only that section of docs/benchmarks.md.
 bench-swap: model
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/model_swap.py --seconds 132
-	$(BIN)/python bench/report.py --model-swap-only
+	$(BIN)/python bench/report.py --only model_swap
 
 $(PERF_VENV)/bin/perf_analyzer: bench/requirements-perf-analyzer.txt
 	test -x $(PERF_VENV)/bin/python || $(PYTHON) -m venv $(PERF_VENV)
@@ -146,13 +146,13 @@ bench-kserve-path: model
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/kserve_path.py
-	$(BIN)/python bench/report.py --kserve-path-only
+	$(BIN)/python bench/report.py --only kserve_path
 
 bench-workers: model redis-deps
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/workers.py
-	$(BIN)/python bench/report.py --workers-only
+	$(BIN)/python bench/report.py --only workers
 
 # Demo builds at 200k and 1M items for bench/scale.py (gitignored build outputs; ~10 and ~25 min).
 SCALE_DIR ?= build/scale
@@ -171,25 +171,25 @@ bench-scale: model $(foreach size,$(SCALE_SIZES),$(SCALE_DIR)/$(size)/.built)
 	$(BIN)/python bench/annoy_sweep.py --model-repository $(SCALE_DIR)/1000000 --queries 500 --n-trees 32 64 \
 		--search-k 3000 5000 8000 12000 20000 --recall-target 0.9 --result annoy_sweep_1m
 	$(BIN)/python bench/delta_scale.py --model-repository $(SCALE_DIR)/1000000 --search-k 5000
-	$(BIN)/python bench/report.py --scale-only
+	$(BIN)/python bench/report.py --only scale
 
 bench-light-load: model
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/light_load.py
-	$(BIN)/python bench/report.py --light-load-only
+	$(BIN)/python bench/report.py --only light_load
 
 bench-ceiling-share: model
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/ceiling_share.py
-	$(BIN)/python bench/report.py --ceiling-share-only
+	$(BIN)/python bench/report.py --only ceiling_share
 
 bench-exact-search: model
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/exact_search.py
-	$(BIN)/python bench/report.py --exact-search-only
+	$(BIN)/python bench/report.py --only exact_search
 
 # PyTriton (bench/peers.py) in a venv of its own, with recserve beside it: bench/requirements-peers.txt.
 PEERS_VENV := .venv-peers
@@ -203,7 +203,7 @@ bench-peers: model perf-deps $(PERF_VENV)/bin/perf_analyzer $(PEERS_VENV)/bin/py
 	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	mkdir -p bench/results
 	$(BIN)/python bench/peers.py
-	$(BIN)/python bench/report.py --peers-only
+	$(BIN)/python bench/report.py --only peers
 
 bench-report:
 	$(BIN)/python bench/report.py

@@ -1,13 +1,13 @@
 """Render docs/benchmarks.md and its plot from the JSON results the benchmarks wrote to bench/results/.
 
 .venv/bin/python bench/report.py        (after `make bench`, which runs every benchmark first)
-.venv/bin/python bench/report.py --live-state-only   (after bench/live_state.py: that section alone, in place)
-.venv/bin/python bench/report.py --model-swap-only   (after bench/model_swap.py: that section alone, in place)
+.venv/bin/python bench/report.py --only live_state   (after bench/live_state.py: that section alone, in place)
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 
 import matplotlib
@@ -192,19 +192,31 @@ def ceiling_target_line(busy: dict, ceiling: dict | None) -> str:
     return line
 
 
-def annoy_table(sweep: dict) -> list[str]:
-    """Markdown rows of the Annoy sweep."""
+def annoy_sweep_section(sweep: dict) -> list[str]:
+    """The Annoy sweep: recall@100 against cost per query, the configured setting marked."""
+    configured = sweep.get("configured", {})
+    choice = sweep.get("choice")
     lines = [
+        "## Annoy settings",
+        "",
+        f"`.venv/bin/python bench/annoy_sweep.py` — {sweep['machine']}; {sweep['queries']} real user-tower "
+        f"queries against the demo model's {sweep['items']:,} item embeddings; recall@100 against exact cosine "
+        "search; ms per query one query at a time (median of 3 passes).",
+        "",
         "| n_trees | search_k | recall@100 | ms/query | build s |",
         "| ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in sweep["rows"]:
-        chosen = " **(default)**" if r == sweep.get("choice") else ""
+        marks = [
+            *(["configured"] if configured == {"n_trees": r["n_trees"], "search_k": r["search_k"]} else []),
+            *([f"cheapest at ≥ {sweep['recall_target']:g}"] if r == choice else []),
+        ]
+        mark = f" **({', '.join(marks)})**" if marks else ""
         lines.append(
-            f"| {r['n_trees']} | {r['search_k']} | {r['recall_at_100']:.3f}{chosen} | {r['ms_per_query']:.3f} "
+            f"| {r['n_trees']} | {r['search_k']} | {r['recall_at_100']:.3f}{mark} | {r['ms_per_query']:.3f} "
             f"| {r['build_s']:.1f} |"
         )
-    return lines
+    return [*lines, ""]
 
 
 def plot_perf_analyzer(results: dict) -> None:
@@ -621,24 +633,31 @@ def replace_section(document: str, section: list[str]) -> str:
     return "\n".join([*lines[:start], *section, *lines[end:]])
 
 
+# The sections after the closed-loop, ceiling, Annoy and load-generator ones, in page order.
+TRAILING_SECTIONS: dict[str, Callable[[dict], list[str]]] = {
+    "tracing_overhead": tracing_section,
+    "perf_analyzer": perf_analyzer_section,
+    "live_state": live_state_section,
+    "model_swap": model_swap_section,
+    "peers": peers_section,
+    "kserve_path": kserve_path_section,
+    "workers": workers_section,
+    "scale": scale_section,
+    "light_load": light_load_section,
+    "ceiling_share": ceiling_share_section,
+    "exact_search": exact_search_section,
+}
+# Every section `--only` can re-render in place.
+SECTIONS = {**TRAILING_SECTIONS, "annoy_sweep": annoy_sweep_section}
+
+
 def render_only(name: str) -> None:
     """Re-render one section in place from bench/results/<name>.json (`make bench-live`, ...), leaving the
     rest of the page alone."""
     results = load(name)
     if results is None:
         raise SystemExit(f"no bench/results/{name}.json: run bench/{name}.py first")
-    renderers = {
-        "live_state": live_state_section,
-        "model_swap": model_swap_section,
-        "peers": peers_section,
-        "kserve_path": kserve_path_section,
-        "workers": workers_section,
-        "scale": scale_section,
-        "light_load": light_load_section,
-        "ceiling_share": ceiling_share_section,
-        "exact_search": exact_search_section,
-    }
-    section = renderers[name](results)
+    section = SECTIONS[name](results)
     BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
 
 
@@ -648,62 +667,13 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--live-state-only",
-        action="store_true",
-        help="re-render only the live-state section, keeping the rest of docs/benchmarks.md as committed",
-    )
-    parser.add_argument(
-        "--model-swap-only",
-        action="store_true",
-        help="re-render only the model-swap section, keeping the rest of docs/benchmarks.md as committed",
-    )
-    parser.add_argument(
-        "--kserve-path-only",
-        action="store_true",
-        help="re-render only the ModelInfer-against-Recommend section, keeping the rest as committed",
-    )
-    parser.add_argument(
-        "--scale-only",
-        action="store_true",
-        help="re-render only the catalog-size section, keeping the rest of docs/benchmarks.md as committed",
-    )
-    parser.add_argument(
-        "--light-load-only",
-        action="store_true",
-        help="re-render only the concurrency-1 section, keeping the rest of docs/benchmarks.md as committed",
-    )
-    parser.add_argument(
-        "--ceiling-share-only",
-        action="store_true",
-        help="re-render only the concurrency-128 section, keeping the rest of docs/benchmarks.md as committed",
-    )
-    parser.add_argument(
-        "--exact-search-only",
-        action="store_true",
-        help="re-render only the exact-search section, keeping the rest of docs/benchmarks.md as committed",
-    )
-    parser.add_argument(
-        "--workers-only",
-        action="store_true",
-        help="re-render only the workers section, keeping the rest of docs/benchmarks.md as committed",
-    )
-    parser.add_argument(
-        "--peers-only",
-        action="store_true",
-        help="re-render only the section against Triton, keeping the rest of docs/benchmarks.md as committed",
+        "--only",
+        choices=sorted(SECTIONS),
+        help="re-render only this section from bench/results/<name>.json, keeping the rest of the page as committed",
     )
     args = parser.parse_args()
-    only = next(
-        (name for name, chosen in (("live_state", args.live_state_only), ("model_swap", args.model_swap_only),
-                                   ("peers", args.peers_only), ("kserve_path", args.kserve_path_only),
-                                   ("workers", args.workers_only), ("scale", args.scale_only),
-                                   ("light_load", args.light_load_only),
-                                   ("ceiling_share", args.ceiling_share_only),
-                                   ("exact_search", args.exact_search_only)) if chosen),
-        None,
-    )  # fmt: skip
-    if only is not None:
-        render_only(only)
+    if args.only is not None:
+        render_only(args.only)
         return
     ceiling, load_results, sweep = (load(n) for n in ("pipeline_ceiling", "server_load", "annoy_sweep"))
     generator_path = RESULTS / "loadtest_ceiling.md"
@@ -761,16 +731,7 @@ def main() -> None:
             "",
         ]
     if sweep:
-        out += [
-            "## Annoy settings",
-            "",
-            f"`.venv/bin/python bench/annoy_sweep.py` — {sweep['machine']}; {sweep['queries']} real user-tower "
-            "queries against the demo model's 20,000 item embeddings; recall@100 against exact cosine search. "
-            "The default is the cheapest setting with recall@100 ≥ 0.94.",
-            "",
-            *annoy_table(sweep),
-            "",
-        ]
+        out += annoy_sweep_section(sweep)
     if generator:
         out += [
             "## The load generator's own ceiling",
@@ -781,19 +742,7 @@ def main() -> None:
             generator,
             "",
         ]
-    for name, section in (
-        ("tracing_overhead", tracing_section),
-        ("perf_analyzer", perf_analyzer_section),
-        ("live_state", live_state_section),
-        ("model_swap", model_swap_section),
-        ("peers", peers_section),
-        ("kserve_path", kserve_path_section),
-        ("workers", workers_section),
-        ("scale", scale_section),
-        ("light_load", light_load_section),
-        ("ceiling_share", ceiling_share_section),
-        ("exact_search", exact_search_section),
-    ):
+    for name, section in TRAILING_SECTIONS.items():
         results = load(name)
         if results:
             out += section(results)

@@ -176,3 +176,22 @@ def test_the_exact_search_benchmark_runs(model_repository: Path) -> None:
     assert section[0] == "## Exact search against the index"
     assert any(line.startswith("| 4,000 | 64 |") for line in section)
     assert any("at c=4 the committed config's" in line for line in section)
+
+
+def test_the_annoy_sweep_marks_the_configured_setting(model_repository: Path) -> None:
+    run_bench(
+        "annoy_sweep.py", "--model-repository", str(model_repository), "--queries", "50",
+        "--n-trees", "8", "32", "--search-k", "500", "3000", "--result", "annoy_sweep_test",
+    )  # fmt: skip
+    written = REPO_ROOT / "bench" / "results" / "annoy_sweep_test.json"
+    result = json.loads(written.read_text())
+    written.unlink()  # not the benchmark's own result file, which docs/benchmarks.md is rendered from
+    assert result["configured"] == {"n_trees": 32, "search_k": 3000}, "the committed config's setting"
+    assert [(row["n_trees"], row["search_k"]) for row in result["rows"]] == [(8, 500), (8, 3000), (32, 500),
+                                                                            (32, 3000)]  # fmt: skip
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from report import annoy_sweep_section
+
+    text = "\n".join(annoy_sweep_section(result))
+    assert re.search(r"\| 32 \| 3000 \| [\d.]+ \*\*\(configured", text), text
+    assert text.count("configured") == 1, text
