@@ -204,6 +204,23 @@ def test_sigterm_drains_every_worker(
             os.kill(pid, 0)
 
 
+def test_a_worker_awaiting_restart_is_not_started_while_the_others_drain(
+    model_repository: Path, redis: RedisServer, tokens: Tokens, tmp_path: Path
+) -> None:
+    # Its restart is due 1 s after it dies, inside the others' 3 s drain: started then, it would miss the
+    # SIGTERM and hold the supervisor until the kill timeout.
+    environment = two_workers(redis, tokens, RECSERVE_SHUTDOWN_DRAIN_SECONDS="3")
+    with ServerProcess(model_repository, tmp_path / "server.log", **environment) as server:
+        every_worker_ready(server)
+        victim = worker_pids(server)[0]
+        os.kill(victim, signal.SIGKILL)
+        eventually(lambda: f"(pid {victim}) died (signal SIGKILL)" in server.log.read_text())
+        assert server.terminate_and_wait(timeout_s=20) == 0, server.log.read_text()
+    text = server.log.read_text()
+    assert len(worker_pids(server)) == 2, text
+    assert len(re.findall(r"stopped \(exit code 0\)", text)) == 1, text
+
+
 def test_explicit_model_control_is_refused_with_several_workers(
     model_repository: Path, redis: RedisServer
 ) -> None:

@@ -86,8 +86,8 @@ class Supervisor:
             failed = self._reap()
             if failed is not None:
                 return failed
-            if self.stopping_since is not None and not any(worker.alive for worker in self.workers):
-                return 0
+            if self.stopping_since is not None and all(worker.process is None for worker in self.workers):
+                return 0  # every worker reaped (and logged); `alive` could see one exit before _reap did
             self._restart_due()
             self._note_ready()
             time.sleep(POLL_S)
@@ -168,6 +168,8 @@ class Supervisor:
         worker.backoff_s = min(worker.backoff_s * 2, MAX_BACKOFF_S)
 
     def _restart_due(self) -> None:
+        if self.stopping_since is not None:
+            return  # a worker started now would miss the SIGTERM its siblings got
         now = time.monotonic()
         for worker in self.workers:
             if worker.process is None and worker.restart_at is not None and now >= worker.restart_at:
