@@ -219,20 +219,20 @@ class RecommenderService:
         if not recent_item_ids:
             return UserQuery(user_id, user_index, NO_ROWS, not ignore_history), []
         recent = list(recent_item_ids)[-self.config.limits.max_recent_items :]
-        rows = np.fromiter((self.catalog.row_of(i) for i in recent), dtype=np.int32, count=len(recent))
+        # Plain lists: a request names a handful of ids, where numpy's per-call overhead dominates.
+        found = [self.catalog.row_of(i) for i in recent]
         unknown = (
-            [item_id for item_id, row in zip(recent, rows, strict=True) if row == 0]
-            if (rows == 0).any()
-            else []
+            [item_id for item_id, row in zip(recent, found, strict=True) if row == 0] if 0 in found else []
         )
-        return UserQuery(user_id, user_index, rows[rows > 0], not ignore_history), unknown
+        rows = np.array([row for row in found if row], dtype=np.int32)
+        return UserQuery(user_id, user_index, rows, not ignore_history), unknown
 
     def _known_rows(self, item_ids: Iterable[str]) -> np.ndarray:
         """Rows of the live ids among `item_ids` (unknown ones ignored), in no particular order."""
         if not item_ids:
             return NO_ROWS
-        rows = np.fromiter((self.catalog.row_of(i) for i in item_ids), dtype=np.int32)
-        return rows[rows > 0]
+        row_of = self.catalog.row_of
+        return np.array([row for row in map(row_of, item_ids) if row], dtype=np.int32)
 
     def _required_rows(self, item_ids: Sequence[str]) -> np.ndarray:
         """Rows in order. Raises NotFoundError naming the unknown or deleted ids."""
