@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -61,6 +62,17 @@ def metrics(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+@contextlib.contextmanager
+def fresh_workers(
+    model_repository: Path, redis: RedisServer, tokens: Tokens, tmp_path: Path, drain_s: float
+) -> Iterator[ServerProcess]:
+    """Two workers of their own, for tests that stop them: every one serving, draining `drain_s`."""
+    environment = two_workers(redis, tokens, RECSERVE_SHUTDOWN_DRAIN_SECONDS=str(drain_s))
+    with ServerProcess(model_repository, tmp_path / "server.log", **environment) as server:
+        every_worker_ready(server)
+        yield server
 
 
 def every_worker_ready(server: ServerProcess) -> None:
@@ -165,9 +177,7 @@ def test_a_killed_worker_is_restarted_and_the_port_keeps_answering(workers: Serv
 def test_sigterm_drains_every_worker(
     model_repository: Path, redis: RedisServer, tokens: Tokens, tmp_path: Path
 ) -> None:
-    environment = two_workers(redis, tokens, RECSERVE_SHUTDOWN_DRAIN_SECONDS="1.5")
-    with ServerProcess(model_repository, tmp_path / "server.log", **environment) as server:
-        every_worker_ready(server)
+    with fresh_workers(model_repository, redis, tokens, tmp_path, drain_s=1.5) as server:
         clients = [RecommenderClient(server.address, timeout_s=10) for _ in range(CONNECTIONS)]
         failures: list[BaseException] = []
         answered = [0]
@@ -209,9 +219,7 @@ def test_a_worker_awaiting_restart_is_not_started_while_the_others_drain(
 ) -> None:
     # Its restart is due 1 s after it dies, inside the others' 3 s drain: started then, it would miss the
     # SIGTERM and hold the supervisor until the kill timeout.
-    environment = two_workers(redis, tokens, RECSERVE_SHUTDOWN_DRAIN_SECONDS="3")
-    with ServerProcess(model_repository, tmp_path / "server.log", **environment) as server:
-        every_worker_ready(server)
+    with fresh_workers(model_repository, redis, tokens, tmp_path, drain_s=3) as server:
         victim = worker_pids(server)[0]
         os.kill(victim, signal.SIGKILL)
         eventually(lambda: f"(pid {victim}) died (signal SIGKILL)" in server.log.read_text())
