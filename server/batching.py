@@ -1,7 +1,9 @@
 """A dynamic batcher: concurrent requests wait in a bounded priority queue and run together as one batch.
 
 It knows nothing of TensorFlow, Annoy or gRPC: it calls a synchronous `execute(items) -> results` in an
-executor, off the event loop, and scatters the results back to the callers' futures.
+executor, off the event loop, and scatters the results back to the callers' futures. With a `LoopThreads`
+executor a batch costs one wake-up each way (`recserve.server.threads`); any other `Executor` goes through
+`loop.run_in_executor`.
 
 Batch formation, as in Triton: a batch goes at once when `max_batch_size` requests are queued, or when a
 preferred batch size can be formed; otherwise it waits while the oldest request has waited less than the
@@ -42,6 +44,7 @@ from recserve.server.exceptions import (
 from recserve.server.settings import BatchingSettings
 from recserve.server.statistics import BatchStatistics
 from recserve.server.telemetry.tracing import BatchTracer, RequestTrace
+from recserve.server.threads import LoopThreads
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -247,7 +250,11 @@ class DynamicBatcher(Generic[Item, Result]):
         self.admission.estimator.on_batch_start(len(batch), started_ns)
         queue_us = [(started_ns - p.enqueued_ns) / 1000 for p in batch]
         span = self._start_batch_span(batch, queue_us)
-        execution = loop.run_in_executor(self._executor, self._execute_in_span, span, [p.item for p in batch])
+        items = [p.item for p in batch]
+        if isinstance(self._executor, LoopThreads):
+            execution = self._executor.run(loop, self._execute_in_span, span, items)
+        else:
+            execution = loop.run_in_executor(self._executor, self._execute_in_span, span, items)
         self._running += 1
         self._publish_estimate(started_ns)
         task = loop.create_task(self._complete_batch(batch, execution, started_ns, queue_us, span))

@@ -32,7 +32,7 @@ from recserve.server.pipeline import (
 from recserve.server.repository import LoadedModel
 from recserve.server.settings import BatchingSettings, ModelConfig
 from recserve.server.telemetry.tracing import BatchTracer
-from recserve.server.threads import serving_pool
+from recserve.server.threads import LoopThreads
 
 MAX_IDS_IN_MESSAGE = 5
 
@@ -84,7 +84,7 @@ class RecommenderService:
             ),
         )
         # One thread per batch in flight: TensorFlow and Annoy release the GIL, so batches overlap.
-        self.executor = serving_pool(batching.instance_count, "batch")
+        self.executor = LoopThreads(batching.instance_count, "batch")
         batch_tracer = (
             BatchTracer(tracer, {"recserve.model.name": model.name, "recserve.model.version": model.version})
             if tracer is not None

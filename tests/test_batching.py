@@ -17,6 +17,7 @@ from recserve.server.exceptions import (
     UnavailableError,
 )
 from recserve.server.settings import BatchingSettings
+from recserve.server.threads import LoopThreads
 
 HUGE_DELAY_US = 60_000_000  # so that only the size trigger can release a batch
 
@@ -40,8 +41,10 @@ class GatedStage:
 
 @pytest.fixture
 def executor():
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        yield pool
+    """The server's kind of executor; the tests of several instances run on a `ThreadPoolExecutor`."""
+    threads = LoopThreads(1, "test-batch")
+    yield threads
+    threads.shutdown()
 
 
 def make(stage: GatedStage, executor, **settings) -> DynamicBatcher[int, int]:
