@@ -121,7 +121,11 @@ async def start_server(
     authorizer = Authorizer(settings.auth)  # first: a bad tokens file stops start-up before a port opens
     # Before any version loads: threads created here keep this thread's priority, not the loader's nice 10.
     start_thread_starter()
-    start_runtime(settings.tf_intra_op_threads, settings.tf_inter_op_threads)
+    start_runtime(
+        settings.tf_intra_op_threads,
+        settings.tf_inter_op_threads,
+        settings.tf_graph_mode_max_variable_mb << 20,
+    )
     owns_provider = tracer_provider is None
     if tracer_provider is None:
         tracer_provider = build_tracer_provider(settings.tracing)

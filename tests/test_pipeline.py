@@ -98,22 +98,6 @@ def test_excluded_and_cold_start(model) -> None:
     pipeline.close()
 
 
-def test_signature_fast_path_answers_as_the_public_call_does(model) -> None:
-    runner = model.ranker
-    dimension = runner.input_specs["user_embedding"].shape[1]
-    embeddings = np.random.default_rng(5).normal(size=(7, dimension))  # float64: converted to float32
-    items = np.arange(1, 8, dtype=np.int64)  # converted to int32
-    item_embeddings = model.item_embeddings[:7].astype(np.float64)
-    fast = runner(user_embedding=embeddings, item_embedding=item_embeddings, item_index=items)
-    public = runner._function(
-        user_embedding=embeddings.astype(np.float32),
-        item_embedding=item_embeddings.astype(np.float32),
-        item_index=items.astype(np.int32),
-    )
-    assert runner._flat_order is not None  # the fast path is what ran
-    np.testing.assert_allclose(fast["probability"], public["probability"].numpy(), atol=1e-6)
-
-
 def test_signature_inputs_must_match_by_name(model) -> None:
     with pytest.raises(TypeError, match="takes inputs"):
         model.user_tower(user_index=np.array([1], dtype=np.int32))
