@@ -56,7 +56,12 @@ def test_a_serving_pool_has_every_thread_running_before_its_first_task() -> None
         pool.shutdown()
 
 
-def test_a_pool_built_on_a_lowered_thread_serves_at_the_starters_priority() -> None:
+@pytest.mark.parametrize(
+    "build",
+    [lambda prefix: serving_pool(2, prefix), lambda prefix: LoopThreads(2, prefix)],
+    ids=["serving_pool", "LoopThreads"],
+)
+def test_a_pool_built_on_a_lowered_thread_serves_at_the_starters_priority(build) -> None:
     start_thread_starter()  # here, on the test's main thread, at the process's own niceness
     serving = _niceness(threading.get_native_id())
     lowered = min(serving + 5, 19)
@@ -66,7 +71,7 @@ def test_a_pool_built_on_a_lowered_thread_serves_at_the_starters_priority() -> N
     def build_like_the_loader() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), lowered)
         found["builder"] = _niceness(threading.get_native_id())
-        pool = serving_pool(2, "lowered")
+        pool = build("lowered")
         ids = {pool.submit(threading.get_native_id).result() for _ in range(8)}
         found["pool"] = max(_niceness(native_id) for native_id in ids)
         pool.shutdown()
@@ -123,23 +128,3 @@ async def test_loop_threads_run_every_queued_call_before_they_shut_down() -> Non
     assert not [name for name in _os_names() if name.startswith("drain_")]
     with pytest.raises(RuntimeError, match="after shutdown"):
         threads.submit(ran.append, 4)
-
-
-def test_loop_threads_built_on_a_lowered_thread_serve_at_the_starters_priority() -> None:
-    start_thread_starter()
-    serving = _niceness(threading.get_native_id())
-    lowered = min(serving + 5, 19)
-    assert lowered > serving, "the test process already runs at the lowest priority"
-    found: dict[str, int] = {}
-
-    def build_like_the_loader() -> None:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), lowered)
-        threads = LoopThreads(2, "lowered-loop")
-        ids = {threads.submit(threading.get_native_id).result() for _ in range(8)}
-        found["threads"] = max(_niceness(native_id) for native_id in ids)
-        threads.shutdown()
-
-    builder = threading.Thread(target=build_like_the_loader)
-    builder.start()
-    builder.join()
-    assert found == {"threads": serving}
