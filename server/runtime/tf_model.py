@@ -14,11 +14,12 @@ function's call hands part of its work to TensorFlow's inter-op pool and waits f
 went to sleep between calls must be woken first. Measured in one process on 2 cores (the in-process
 pipeline, `bench/pipeline_ceiling.py`, 2 alternating rounds): 693-741 against 472-481 rows/s at batch 1
 (the user tower 0.28-0.31 against 0.57-0.59 ms, the ranker 0.40-0.44 against 0.73-0.74 ms), 2,793-3,054
-against 2,370-2,530 rows/s at batch 64. Freezing is not free for large variables: a 128 MB embedding table
-(1M users) took 5-7 s to freeze, ~12 s in all, ~4x its size in memory for good and ~2 GB at the peak. So
-a SavedModel whose variables take more than `graph_mode_max_bytes` (64 MiB unless `start_runtime` says
-otherwise), or one that cannot be frozen, runs through its concrete function; the gain is per call, and
-matters most at small batches, whatever the model's size.
+against 2,370-2,530 rows/s at batch 64. Freezing is not free for large variables: a 26 MB embedding table
+(200k users) took 0.8 s and kept ~120 MB more resident than its concrete function (~5x its size), a 128 MB
+one (1M users) ~12 s, with ~2 GB at the peak. So a SavedModel whose variables take more than
+`graph_mode_max_bytes` (16 MiB unless `start_runtime` says otherwise), or one that cannot be frozen, runs
+through its concrete function; the gain is per call, and matters most at small batches, whatever the
+model's size.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 SIGNATURE = "serving_default"
-DEFAULT_GRAPH_MODE_MAX_BYTES = 64 << 20
+DEFAULT_GRAPH_MODE_MAX_BYTES = 16 << 20
 
 logger = logging.getLogger(__name__)
 _runtime = {"graph_mode_max_bytes": DEFAULT_GRAPH_MODE_MAX_BYTES, "intra_op": 1}
