@@ -125,6 +125,6 @@ async def test_loop_threads_run_every_queued_call_before_they_shut_down() -> Non
     assert not closing.is_alive()
     assert first.result() is True and all(future.done() for future in queued)
     assert ran == [0, 1, 2]
-    assert not [name for name in _os_names() if name.startswith("drain_")]
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("drain_")]
     with pytest.raises(RuntimeError, match="after shutdown"):
         threads.submit(ran.append, 4)
