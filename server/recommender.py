@@ -7,6 +7,7 @@ answers back to ids. It owns the model version's live catalog and the background
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +36,7 @@ from recserve.server.telemetry.tracing import BatchTracer
 from recserve.server.threads import LoopThreads
 
 MAX_IDS_IN_MESSAGE = 5
+MAX_DIRECT_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,9 @@ class RecommenderService:
         )
         # One thread per batch in flight: TensorFlow and Annoy release the GIL, so batches overlap.
         self.executor = LoopThreads(batching.instance_count, "batch")
+        # Calls that skip the batcher (SimilarItems, the KServe towers and ranker): off the event loop,
+        # never behind a batch; a thread per core this process may use (they release the GIL), at most 8.
+        self.direct = LoopThreads(min(len(os.sched_getaffinity(0)), MAX_DIRECT_THREADS), "direct")
         batch_tracer = (
             BatchTracer(tracer, {"recserve.model.name": model.name, "recserve.model.version": model.version})
             if tracer is not None
@@ -108,6 +113,7 @@ class RecommenderService:
         await self.batcher.close()
         await self.rebuilder.close()
         self.executor.shutdown(wait=True)
+        self.direct.shutdown(wait=True)
         self.pipeline.close()
 
     def catalog_changed(self) -> None:
@@ -162,7 +168,7 @@ class RecommenderService:
         k = self._checked_k(k)
         row = int(self._required_rows([item_id])[0])
         view = self.catalog.view()
-        rows, similarities = await asyncio.get_running_loop().run_in_executor(None, view.similar, row, k)
+        rows, similarities = await self.direct.run(asyncio.get_running_loop(), view.similar, row, k)
         items = [(view.ids[r], s) for r, s in zip(rows.tolist(), similarities.tolist(), strict=True)]
         return Recommendation(items, self.model.version)
 
@@ -179,7 +185,7 @@ class RecommenderService:
         def embed() -> np.ndarray:
             return self.pipeline.embed(self.pipeline.resolve_users(queries, view), view)
 
-        return await asyncio.get_running_loop().run_in_executor(None, embed)
+        return await self.direct.run(asyncio.get_running_loop(), embed)
 
     async def embed_items(self, item_ids: Sequence[str]) -> np.ndarray:
         """The item-tower embeddings [len(item_ids), D] the catalog holds and searches (the tower's outputs).
@@ -197,8 +203,8 @@ class RecommenderService:
         """
         rows = self._required_rows(item_ids)
         view = self.catalog.view()
-        return await asyncio.get_running_loop().run_in_executor(
-            None, self.pipeline.rank, user_embeddings, rows, view
+        return await self.direct.run(
+            asyncio.get_running_loop(), self.pipeline.rank, user_embeddings, rows, view
         )
 
     def _checked_k(self, k: int) -> int:
