@@ -132,14 +132,14 @@ class LoopThreads(Executor):
         future: Future[T] = Future()
 
         def call() -> None:
-            if not future.set_running_or_notify_cancel():
+            if not future.set_running_or_notify_cancel():  # cancelled: tells `wait()` and `as_completed()`
                 return
             try:
                 future.set_result(fn(*args, **kwargs))
             except BaseException as error:  # noqa: BLE001 - delivered to the caller
                 future.set_exception(error)
 
-        self._put(call, future.cancelled)
+        self._put(call, _never)
         return future
 
     def _put(self, call: Callable[[], None], cancelled: Callable[[], bool]) -> None:
@@ -166,6 +166,10 @@ class LoopThreads(Executor):
             call, cancelled = task
             if not cancelled():
                 call()
+
+
+def _never() -> bool:
+    return False
 
 
 def _answer(

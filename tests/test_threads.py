@@ -4,6 +4,7 @@ they are created at, and `LoopThreads`, which runs the batches for the event loo
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -128,3 +129,17 @@ async def test_loop_threads_run_every_queued_call_before_they_shut_down() -> Non
     assert not [thread for thread in threading.enumerate() if thread.name.startswith("drain_")]
     with pytest.raises(RuntimeError, match="after shutdown"):
         threads.submit(ran.append, 4)
+
+
+def test_a_submitted_call_cancelled_while_queued_is_reported_to_wait() -> None:
+    threads = LoopThreads(1, "cancel")
+    gate = threading.Event()
+    try:
+        busy = threads.submit(gate.wait, 5)
+        queued = threads.submit(threading.get_native_id)
+        assert queued.cancel()
+        gate.set()
+        done, _ = concurrent.futures.wait([queued], timeout=5)
+        assert done == {queued} and queued.cancelled() and busy.result(5) is True
+    finally:
+        threads.shutdown()
