@@ -17,6 +17,9 @@ from recserve.client import formatting
 from recserve.client.client import RecommenderClient
 from recserve.client.live import EVENT_TYPES, Event, Item
 
+UPSERT_BATCH_SIZE = 1000
+"""Items per UpsertItems call from `upsert --file`: the server's default `state.max_items_per_call`."""
+
 Command = Callable[[argparse.Namespace, RecommenderClient, Console], int]
 AddCommand = Callable[[argparse._SubParsersAction, str, Command, str], argparse.ArgumentParser]
 
@@ -40,6 +43,14 @@ def add_live_commands(subparsers: argparse._SubParsersAction, add_command: AddCo
         "--file",
         type=Path,
         help='JSON lines {"item_id": ..., "tags": [...]}, e.g. a version\'s cold_start_items.jsonl',
+    )
+    upsert.add_argument(
+        "--batch-size",
+        type=_positive_count,
+        default=UPSERT_BATCH_SIZE,
+        help=f"items per UpsertItems call (default {UPSERT_BATCH_SIZE}, the server's default "
+        "state.max_items_per_call); a failed call leaves the calls before it applied, and upserting again "
+        "is harmless",
     )
     delete = add_command(subparsers, "delete-items", _delete, "Remove items from the catalog.")
     delete.add_argument("--items", nargs="+", required=True, metavar="ITEM", help="item ids")
@@ -71,7 +82,10 @@ def _upsert(args: argparse.Namespace, client: RecommenderClient, console: Consol
         items += [Item(row["item_id"], tuple(row.get("tags", ()))) for row in _json_lines(args.file)]
     if not items:
         raise SystemExit("error: give --item (and --tags) or --file")
-    _report(args, console, {"upserted": client.upsert_items(items)})
+    upserted = 0
+    for start in range(0, len(items), args.batch_size):
+        upserted += client.upsert_items(items[start : start + args.batch_size])
+    _report(args, console, {"upserted": upserted})
     return 0
 
 
@@ -85,6 +99,16 @@ def _item(args: argparse.Namespace, client: RecommenderClient, console: Console)
     found = client.get_item(args.item)
     _report(args, console, {"item_id": found.item_id, "tags": list(found.tags)})
     return 0
+
+
+def _positive_count(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {value}")
+    return count
 
 
 def _json_lines(path: Path) -> list[dict]:

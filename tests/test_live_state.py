@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from recserve.client import Event, Item, RecommenderClient
+from recserve.client.cli import build_client_parser
 from recserve.server.settings import ServerSettings, StateSettings
 from tests.serving import ServerThread
 from tests.tokens import Tokens, bearer
@@ -304,3 +305,22 @@ def test_an_event_time_protobuf_cannot_hold_is_refused(
             events_pb2.GetUserHistoryRequest(user_id=user), timeout=10, metadata=bearer(tokens.write)
         )
     assert list(history.events) == []
+
+
+def test_cli_upserts_a_file_larger_than_one_call_takes(
+    client: RecommenderClient,
+    live_server: ServerThread,
+    tokens: Tokens,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A version's cold_start_items.jsonl may hold more items than state.max_items_per_call (1000)."""
+    count = live_server.settings.state.max_items_per_call + 53
+    rows = [{"item_id": f"bulk-{n}", "tags": ["bulk-tag"]} for n in range(count)]
+    path = tmp_path / "items.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    argv = ["upsert", "--target", live_server.address, "--token", tokens.write, "--json", "--file", str(path)]
+    args = build_client_parser().parse_args(argv)
+    assert args.func(args) == 0
+    assert json.loads(capsys.readouterr().out) == {"upserted": count}
+    assert client.get_item(f"bulk-{count - 1}").tags == ("bulk-tag",)
