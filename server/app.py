@@ -29,7 +29,7 @@ from recserve.server.repository import VersionRejectedError, resolve_version_dir
 from recserve.server.runtime.tf_model import start_runtime
 from recserve.server.servicers.catalog import SERVICE as CATALOG_SERVICE
 from recserve.server.servicers.events import SERVICE as EVENTS_SERVICE
-from recserve.server.servicers.health import health_handlers
+from recserve.server.servicers.health import HealthServicer, health_handlers
 from recserve.server.servicers.inference import MODEL_CONTROL_METHODS, InferenceServicer
 from recserve.server.servicers.inference import SERVICE as INFERENCE_SERVICE
 from recserve.server.servicers.inference import stream_handlers as inference_stream_handlers
@@ -130,7 +130,7 @@ async def start_server(
     if tracer_provider is None:
         tracer_provider = build_tracer_provider(settings.tracing)
     server = build_grpc_server(settings.frontend, _channel_options(settings), settings.max_concurrent_rpcs)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     running = RunningServer(
         server,
         0,

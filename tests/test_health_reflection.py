@@ -48,6 +48,8 @@ def test_health_unknown_service_is_not_found(channel) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         check(channel, "no.such.Service")
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "'no.such.Service'" in caught.value.details()
+    assert "recserve.v1.Recommender" in caught.value.details()  # what one may ask for instead
 
 
 @pytest.mark.parametrize("method", [V1ALPHA, V1])
@@ -77,6 +79,36 @@ def test_reflection_resolves_services_methods_and_messages(channel, method: str,
     assert files[0].name == "recserve/v1/recommender.proto"
     methods = {m.name for s in files[0].service for m in s.method}
     assert {"Recommend", "Score", "SimilarItems", "GetModelInfo"} <= methods
+
+
+@pytest.mark.parametrize("method", [V1ALPHA, V1])
+@pytest.mark.parametrize(
+    ("symbol", "file", "package"),
+    [
+        ("grpc.reflection.v1.ServerReflection", "grpc/reflection/v1/reflection.proto", "grpc.reflection.v1"),
+        (
+            "grpc.reflection.v1alpha.ServerReflection",
+            "grpc_reflection/v1alpha/reflection.proto",
+            "grpc.reflection.v1alpha",
+        ),
+    ],
+)
+def test_every_listed_reflection_service_can_be_described(
+    channel, method: str, symbol: str, file: str, package: str
+) -> None:
+    response = reflect(channel, method, file_containing_symbol=symbol)
+    assert response.HasField("file_descriptor_response"), response.error_response
+    (described,) = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in response.file_descriptor_response.file_descriptor_proto
+    ]
+    assert (described.name, described.package) == (file, package)
+    (service,) = described.service
+    (info,) = service.method
+    assert (info.input_type, info.output_type) == (
+        f".{package}.ServerReflectionRequest",
+        f".{package}.ServerReflectionResponse",
+    )
 
 
 def test_reflection_unknown_symbol_is_not_found(channel) -> None:

@@ -2,6 +2,8 @@
 
 grpc's registration gives the method handlers a deserializer, and grpc.aio answers a request that does not
 decode with UNKNOWN; decoded here, it is INVALID_ARGUMENT on both front ends, as on every other service.
+grpc's servicer answers a Check of an unknown service NOT_FOUND without a word; this one names the
+services it reports on.
 """
 
 from __future__ import annotations
@@ -13,6 +15,32 @@ from recserve.server.errors import decoded
 
 SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 _serialize = health_pb2.HealthCheckResponse.SerializeToString
+
+
+class HealthServicer(health.aio.HealthServicer):
+    """grpc's asyncio health servicer, whose NOT_FOUND says which services there are."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._services: set[str] = {""}
+
+    async def set(self, service: str, status: health_pb2.HealthCheckResponse.ServingStatus) -> None:
+        """Report `status` for `service` ("" is the server as a whole)."""
+        self._services.add(service)
+        await super().set(service, status)
+
+    async def Check(  # noqa: N802 - grpc's method name
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> health_pb2.HealthCheckResponse:
+        """The service's status; NOT_FOUND, naming the known services, for one never reported."""
+        if request.service not in self._services:
+            known = ", ".join(sorted(name for name in self._services if name))
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND,
+                f"no health is reported for service {request.service!r}; ask for '' (the whole server) or "
+                f"one of: {known}",
+            )
+        return await super().Check(request, context)
 
 
 def health_handlers(servicer: health.aio.HealthServicer) -> grpc.GenericRpcHandler:

@@ -4,6 +4,9 @@ Load testers such as ghz ask for the file containing `recserve.v1.Recommender.Re
 Python servicer looks the name up in the descriptor pool, which knows services and messages but not
 methods, and answers NOT_FOUND. Here a method symbol resolves to its service's file. Requests are decoded
 here, not by grpc: grpc.aio answers a request that does not decode with UNKNOWN, this INVALID_ARGUMENT.
+
+grpcio-reflection ships only v1alpha's .proto, so `grpc.reflection.v1.ServerReflection` was listed but
+could not be described. v1 is the same file under another package; its descriptor is derived from v1alpha's.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 
 import grpc
+from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha._async import ReflectionServicer
 
@@ -18,6 +22,28 @@ from recserve.server.errors import decoded
 
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 REFLECTION_V1ALPHA = "grpc.reflection.v1alpha.ServerReflection"
+REFLECTION_V1_FILE = "grpc/reflection/v1/reflection.proto"
+
+
+def register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
+    """Add v1's reflection.proto to `pool` (once): v1alpha's messages and service, renamed."""
+    try:
+        pool.FindFileByName(REFLECTION_V1_FILE)
+        return
+    except KeyError:
+        pass
+    old, new = ".grpc.reflection.v1alpha.", ".grpc.reflection.v1."
+    proto = descriptor_pb2.FileDescriptorProto.FromString(reflection_pb2.DESCRIPTOR.serialized_pb)
+    proto.name, proto.package = REFLECTION_V1_FILE, "grpc.reflection.v1"
+    proto.ClearField("options")  # v1alpha's language packages
+    for message in proto.message_type:
+        for field in message.field:
+            if field.type_name:
+                field.type_name = field.type_name.replace(old, new)
+    for method in proto.service[0].method:
+        method.input_type = method.input_type.replace(old, new)
+        method.output_type = method.output_type.replace(old, new)
+    pool.AddSerializedFile(proto.SerializeToString())
 
 
 class MethodAwareReflectionServicer(ReflectionServicer):
@@ -43,6 +69,7 @@ def add_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> Non
     The two protocols are the same messages under different package names, so one servicer answers both.
     """
     names = [*service_names, REFLECTION_V1ALPHA, REFLECTION_V1]
+    register_v1_descriptor(descriptor_pool.Default())
     servicer = MethodAwareReflectionServicer(names)
 
     async def info(
