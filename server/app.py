@@ -19,6 +19,7 @@ from opentelemetry.trace import Tracer
 
 from recserve.server.auth import Authorizer, RoleCheck
 from recserve.server.errors import unary_handlers
+from recserve.server.exceptions import StartupError
 from recserve.server.frontend import bind_and_start, build_grpc_server, resolve_frontend
 from recserve.server.frontend.health_port import start_health_port
 from recserve.server.live_state import LiveState
@@ -221,7 +222,13 @@ def _start_metrics(running: RunningServer) -> None:
         running.metrics_export = MultiprocessExporter(registry, worker.metrics_dir, worker.index)
         running.metrics_export.start()
         return
-    running.metrics = start_metrics_server(settings.metrics_host, settings.metrics_port, *registry_sources)
+    try:
+        running.metrics = start_metrics_server(
+            settings.metrics_host, settings.metrics_port, *registry_sources
+        )
+    except OSError as error:
+        address = f"{settings.metrics_host}:{settings.metrics_port}"
+        raise StartupError(f"cannot bind the metrics port {address}: {error.strerror or error}") from error
     logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, running.metrics.port)
 
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
 from recserve.client import RecommenderClient
+from recserve.server.frontend import native_available
 from tests.serving import ServerProcess
 
 
@@ -40,3 +47,34 @@ def test_json_logs_metrics_port_and_startup_summary(model_repository: Path, tmp_
     assert "max_batch_size=64" in messages
     ready = next(i for i, entry in enumerate(entries) if "ready in" in entry["message"])
     assert "SIGTERM" in entries[ready + 1]["message"], "nothing is logged per request at INFO"
+
+
+@pytest.mark.parametrize(
+    ("flags", "port_flag", "what"),
+    [
+        (["--frontend", "native"], "--grpc-port", "gRPC"),
+        (["--frontend", "aio"], "--grpc-port", "gRPC"),
+        ([], "--metrics-port", "metrics"),
+    ],
+)
+def test_a_port_in_use_is_one_line_and_exit_code_2(
+    model_repository: Path, tmp_path: Path, flags: list[str], port_flag: str, what: str
+) -> None:
+    if "native" in flags and not native_available():
+        assert not os.environ.get("CI"), "under CI the grpc++ front end must be built"
+        pytest.skip("grpc++ not installed here")
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        ports = {"--grpc-port": "0", "--metrics-port": "0", port_flag: str(port)}
+        command = [sys.executable, "-m", "recserve", "serve", "--grpc-host", "127.0.0.1",
+                   "--model-repository", str(model_repository), "--state-dir", str(tmp_path / "state"),
+                   *flags]  # fmt: skip
+        for flag, value in ports.items():
+            command += [flag, value]
+        env = {**os.environ, "RECSERVE_METRICS_HOST": "127.0.0.1"}
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert finished.returncode == 2, finished.stderr
+    assert f"error: cannot bind the {what} port 127.0.0.1:{port}" in finished.stderr
+    assert "Traceback" not in finished.stderr, finished.stderr

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import grpc.aio
 
+from recserve.server.exceptions import StartupError
 from recserve.server.frontend.tls import add_secure_port
 from recserve.server.settings import TlsSettings
 
@@ -59,15 +60,19 @@ async def bind_and_start(server: Any, address: str, tls: TlsSettings | None = No
     """Bind `address` (TLS-only when `tls` is enabled), start serving, and return the bound port.
 
     Raises:
-        StartupError: `tls` names files that are missing, unreadable or do not fit together.
+        StartupError: `tls` names files that are missing, unreadable or do not fit together, or the port
+            cannot be bound (in use, or a host that is not this machine's).
     """
-    if tls is not None and tls.enabled:
-        port = add_secure_port(server, address, tls)
-    else:
-        port = server.add_insecure_port(address)
-    started = await server.start()
+    try:
+        if tls is not None and tls.enabled:
+            port = add_secure_port(server, address, tls)
+        else:
+            port = server.add_insecure_port(address)
+        started = await server.start()
+    except RuntimeError as error:  # grpc.aio refuses the address, grpc++ fails to start on it
+        raise StartupError(f"cannot bind the gRPC port {address} (is it in use?): {error}") from error
     if isinstance(started, list):  # grpc++ binds on start
         port = started[0]
     if port == 0:
-        raise OSError(f"cannot bind gRPC port {address}")
+        raise StartupError(f"cannot bind the gRPC port {address} (is it in use?)")
     return port
