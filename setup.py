@@ -5,10 +5,10 @@ folder per part (`server/`, `client/`, `training/`, `native/`, and the generated
 in `protos/recserve/`): PACKAGE_DIRS maps each folder to its place in the namespace.
 
 The extensions, built into `recserve.native`: the server's native gRPC front end and the load generator's
-native transport.
+native transport, which need grpc++, and the batched Annoy lookups, which need only a C++17 compiler.
 grpc++ comes from the system (Debian/Ubuntu: `apt-get install libgrpc++-dev pkg-config`; `make install`
-installs it where it can). Without it they are skipped, and the server and `recserve loadtest` run on grpc.aio
-alone.
+installs it where it can). Without it the first two are skipped, and the server and `recserve loadtest` run on
+grpc.aio alone.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ NATIVE_MODULES = {
     "recserve.native._loadtest": "native/loadtest.cc",  # `recserve loadtest`'s transport
 }
 NATIVE_HEADERS = ["native/event_queue.h", "native/grpc_tuning.h"]
+ANNOY_SEARCH = ("recserve.native._annoy_search", "native/annoy_search.cc")  # batched lookups, no GIL
 
 
 def packages() -> list[str]:
@@ -61,6 +62,15 @@ def grpcpp_flags() -> tuple[list[str], list[str]] | None:
 
 
 def native_extensions() -> list[Pybind11Extension]:
+    """Every extension: the grpc++ ones only when grpc++ is installed."""
+    name, source = ANNOY_SEARCH
+    annoy_search = Pybind11Extension(
+        name, [source], cxx_std=17, extra_compile_args=["-O3", "-fvisibility=hidden"]
+    )
+    return [annoy_search, *grpcpp_extensions()]
+
+
+def grpcpp_extensions() -> list[Pybind11Extension]:
     """The grpc++ extensions, or none when grpc++ is missing."""
     flags = grpcpp_flags()
     if flags is None:

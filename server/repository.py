@@ -200,7 +200,7 @@ def _index(path: Path, dimension: int, search_k: int) -> AnnIndex:
     """The version's Annoy index. Raises VersionRejectedError naming the dimension it was opened with."""
     try:
         return AnnIndex(path, dimension, search_k=search_k)
-    except OSError as error:
+    except (OSError, RuntimeError) as error:  # unreadable, or not laid out as such an index
         raise VersionRejectedError(
             f"{path.name} cannot be opened as a {dimension}-dimensional angular Annoy index (the towers' "
             f"embedding_dim in metadata.json): {error}"

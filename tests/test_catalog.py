@@ -13,14 +13,10 @@ import pytest
 from recserve.server.catalog import view as view_module
 from recserve.server.catalog.live import BaseCatalog, LiveCatalog
 from recserve.server.catalog.rebuild import IndexRebuilder, RebuildPolicy
-from recserve.server.catalog.view import Retrieval
+from recserve.server.catalog.view import Retrieval, on_this_thread
 from recserve.server.runtime.ann_index import AnnIndex
 from recserve.server.state.events import ItemDelete, ItemUpsert
 from tests.catalogs import BASE_ITEMS, DIMENSION, small_base, tag_embedding, unit
-
-
-def serial(function, positions):  # noqa: ANN001, ANN201 - a Mapper that runs on the caller's thread
-    return [function(position) for position in positions]
 
 
 @pytest.fixture
@@ -44,7 +40,7 @@ def retrieve(
 ) -> list[str]:
     view = catalog.view()
     query = Retrieval(0, wanted, np.array(excluded, dtype=np.int32))
-    (rows,) = view.retrieve(vector[None, :], [query], serial)
+    (rows,) = view.retrieve(vector[None, :], [query], on_this_thread)
     return [view.ids[row] for row in rows]
 
 
@@ -171,12 +167,12 @@ def test_a_small_catalog_is_searched_exactly_not_through_the_index(
     queries = [Retrieval(q, 25, np.array([q + 1, 40 + q], dtype=np.int32)) for q in range(6)]
     view = exact_catalog.view()
     assert view.exact
-    assert [set(rows.tolist()) for rows in view.retrieve(vectors, queries, serial)] == exact_top(
+    assert [set(rows.tolist()) for rows in view.retrieve(vectors, queries, on_this_thread)] == exact_top(
         view, vectors, queries
     )
     through_index = LiveCatalog(coarse, tag_embedding).view()
     assert not through_index.exact
-    got = [set(rows.tolist()) for rows in through_index.retrieve(vectors, queries, serial)]
+    got = [set(rows.tolist()) for rows in through_index.retrieve(vectors, queries, on_this_thread)]
     assert got != exact_top(through_index, vectors, queries), "the coarse index alone misses rows"
 
 

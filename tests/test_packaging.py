@@ -131,10 +131,11 @@ def test_native_extensions_are_inside_the_namespace(fresh: FreshEnvironment, tmp
     built = sorted(
         path.name.split(".")[0] for path in (fresh.site_packages / "recserve" / "native").glob("_*.so")
     )
-    assert built == ["_frontend", "_loadtest"]
+    assert built == ["_annoy_search", "_frontend", "_loadtest"]
     check = (
         "from recserve.server.frontend import native_available; "
         "from recserve.client.loadtest.runner import native_transport_available; "
+        "from recserve.server.runtime import ann_index; "
         "assert native_available() and native_transport_available()"
     )
     done = fresh.run(fresh.python, "-c", check, cwd=tmp_path)

@@ -22,29 +22,33 @@ SCORE_BUDGET = 4 * 1024 * 1024
 """Most cosines an exact search holds at once (16 MiB of float32): 64 queries over 65,536 items."""
 NO_ROWS = np.zeros(0, dtype=np.int32)
 
-Mapper = Callable[[Callable[[int], np.ndarray], Sequence[int]], list[np.ndarray]]
-"""Runs a per-query function over query positions (perhaps on several threads), results in order."""
+Mapper = Callable[[Callable[[Sequence[int]], list[np.ndarray]], int], list[np.ndarray]]
+"""Runs a function over chunks of the positions range(count) (perhaps a chunk per thread); the function
+answers its chunk's positions in their order, the mapper every position in order."""
 
 
 def spread_over(pool: Executor | None, threads: int) -> Mapper:
-    """A Mapper running `threads` strided chunks of the positions on `pool`, else on the caller's thread.
+    """A Mapper running `threads` strided chunks of the positions on `pool`, else one on the caller's thread.
 
-    Annoy releases the GIL, so one batch's lookups overlap on the pool's threads.
+    A chunk's lookups hold no GIL, so one batch's chunks overlap on the pool's threads.
     """
 
-    def mapper(function: Callable[[int], np.ndarray], positions: Sequence[int]) -> list[np.ndarray]:
-        if pool is None or len(positions) < 2:
-            return [function(position) for position in positions]
-        results: list[np.ndarray] = [NO_ROWS] * len(positions)
-
-        def run(chunk: range) -> None:
-            for slot in chunk:
-                results[slot] = function(positions[slot])
-
-        list(pool.map(run, [range(start, len(positions), threads) for start in range(threads)]))
+    def mapper(function: Callable[[Sequence[int]], list[np.ndarray]], count: int) -> list[np.ndarray]:
+        if pool is None or threads < 2 or count < 2:
+            return function(range(count))
+        chunks = [range(start, count, threads) for start in range(min(threads, count))]
+        results: list[np.ndarray] = [NO_ROWS] * count
+        for chunk, answers in zip(chunks, pool.map(function, chunks), strict=True):
+            for position, rows in zip(chunk, answers, strict=True):
+                results[position] = rows
         return results
 
     return mapper
+
+
+def on_this_thread(function: Callable[[Sequence[int]], list[np.ndarray]], count: int) -> list[np.ndarray]:
+    """The Mapper that runs every position as one chunk on the caller's thread."""
+    return function(range(count))
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,7 @@ class CatalogView:
         if self.exact:
             return self._exactly(self._vectors(user_embeddings, queries), queries, 1)[0]
         from_index = mapper(
-            lambda q: self._from_index(user_embeddings[queries[q].position], queries[q]), range(len(queries))
+            lambda chunk: self._from_index(user_embeddings, [queries[q] for q in chunk]), len(queries)
         )
         if self.delta_size == 0:
             return from_index
@@ -128,21 +132,35 @@ class CatalogView:
         """The `count` live rows closest to `row` (itself excluded), with their cosine, closest first."""
         query = Retrieval(0, count, np.array([row], dtype=np.int32))
         vector = self.embeddings[row][None, :]
-        (rows,) = self.retrieve(vector, [query], lambda function, positions: [function(p) for p in positions])
+        (rows,) = self.retrieve(vector, [query], on_this_thread)
         scores = self._cosines(rows, vector[0])
         order = np.argsort(-scores, kind="stable")
         return rows[order], scores[order]
 
-    def _from_index(self, vector: np.ndarray, query: Retrieval) -> np.ndarray:
-        """Live, not excluded rows from Annoy, nearest first; asks for more while dead ones leave too few."""
-        count = query.wanted + query.excluded.size
-        for _ in range(MAX_REFETCHES + 1):
-            found = self.index.nearest_ids_to_vector(vector, count)
-            rows = self.index_rows[np.asarray(found, dtype=np.int64)] if found else NO_ROWS
+    def _from_index(self, user_embeddings: np.ndarray, queries: Sequence[Retrieval]) -> list[np.ndarray]:
+        """Per query, its live, not excluded rows from Annoy, nearest first: one lookup call for all."""
+        vectors = self._vectors(user_embeddings, queries)
+        counts = np.fromiter(
+            (query.wanted + query.excluded.size for query in queries), dtype=np.int32, count=len(queries)
+        )
+        found = self.index.nearest_ids(vectors, counts)
+        return [
+            self._live_rows(vector, query, ids, int(count))
+            for vector, query, ids, count in zip(vectors, queries, found, counts, strict=True)
+        ]
+
+    def _live_rows(self, vector: np.ndarray, query: Retrieval, found: np.ndarray, count: int) -> np.ndarray:
+        """The live, not excluded rows of `found` (the index's `count` nearest to `vector`), nearest first.
+
+        Asks the index for more while dead or excluded rows leave too few.
+        """
+        for refetch in range(MAX_REFETCHES + 1):
+            rows = self.index_rows[found] if found.size else NO_ROWS
             kept = rows[self._usable(rows, query.excluded)]
-            if kept.size >= query.wanted or len(found) < count:
+            if kept.size >= query.wanted or found.size < count or refetch == MAX_REFETCHES:
                 break
             count *= 2
+            found = self.index.nearest_ids_to_vector(vector, count)
         return kept[: query.wanted]
 
     @staticmethod

@@ -1,4 +1,10 @@
-"""An Annoy approximate-nearest-neighbour index over item embeddings (angular metric = cosine order)."""
+"""An Annoy approximate-nearest-neighbour index over item embeddings (angular metric = cosine order).
+
+Annoy builds and writes the index. Lookups by vector go through `recserve.native._annoy_search`, which reads
+the same memory-mapped file and runs Annoy's search for a whole chunk of queries in one call without the
+GIL (Annoy's own API takes the GIL twice per query, and the lookup threads would queue for it behind the
+event loop); lookups by item, which SimilarItems makes one at a time, stay with Annoy's API.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,10 @@ from pathlib import Path
 
 import numpy as np
 from annoy import AnnoyIndex
+
+from recserve.native import load_extension
+
+_annoy_search = load_extension("annoy_search")
 
 
 def cosine_from_angular(distances: np.ndarray) -> np.ndarray:
@@ -16,13 +26,21 @@ def cosine_from_angular(distances: np.ndarray) -> np.ndarray:
 class AnnIndex:
     """A memory-mapped, read-only Annoy index. Queries release the GIL, so threads can overlap them."""
 
-    def __init__(self, path: Path, dimension: int, search_k: int = -1, metric: str = "angular") -> None:
+    metric = "angular"
+
+    def __init__(self, path: Path, dimension: int, search_k: int = -1) -> None:
+        """Map the index file at `path`; `search_k` is Annoy's (nodes inspected per query, -1: its default).
+
+        Raises:
+            OSError: the file cannot be read.
+            RuntimeError: it is not an angular Annoy index of `dimension`.
+        """
         self.path = path
         self.dimension = dimension
-        self.metric = metric
         self.search_k = search_k
-        self._index = AnnoyIndex(dimension, metric)
+        self._index = AnnoyIndex(dimension, self.metric)
         self._index.load(str(path), prefault=False)  # mmap: pages are shared and loaded on demand
+        self._forest = _annoy_search.AnnoyForest(str(path), dimension)  # the same file, mapped again
 
     def __len__(self) -> int:
         return self._index.get_n_items()
@@ -32,9 +50,19 @@ class AnnIndex:
         """Trees in the index (fixed when it was built)."""
         return self._index.get_n_trees()
 
-    def nearest_ids_to_vector(self, vector: np.ndarray, count: int) -> list[int]:
+    def nearest_ids_to_vector(self, vector: np.ndarray, count: int) -> np.ndarray:
         """The annoy ids of the `count` items closest to `vector`, closest first (no distances: cheaper)."""
-        return self._index.get_nns_by_vector(vector, count, self.search_k)
+        (ids,) = self.nearest_ids(vector[None, :], np.array([count], dtype=np.int32))
+        return ids
+
+    def nearest_ids(self, vectors: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+        """Per row of `vectors`, the annoy ids (int32) of its `counts[row]` closest items, closest first.
+
+        One call for every row, and none of it holds the GIL: the same results as Annoy's
+        `get_nns_by_vector` row by row.
+        """
+        ids, lengths = self._forest.search(vectors, counts, self.search_k)
+        return [ids[row, :length] for row, length in enumerate(lengths.tolist())]
 
     def nearest_to_item(self, annoy_id: int, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The `count` items closest to item `annoy_id` (itself included): (ids, cosine similarities)."""
@@ -42,7 +70,8 @@ class AnnIndex:
         return np.asarray(ids, dtype=np.int64), cosine_from_angular(np.asarray(distances, dtype=np.float32))
 
     def unload(self) -> None:
-        """Release the memory map."""
+        """Release the memory maps (waits for lookups under way)."""
+        self._forest.close()
         self._index.unload()
 
 
