@@ -132,8 +132,8 @@ class LiveState:
     def watch(self, report: Callable[[str | None], Awaitable[None]]) -> None:
         """Check the backend every second and `report(problem)` at each change.
 
-        The problem is the cause, or None once the backend is usable again (Redis answers a PING, the state
-        disk has room): found by itself, without waiting for a write to succeed.
+        The problem is the cause (Redis does not answer a PING, the state disk is full), or None once the
+        backend is usable again: found by itself either way, without waiting for a write to fail or succeed.
         """
         self.watcher = asyncio.get_running_loop().create_task(self._watch(report), name="state-watch")
 
@@ -141,9 +141,7 @@ class LiveState:
         reported: str | None = None
         while True:
             await asyncio.sleep(WATCH_INTERVAL_S)
-            problem = self.backend.problem
-            if problem is not None:
-                problem = await self.backend.probe()
+            problem = await self.backend.probe()
             if (problem is None) == (reported is None):
                 continue
             if problem is None:

@@ -9,6 +9,7 @@ import socket
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -100,14 +101,20 @@ def test_redis_gone_turns_the_write_services_not_serving_until_it_is_back(
             ServerThread(settings) as server,
             RecommenderClient(server.address, timeout_s=10, metadata=bearer(tokens.write)) as client,
         ):
-            client.record_events([Event("redis-user", "item-1")])
+            with ThreadPoolExecutor(8) as pool:  # concurrent writes: the server pools several connections
+                written = pool.map(lambda n: client.record_events([Event(f"user-{n}", "item-1")]), range(32))
+                assert [answer.accepted for answer in written] == [1] * 32
             redis.kill()
-            assert len(client.recommend("redis-user", k=5).items) == 5, "reads fall back to the request"
+            # No call touches Redis from here on: the watcher's PING finds the outage by itself.
             eventually(lambda: client.health(EVENTS) == "NOT_SERVING", 5)
+            assert metric(server, "recserve_state_backend_up") == 0
             assert client.health() == "SERVING"
+            assert len(client.recommend("redis-user", k=5).items) == 5, "reads fall back to the request"
             redis.start()
             recovered_s = eventually(lambda: client.health(EVENTS) == "SERVING", 10)
-            assert client.record_events([Event("redis-user", "item-2")]).accepted == 1
+            with ThreadPoolExecutor(8) as pool:  # every pooled connection died with the old Redis
+                written = pool.map(lambda n: client.record_events([Event(f"user-{n}", "item-2")]), range(32))
+                assert [answer.accepted for answer in written] == [1] * 32, "a write found a dead connection"
             assert metric(server, "recserve_state_backend_up") == 1
     finally:
         redis.stop()

@@ -154,15 +154,18 @@ class MemoryBackend:
         return self.problem is None
 
     async def probe(self) -> str | None:
-        """After a failed write: the problem, or None once the disk has room again (a write confirms)."""
+        """The problem now (the state directory unreadable, the disk all but full), or None.
+
+        Checked every second whether or not writes come; a failed write's cause stays until the disk has room.
+        """
         try:
             status = await asyncio.get_running_loop().run_in_executor(None, os.statvfs, self._state_dir)
         except OSError as error:
             return f"cannot read the state directory ({error.strerror})"
         free = status.f_bavail * status.f_frsize
         if free < PROBE_FREE_BYTES:
-            cause = self.problem or "the state disk is full"
-            return f"{cause} ({free // 1024} KiB free under {self._state_dir})"
+            self.problem = self.problem or "the state disk is full"
+            return f"{self.problem} ({free // 1024} KiB free under {self._state_dir})"
         self.problem = None
         return None
 
