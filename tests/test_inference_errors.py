@@ -224,6 +224,35 @@ CASES = [
         ["'item_id'", "'item-nope'"],
     ),
     (
+        "NaN in the ranker's user embedding",
+        "ranker",
+        {
+            "inputs": [
+                typed(
+                    "user_embedding",
+                    "FP32",
+                    [2, 32],
+                    fp32_contents=EMBEDDING + [float("nan")] + EMBEDDING[1:],
+                ),
+                typed("item_id", "BYTES", [2, 1], bytes_contents=[b"item-1", b"item-2"]),
+            ]
+        },
+        INVALID,
+        ["'user_embedding'", "row 1", "NaN or infinity"],
+    ),
+    (
+        "infinity in the ranker's user embedding",
+        "ranker",
+        {
+            "inputs": [
+                typed("user_embedding", "FP32", [1, 32], fp32_contents=[float("-inf")] + EMBEDDING[1:]),
+                item(b"item-1"),
+            ]
+        },
+        INVALID,
+        ["'user_embedding'", "row 0", "finite"],
+    ),
+    (
         "unknown item in ranker",
         "ranker",
         {

@@ -262,9 +262,16 @@ class RankerModel(DirectModel):
         return (TensorSpec("probability", "FP32", (-1, 1)),)
 
     async def infer(self, inputs: dict[str, np.ndarray], options: InferOptions) -> dict[str, np.ndarray]:
-        """Unknown item ids are NOT_FOUND."""
+        """Unknown item ids are NOT_FOUND; a NaN or infinite embedding value is INVALID_ARGUMENT."""
         item_ids = to_strings("item_id", inputs["item_id"])
         embeddings = np.ascontiguousarray(inputs["user_embedding"], dtype=np.float32)
+        finite = np.isfinite(embeddings).all(axis=1)
+        if not finite.all():
+            row = int(np.flatnonzero(~finite)[0])
+            raise InvalidArgumentError(
+                f"input 'user_embedding': row {row} holds NaN or infinity; every value must be a finite "
+                "number (a user_tower output is)"
+            )
         probabilities = await _naming(
             "item_id", self._execute(len(item_ids), self.service.rank(embeddings, item_ids))
         )
