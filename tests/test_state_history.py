@@ -66,6 +66,11 @@ def test_checked_events_fill_in_the_time_and_convert_the_type() -> None:
         ([RawEvent("u", "i", 1, None), RawEvent("u", "x" * 257, 1, None)], "events[1].item_id is 257 bytes"),
         ([RawEvent("u", "i", 0, None)], "events[0].type is EVENT_TYPE_UNSPECIFIED"),
         ([RawEvent("u", "i", 42, None)], "events[0].type is 42"),
+        (
+            [RawEvent("u", "i", 1, 5), RawEvent("u", "i", 1, 1500, 1_500_000_000)],
+            "events[1].time.nanos is 1500000000",
+        ),
+        ([RawEvent("u", "i", 1, -1, -1)], "events[0].time.nanos is -1"),
         ([RawEvent("u", "i", 1, None)] * 4, "events has 4 entries; at most 3"),
     ],
 )

@@ -21,7 +21,7 @@ def _time_ms(event: pb.UserEvent) -> int | None:
 
 
 def _raw_event(event: pb.UserEvent) -> RawEvent:
-    return RawEvent(event.user_id, event.item_id, event.type, _time_ms(event))
+    return RawEvent(event.user_id, event.item_id, event.type, _time_ms(event), event.time.nanos)
 
 
 def _message(event: UserEvent) -> pb.UserEvent:

@@ -28,6 +28,9 @@ class WriteLimits:
     max_tags_per_item: int
 
 
+NANOS_PER_SECOND = 1_000_000_000
+
+
 @dataclass(frozen=True, slots=True)
 class RawEvent:
     """An event as the caller sent it: the type as a number, the time in ms or None for "now"."""
@@ -36,6 +39,8 @@ class RawEvent:
     item_id: str
     type: int
     time_ms: int | None
+    time_nanos: int = 0
+    """The nanos of the caller's Timestamp (0 to 999,999,999; `time_ms` holds them to the millisecond)."""
 
 
 def check_id(value: str, field: str) -> str:
@@ -66,6 +71,10 @@ def checked_events(events: Sequence[RawEvent], limits: WriteLimits, now_ms: int)
         field = f"events[{position}]"
         check_id(event.user_id, f"{field}.user_id")
         check_id(event.item_id, f"{field}.item_id")
+        if not 0 <= event.time_nanos < NANOS_PER_SECOND:
+            raise InvalidArgumentError(
+                f"{field}.time.nanos is {event.time_nanos}; a Timestamp's nanos are 0 to 999,999,999"
+            )
         time_ms = now_ms if event.time_ms is None else _check_time(event.time_ms, f"{field}.time")
         checked.append(
             UserEvent(event.user_id, event.item_id, _event_type(event.type, f"{field}.type"), time_ms)
