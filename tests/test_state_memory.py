@@ -119,6 +119,8 @@ async def test_a_large_log_is_compacted_into_a_snapshot(tmp_path: Path) -> None:
     await store.close()
     assert list(tmp_path.glob("snapshot-*.bin")), "no snapshot was written"
     assert len(list(tmp_path.glob("log-*.bin"))) == 1, "superseded segments were kept"
+    modes = {path.name: path.stat().st_mode & 0o777 for path in tmp_path.glob("*.bin")}
+    assert set(modes.values()) == {0o600}, f"user histories must be private to the server's user: {modes}"
 
     again, catalog = await opened(tmp_path, compact_log_bytes=4096)
     assert {user: await again.user_history(user) for user in expected} == expected

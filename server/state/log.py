@@ -247,7 +247,9 @@ class AppendLog:
     def _write_snapshot(self, generation: int, records: Iterable[bytes]) -> None:
         final = self._snapshot_path(generation)
         temporary = final.with_suffix(".tmp")
-        with open(temporary, "wb") as file:
+        temporary.unlink(missing_ok=True)  # a stray one from a crash may have another mode
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # as private as the log
+        with open(descriptor, "wb") as file:
             for payload in records:
                 file.write(frame(payload))
             file.flush()
