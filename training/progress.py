@@ -36,6 +36,7 @@ class BuildProgress:
         self.interactive = enabled and sys.stdout.isatty()
         self.console = Console()
         self.seconds_by_stage: dict[str, float] = {}
+        self._log_streams: list[tuple[logging.StreamHandler, object]] = []
         self._progress: Progress | None = None
         if self.interactive:
             self._progress = Progress(
@@ -50,13 +51,30 @@ class BuildProgress:
     def __enter__(self) -> BuildProgress:
         if self._progress is not None:
             self._progress.start()
+            self._log_above_the_display()
         return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         if self._progress is not None:
+            for handler, stream in self._log_streams:
+                handler.setStream(stream)
             self._progress.stop()
+
+    def _log_above_the_display(self) -> None:
+        """Send log lines through the display's stderr (printed above it), not into the middle of it.
+
+        The live display replaces sys.stderr while it runs, but a logging handler keeps the stream it was
+        made with: its lines would land inside the redrawn rows.
+        """
+        if sys.stderr is sys.__stderr__:
+            return  # not redirected (not a terminal after all)
+        self._log_streams = [
+            (handler, handler.setStream(sys.stderr))
+            for handler in logging.getLogger().handlers
+            if type(handler) is logging.StreamHandler and handler.stream in (sys.__stderr__, sys.__stdout__)
+        ]
 
     @contextmanager
     def stage(self, description: str, total: int = 1) -> Iterator[Advance]:
