@@ -247,7 +247,10 @@ def _serve(args: argparse.Namespace) -> int:
             auth={"tokens_file": args.tokens_file},
             workers=args.workers,
         )
-    except (ValidationError, ValueError, FileNotFoundError) as error:
+    except ValidationError as error:
+        sys.stderr.write(f"error: invalid settings: {_validation_message(error)}\n")
+        return 2
+    except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: invalid settings: {error}\n")
         return 2
     from recserve.server.telemetry.logs import configure_logging
@@ -276,26 +279,49 @@ def _serve(args: argparse.Namespace) -> int:
 def _build_demo(args: argparse.Namespace) -> int:
     os.environ.update(QUIET_TRAINING)
     _configure_logging("INFO")
-    from recserve.training.build import build_demo
-    from recserve.training.config import load_demo_config
+    from pydantic import ValidationError
 
-    config = load_demo_config(args.model_repository / args.model_name / "config.yaml")
+    from recserve.training.build import build_demo
+    from recserve.training.config import DemoConfig, load_demo_config
+    from recserve.training.movielens import TrainingDataError
+
     overrides = {
         "num_users": args.num_users,
         "num_items": args.num_items,
         "max_epochs": args.max_epochs,
         "seed": args.seed,
     }
-    config = config.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-    version_dir = build_demo(
-        args.model_repository,
-        args.model_name,
-        config,
-        ratings_path=args.ratings,
-        show_progress=not args.no_progress,
-    )
+    try:
+        config = load_demo_config(args.model_repository / args.model_name / "config.yaml")
+        given = {name: value for name, value in overrides.items() if value is not None}
+        config = DemoConfig.model_validate({**config.model_dump(), **given})  # checks the flags' values too
+    except ValidationError as error:
+        sys.stderr.write(f"error: {_validation_message(error, flags=overrides)}\n")
+        return 2
+    try:
+        version_dir = build_demo(
+            args.model_repository,
+            args.model_name,
+            config,
+            ratings_path=args.ratings,
+            show_progress=not args.no_progress,
+        )
+    except (FileNotFoundError, TrainingDataError) as error:
+        sys.stderr.write(f"error: {error}\n")
+        return 2
     sys.stdout.write(f"built {version_dir}\n")
     return 0
+
+
+def _validation_message(error: Exception, flags: dict[str, object] | None = None) -> str:
+    """A pydantic ValidationError in one line, `field: problem` per error; a field set by a flag named so."""
+    problems = []
+    for problem in error.errors():  # type: ignore[attr-defined]
+        location = ".".join(str(part) for part in problem["loc"])
+        if flags is not None and location in flags:
+            location = "--" + location.replace("_", "-")
+        problems.append(f"{location}: {problem['msg']}" if location else problem["msg"])
+    return "; ".join(problems)
 
 
 def _retrain(args: argparse.Namespace) -> int:
@@ -311,8 +337,11 @@ def _retrain(args: argparse.Namespace) -> int:
             model_name=args.model_name,
             state={"backend": args.state_backend, "state_dir": args.state_dir, "redis_url": args.redis_url},
         )
-    except (ValidationError, FileNotFoundError) as error:
-        sys.stderr.write(f"error: invalid settings: {' '.join(str(error).split())}\n")
+    except ValidationError as error:
+        sys.stderr.write(f"error: invalid settings: {_validation_message(error)}\n")
+        return 2
+    except FileNotFoundError as error:
+        sys.stderr.write(f"error: invalid settings: {error}\n")
         return 2
     _configure_logging("INFO")
     from recserve.training.retrain import RetrainError, retrain

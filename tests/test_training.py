@@ -531,3 +531,40 @@ def test_a_build_through_the_large_catalog_paths_still_learns(
     evaluation = json.loads((version / "evaluation.json").read_text())
     assert evaluation["recall@10"] >= 1.5 * evaluation["popular_recall@10"]
     assert evaluation["ann_recall@100"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--num-items", "0"], "error: --num-items: Input should be greater than or equal to 10"),
+        (
+            ["--num-users", "-5", "--max-epochs", "0"],
+            "--num-users: Input should be greater than or equal to 2; ",
+        ),
+        (["--ratings", str(DATA / "movielens-csv")], "38 ratings by 6 users of 12 items"),
+        (["--ratings", "no-such-ratings.csv"], "error: no MovieLens ratings file"),
+    ],
+)
+def test_build_demo_refuses_what_it_cannot_train_on_in_one_line(
+    flags: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recserve.server.cli import main
+
+    assert main(["build-demo", "--model-repository", str(tmp_path), "--no-progress", *flags]) == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert not list(tmp_path.rglob("metadata.json")), "nothing was built"
+
+
+def test_ratings_without_a_movie_file_warn_that_items_have_no_tags(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from recserve.training.build import training_data
+
+    interactions = generate_demo(num_users=60, num_items=40, seed=3)
+    ratings = write_movielens(interactions, tmp_path)
+    (tmp_path / "movies.csv").unlink()
+    with caplog.at_level("WARNING"):
+        data = training_data(DemoConfig(num_users=60, num_items=40), ratings)
+    assert not data.interactions.tag_ids
+    assert "no movie file with genres beside it" in caplog.text

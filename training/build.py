@@ -34,7 +34,7 @@ from recserve.training.evaluate import (
     sample_cases,
 )
 from recserve.training.metadata import version_metadata
-from recserve.training.movielens import read_movielens
+from recserve.training.movielens import check_trainable, read_movielens
 from recserve.training.progress import BuildProgress
 from recserve.training.towers import Towers, build_ranker, build_towers
 from recserve.training.train import TowerHistory, configure_tensorflow, tower_steps_per_epoch, train_towers
@@ -133,6 +133,13 @@ def training_data(config: DemoConfig, ratings_path: Path | None = None) -> Train
     """
     if ratings_path is not None:
         interactions = read_movielens(ratings_path, config.movielens_min_rating)
+        check_trainable(interactions)
+        if not interactions.tag_ids:
+            logger.warning(
+                "%s: no movie file with genres beside it (movies.csv, movies.dat or u.item): items have no "
+                "tags, so items upserted later (and the held-out ones) are placed without content features",
+                interactions.source,
+            )
         held_out = random_items(interactions.num_items, config.cold_start_holdout, config.seed)
     else:
         extra = held_out_count(config.num_items, config.cold_start_holdout)

@@ -29,6 +29,30 @@ NO_GENRE = frozenset({"(no genres listed)", "unknown", ""})
 CHUNK_LINES = 1_000_000
 
 
+class TrainingDataError(ValueError):
+    """A ratings file that cannot be trained on (malformed, or too little in it); the message says why."""
+
+
+MIN_INTERACTIONS = 100
+MIN_USERS = 2
+MIN_ITEMS = 10
+
+
+def check_trainable(interactions: Interactions) -> None:
+    """Refuse interactions too few to train on: the DemoConfig minimums of users and items, and 100 events.
+
+    Raises:
+        TrainingDataError: naming what is too few.
+    """
+    have = (len(interactions), interactions.num_users, interactions.num_items)
+    if have[0] < MIN_INTERACTIONS or have[1] < MIN_USERS or have[2] < MIN_ITEMS:
+        raise TrainingDataError(
+            f"{interactions.source}: {have[0]} ratings by {have[1]} users of {have[2]} items (each pair "
+            f"once, min_rating applied); a build needs at least {MIN_INTERACTIONS} ratings, {MIN_USERS} "
+            f"users and {MIN_ITEMS} items"
+        )
+
+
 def read_movielens(path: Path, min_rating: float | None = None) -> Interactions:
     """Read MovieLens ratings as implicit feedback, and the movies' genres as their tags.
 
@@ -44,7 +68,7 @@ def read_movielens(path: Path, min_rating: float | None = None) -> Interactions:
 
     Raises:
         FileNotFoundError: no ratings file at `path`.
-        ValueError: a line does not have four fields.
+        TrainingDataError: a line does not have four fields.
     """
     file, separator, header_lines = _ratings_file(Path(path))
     user_vocabulary, item_vocabulary = _Vocabulary(), _Vocabulary()
@@ -103,7 +127,9 @@ def _ratings_tables(file: Path, separator: str, header_lines: int) -> Iterator[n
                     continue
                 row = line.rstrip("\r\n").split(separator)
                 if len(row) < 4:
-                    raise ValueError(f"{file}:{number}: expected user, item, rating, timestamp on every line")
+                    raise TrainingDataError(
+                        f"{file}:{number}: expected user, item, rating, timestamp on every line"
+                    )
                 fields.append(row[:4])
             yield np.array(fields, dtype=str).reshape(-1, 4)
 
