@@ -165,7 +165,7 @@ def _run(command: Command, args: argparse.Namespace) -> int:
     except OSError as error:
         sys.stderr.write(f"error: cannot read {error.filename}: {error.strerror}\n")
         return 2
-    except ValueError as error:  # a token that cannot be a header value
+    except ValueError as error:  # a token that cannot be a header value, PEM that is not what it should be
         sys.stderr.write(f"error: {error}\n")
         return 2
     try:

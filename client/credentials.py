@@ -9,6 +9,8 @@ trusted network.
 from __future__ import annotations
 
 import os
+import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +57,8 @@ def channel_security(
     check (a certificate for `recserve.internal` dialled as `10.0.0.7:8001`).
 
     Raises:
-        ValueError: a client certificate without its key (or the reverse), or `server_name` without TLS.
+        ValueError: a client certificate without its key (or the reverse), `server_name` without TLS, or
+            PEM material that is no certificate, a key that is not the certificate's or is encrypted.
         OSError: a PEM file cannot be read.
     """
     if (certificate_chain is None) != (private_key is None):
@@ -63,15 +66,42 @@ def channel_security(
     use_tls = tls or root_certificates is not None or certificate_chain is not None
     if server_name and not use_tls:
         raise ValueError("server_name only applies to TLS: give root_certificates or tls=True")
-    credentials = (
-        grpc.ssl_channel_credentials(
-            read_pem(root_certificates), read_pem(private_key), read_pem(certificate_chain)
-        )
-        if use_tls
-        else None
-    )
+    credentials = None
+    if use_tls:
+        roots, key, chain = read_pem(root_certificates), read_pem(private_key), read_pem(certificate_chain)
+        check_pem(roots, chain, key)
+        credentials = grpc.ssl_channel_credentials(roots, key, chain)
     options = ((TARGET_NAME_OVERRIDE, server_name),) if server_name else ()
     return ChannelSecurity(credentials, options, bearer_metadata(token))
+
+
+def check_pem(roots: bytes | None, chain: bytes | None, key: bytes | None) -> None:
+    """Refuse PEM material grpc would only reject at the handshake, as an unexplained UNAVAILABLE.
+
+    Raises:
+        ValueError: `roots` holds no certificate; `chain` and `key` do not load as a pair (not PEM, a key
+            of another certificate, or an encrypted key: grpc cannot ask for its passphrase).
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if roots is not None:
+        try:
+            context.load_verify_locations(cadata=roots.decode("ascii", "replace"))
+        except (ssl.SSLError, ValueError) as error:
+            raise ValueError(f"the CA certificates (--cacert) are not PEM certificates ({error})") from None
+    if chain is None or key is None:
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        chain_file, key_file = Path(directory, "chain.pem"), Path(directory, "key.pem")
+        chain_file.write_bytes(chain)
+        key_file.touch(0o600)
+        key_file.write_bytes(key)
+        try:
+            context.load_cert_chain(chain_file, key_file, password=lambda: b"")
+        except ssl.SSLError as error:
+            raise ValueError(
+                "the client certificate (--cert) and key (--key) do not load as a pair: not PEM, a key of "
+                f"another certificate, or an encrypted key ({error.reason or error})"
+            ) from None
 
 
 def bearer_metadata(token: str | None) -> tuple[tuple[str, str], ...]:

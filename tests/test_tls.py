@@ -31,6 +31,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.certificates import Identity, Pki, make_pki
 from recserve.client import AsyncRecommenderClient, RecommenderClient
 from recserve.client.cli import build_client_parser
+from recserve.client.credentials import channel_security
 from recserve.client.loadtest.runner import native_transport_available
 from recserve.server.frontend import bind_and_start, build_grpc_server, native_available
 from recserve.server.servicers.reflection import add_reflection
@@ -521,3 +522,19 @@ def test_loadtest_metadata_reaches_the_server_over_tls(
     assert code == 0, err
     assert report["statusCodeDistribution"] == {"OK": 12}
     assert [metadata.get("authorization") for metadata in recording_server.metadata] == ["Bearer x"] * 12
+
+
+def test_client_pem_material_is_checked_before_any_handshake(pki: Pki, tmp_path: Path) -> None:
+    """Junk CA files, a key of another certificate: ValueError naming the flag, not UNAVAILABLE later."""
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    with pytest.raises(ValueError, match=r"CA certificates \(--cacert\) are not PEM"):
+        channel_security(root_certificates=junk)
+    with pytest.raises(ValueError, match=r"--cert\) and key \(--key\) do not load as a pair"):
+        channel_security(
+            root_certificates=pki.ca.cert, certificate_chain=pki.client.cert, private_key=pki.server.key
+        )
+    security = channel_security(
+        root_certificates=pki.ca.cert, certificate_chain=pki.client.cert, private_key=pki.client.key
+    )
+    assert security.credentials is not None
