@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -58,7 +59,22 @@ def test_a_changed_tokens_file_is_reread_and_a_broken_one_keeps_the_last_tokens(
     path.write_text("tokens: {broken")
     time.sleep(0.1)
     assert store.find(new).name == "new"
-    assert store.reload_failures == 1
+    time.sleep(0.1)
+    assert store.find(new).name == "new"
+    assert store.reload_failures == 1, "the same broken content is refused (and logged) once"
+
+
+def test_an_edit_that_keeps_size_and_mtime_is_still_seen(tmp_path: Path) -> None:
+    """File systems stamp mtimes coarsely: two writes in one tick look alike by size and time."""
+    path, first, second = tmp_path / "tokens.yaml", new_token(), new_token()
+    write_tokens(path, [token_entry("first", first, [Role.WRITE])])
+    before = path.stat()
+    store = TokenStore(path, reload_interval_s=0.05)
+    write_tokens(path, [token_entry("first", second, [Role.WRITE])])  # same length: tokens are fixed-size
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_size == before.st_size and path.stat().st_mtime_ns == before.st_mtime_ns
+    time.sleep(0.1)
+    assert store.find(first) is None and store.find(second).name == "first"
 
 
 def test_admin_grants_every_role_and_the_others_only_their_own(tmp_path: Path) -> None:

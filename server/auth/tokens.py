@@ -15,7 +15,6 @@ import enum
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -117,8 +116,10 @@ class TokenStore:
         """
         self._path = path
         self._interval_s = reload_interval_s
-        self._stamp = self._file_stamp()
-        self._entries = self._read()
+        text = self._read_text()
+        self._digest = hashlib.sha256(text.encode()).digest()
+        self._entries = parse_tokens(text, str(self._path))
+        self._refused_digest: bytes | None = None
         self._checked_at = time.monotonic()
         self.reloads = 0
         self.reload_failures = 0
@@ -142,28 +143,35 @@ class TokenStore:
             return
         self._checked_at = now
         try:
-            stamp = self._file_stamp()
-            if stamp == self._stamp:
-                return
-            entries = self._read()
+            text = self._read_text()
         except TokensFileError as error:
-            self.reload_failures += 1
-            logger.error("auth: keeping the %d tokens read before: %s", len(self._entries), error)
+            self._refuse(None, error)
             return
-        self._stamp, self._entries = stamp, entries
+        digest = hashlib.sha256(text.encode()).digest()
+        if digest in (self._digest, self._refused_digest):
+            return
+        try:
+            entries = parse_tokens(text, str(self._path))
+        except TokensFileError as error:
+            self._refuse(digest, error)  # said once per broken content, not at every check
+            return
+        self._digest, self._entries = digest, entries
         self.reloads += 1
         logger.info("auth: %s re-read, %d tokens", self._path, len(entries))
 
-    def _file_stamp(self) -> tuple[int, int, int]:
-        try:
-            status = os.stat(self._path)
-        except OSError as error:
-            raise TokensFileError(f"cannot read the tokens file {self._path}: {error.strerror}") from error
-        return status.st_ino, status.st_mtime_ns, status.st_size
+    def _refuse(self, digest: bytes | None, error: TokensFileError) -> None:
+        self.reload_failures += 1
+        self._refused_digest = digest
+        logger.error("auth: keeping the %d tokens read before: %s", len(self._entries), error)
 
-    def _read(self) -> tuple[TokenEntry, ...]:
+    def _read_text(self) -> str:
+        """The file's text, read whole at every check.
+
+        Its content decides, not its timestamps: an edit within the file system's timestamp granularity
+        keeps the size and the mtime.
+        """
         try:
-            text = self._path.read_text()
-        except OSError as error:
-            raise TokensFileError(f"cannot read the tokens file {self._path}: {error.strerror}") from error
-        return parse_tokens(text, str(self._path))
+            return self._path.read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = error.strerror if isinstance(error, OSError) else "not UTF-8"
+            raise TokensFileError(f"cannot read the tokens file {self._path}: {reason}") from error
