@@ -1,9 +1,8 @@
 """An Annoy approximate-nearest-neighbour index over item embeddings (angular metric = cosine order).
 
-Annoy builds and writes the index. Lookups by vector go through `recserve.native._annoy_search`, which reads
-the same memory-mapped file and runs Annoy's search for a whole chunk of queries in one call without the
-GIL (Annoy's own API takes the GIL twice per query, and the lookup threads would queue for it behind the
-event loop); lookups by item, which SimilarItems makes one at a time, stay with Annoy's API.
+Annoy builds and writes the index. Lookups go through `recserve.native._annoy_search`, which memory-maps the
+file and runs Annoy's search for a whole chunk of queries in one call without the GIL (Annoy's own API
+takes the GIL twice per query, and the lookup threads would queue for it behind the event loop).
 """
 
 from __future__ import annotations
@@ -16,11 +15,6 @@ from annoy import AnnoyIndex
 from recserve.native import load_extension
 
 _annoy_search = load_extension("annoy_search")
-
-
-def cosine_from_angular(distances: np.ndarray) -> np.ndarray:
-    """Annoy's angular distance is sqrt(2 - 2 cos) between unit vectors; invert it."""
-    return 1.0 - np.square(distances) / 2.0
 
 
 class AnnIndex:
@@ -38,17 +32,16 @@ class AnnIndex:
         self.path = path
         self.dimension = dimension
         self.search_k = search_k
-        self._index = AnnoyIndex(dimension, self.metric)
-        self._index.load(str(path), prefault=False)  # mmap: pages are shared and loaded on demand
-        self._forest = _annoy_search.AnnoyForest(str(path), dimension)  # the same file, mapped again
+        # mmap: pages are shared (between workers too) and read on demand
+        self._forest = _annoy_search.AnnoyForest(str(path), dimension)
 
     def __len__(self) -> int:
-        return self._index.get_n_items()
+        return self._forest.n_items
 
     @property
     def n_trees(self) -> int:
         """Trees in the index (fixed when it was built)."""
-        return self._index.get_n_trees()
+        return self._forest.n_trees
 
     def nearest_ids_to_vector(self, vector: np.ndarray, count: int) -> np.ndarray:
         """The annoy ids of the `count` items closest to `vector`, closest first (no distances: cheaper)."""
@@ -64,15 +57,9 @@ class AnnIndex:
         ids, lengths = self._forest.search(vectors, counts, self.search_k)
         return [ids[row, :length] for row, length in enumerate(lengths.tolist())]
 
-    def nearest_to_item(self, annoy_id: int, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The `count` items closest to item `annoy_id` (itself included): (ids, cosine similarities)."""
-        ids, distances = self._index.get_nns_by_item(annoy_id, count, self.search_k, include_distances=True)
-        return np.asarray(ids, dtype=np.int64), cosine_from_angular(np.asarray(distances, dtype=np.float32))
-
     def unload(self) -> None:
-        """Release the memory maps (waits for lookups under way)."""
+        """Release the memory map (waits for lookups under way)."""
         self._forest.close()
-        self._index.unload()
 
 
 def build_index(path: Path, embeddings: np.ndarray, n_trees: int, seed: int) -> None:
