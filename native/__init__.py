@@ -1,9 +1,10 @@
-"""The grpc++ extensions and their loader: the C++ of both native transports lives here.
+"""The C++ extensions and their loader: both native transports, and the batched Annoy lookups.
 
 `frontend.cc` builds `_frontend` (the server's gRPC transport, wrapped by `recserve.server.frontend.native`),
 `loadtest.cc` builds `_loadtest` (`recserve loadtest`'s transport, wrapped by
 `recserve.client.loadtest.native_channel`); `event_queue.h` is shared by both. `setup.py` builds them when
 grpc++ is installed (`pkg-config grpc++`); without it they are absent and `load_extension` raises ImportError.
+`annoy_search.cc` builds `_annoy_search` (wrapped by `recserve.server.runtime.ann_index`), always.
 
 TensorFlow's libtensorflow_cc carries its own, different build of grpc++ and exports its symbols process-wide.
 An extension loaded the usual way would bind some grpc++ calls to that copy and crash. RTLD_DEEPBIND makes
