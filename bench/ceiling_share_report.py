@@ -5,7 +5,7 @@ from __future__ import annotations
 HEADING = "## Concurrency 128: the server against its own pipeline"
 TARGET_SHARE = 0.8
 THREAD_ROWS = (
-    ("ann", "ANN lookup threads (Annoy and the per-query filtering around it)"),
+    ("ann", "ANN lookup threads (the native Annoy search and the per-query filtering around it)"),
     ("batch", "batch threads (batch glue, TensorFlow calls' Python)"),
     ("event_loop", "event loop (handlers, batcher, responses)"),
     ("grpc", "grpc++ threads"),
