@@ -153,7 +153,9 @@ class AnnoyForest {
     return static_cast<int32_t>(found);
   }
 
-  // Walk the trees best first until `budget` candidates (repeats included) are gathered.
+  // Walk the trees best first until `budget` candidates (repeats included) are gathered. In a sound file
+  // every node has one parent, so a walk visits at most every node once; the cap ends a damaged one whose
+  // children lead back up.
   void Gather(const float* query, size_t budget, Walk* walk) const {
     std::vector<std::pair<float, int32_t>>& frontier = walk->frontier;
     std::vector<int32_t>& candidates = walk->candidates;
@@ -161,7 +163,7 @@ class AnnoyForest {
     candidates.clear();
     for (int32_t root : roots_) frontier.emplace_back(std::numeric_limits<float>::infinity(), root);
     std::make_heap(frontier.begin(), frontier.end());
-    while (candidates.size() < budget && !frontier.empty()) {
+    for (int32_t visits = 0; candidates.size() < budget && !frontier.empty() && visits < n_nodes_; ++visits) {
       std::pop_heap(frontier.begin(), frontier.end());
       const auto [bound, index] = frontier.back();
       frontier.pop_back();

@@ -159,3 +159,16 @@ def test_ann_index_lookups_match_annoy(float_index: FloatIndex) -> None:
     assert [len(ids) for ids in batched] == counts.tolist()
     assert index.nearest_ids_to_vector(queries[3], 30).tolist() == batched[3].tolist()
     index.unload()
+
+
+def test_a_damaged_index_whose_nodes_lead_back_up_still_ends(float_index: FloatIndex, tmp_path: Path) -> None:
+    """Every split node's children pointed at the root: without a bound the walk would never end."""
+    path, _, queries = float_index
+    nodes = np.frombuffer(path.read_bytes(), dtype=np.int32).reshape(-1, 3 + 32).copy()
+    root = len(nodes) - 1
+    splits = nodes[:, 0] > 34  # more descendants than a node lists: a split node
+    nodes[splits, 1:3] = root
+    (tmp_path / "cyclic.ann").write_bytes(nodes.tobytes())
+    forest = annoy_search.AnnoyForest(str(tmp_path / "cyclic.ann"), 32)
+    ids, lengths = forest.search(queries[:4], np.array([100] * 4, dtype=np.int32), 10**6)
+    assert (lengths <= 100).all()
