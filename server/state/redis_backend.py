@@ -28,15 +28,12 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import redis
 import redis.asyncio
-import redis.asyncio.retry
-import redis.retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from recserve.server.exceptions import UnavailableError
 from recserve.server.state.events import CatalogChange, ItemDelete, ItemUpsert, UserEvent
 from recserve.server.state.history import EMPTY_PROFILE, StoredEvent, UserProfile, derive_profile, user_events
+from recserve.server.state.redis_connections import async_client, blocking_client
 from recserve.server.tasks import stop_task
 
 logger = logging.getLogger(__name__)
@@ -49,11 +46,6 @@ STREAM_MAX_ENTRIES = 100_000
 FOLLOW_BLOCK_MS = 1000
 FOLLOW_BATCH = 1000
 READ_RETRY_S = 1.0
-IDLE_PING_S = 1.0
-"""A pooled connection idle longer than this PINGs before its next command, and reconnects once when the PING
-fails: after Redis restarts every pooled connection is dead, and a write must not be the one that finds out.
-(The one retry also covers single commands, on a refused or closed connection only, never a timeout; the
-transactions that carry the events are never retried.)"""
 PROFILE_CACHE_USERS = 200_000
 
 CATALOG_WRITE = """
@@ -100,21 +92,12 @@ class RedisBackend:
         self._prefix = key_prefix
         self._max_history_events = max_history_events
         self._max_context = max_context
-        options = {
-            "socket_timeout": timeout_s,
-            "socket_connect_timeout": timeout_s,
-            "decode_responses": True,
-            "health_check_interval": IDLE_PING_S,
-        }
-        self._writer = redis.asyncio.Redis.from_url(
-            url, retry=redis.asyncio.retry.Retry(NoBackoff(), 1, (RedisConnectionError,)), **options
-        )
+        options = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s, "decode_responses": True}
+        self._writer = async_client(url, **options)
         self._follower = redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout_s + FOLLOW_BLOCK_MS / 1000, decode_responses=True
         )
-        self._reader = redis.Redis.from_url(  # batch threads: blocking, thread-safe pool
-            url, retry=redis.retry.Retry(NoBackoff(), 1, (RedisConnectionError,)), **options
-        )
+        self._reader = blocking_client(url, **options)  # batch threads: blocking, thread-safe pool
         self._catalog_write = self._writer.register_script(CATALOG_WRITE)
         self._profiles: dict[str, tuple[int, UserProfile]] = {}
         self._profiles_lock = threading.Lock()
