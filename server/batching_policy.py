@@ -67,11 +67,15 @@ class FixedPolicy:
 
 
 class LinearCostModel:
-    """Batch compute time as `fixed + per_row * size`, fitted by exponentially weighted least squares."""
+    """Batch compute time as `fixed + per_row * size`, fitted by exponentially weighted least squares.
+
+    The fit is solved once per observed batch, not per prediction: admission predicts for every request.
+    """
 
     def __init__(self, decay: float = 0.98) -> None:
         self.decay = decay
         self._n = self._x = self._y = self._xx = self._xy = 0.0
+        self._fixed = self._per_row = 0.0
 
     def observe(self, size: int, seconds: float) -> None:
         """Add one measured batch."""
@@ -81,6 +85,7 @@ class LinearCostModel:
         self._y = d * self._y + seconds
         self._xx = d * self._xx + size * size
         self._xy = d * self._xy + size * seconds
+        self._fixed, self._per_row = self._solve()
 
     @property
     def fitted(self) -> bool:
@@ -89,8 +94,9 @@ class LinearCostModel:
 
     def coefficients(self) -> tuple[float, float]:
         """(fixed seconds, seconds per row), both >= 0; with one batch size seen, all cost is fixed."""
-        if not self._n:
-            return 0.0, 0.0
+        return self._fixed, self._per_row
+
+    def _solve(self) -> tuple[float, float]:
         mean_x, mean_y = self._x / self._n, self._y / self._n
         variance = self._xx / self._n - mean_x * mean_x
         slope = (self._xy / self._n - mean_x * mean_y) / variance if variance > 1e-9 else 0.0
@@ -99,8 +105,7 @@ class LinearCostModel:
 
     def predict(self, size: int) -> float:
         """Expected seconds for a batch of `size`."""
-        fixed, per_row = self.coefficients()
-        return fixed + per_row * size
+        return self._fixed + self._per_row * size
 
 
 class ArrivalRate:

@@ -224,7 +224,9 @@ class RecommenderService:
         user_index = self.model.users.index_by_id.get(user_id, 0)
         if not recent_item_ids:
             return UserQuery(user_id, user_index, NO_ROWS, not ignore_history), []
-        recent = list(recent_item_ids)[-self.config.limits.max_recent_items :]
+        limit = self.config.limits.max_recent_items
+        # Sliced only when too long: copying a protobuf repeated field costs more than reading it.
+        recent = recent_item_ids if len(recent_item_ids) <= limit else list(recent_item_ids)[-limit:]
         # Plain lists: a request names a handful of ids, where numpy's per-call overhead dominates.
         found = [self.catalog.row_of(i) for i in recent]
         unknown = (

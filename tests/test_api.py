@@ -114,6 +114,20 @@ def test_score_with_context_differs_from_without(stub) -> None:
     assert not np.allclose(plain, with_context)
 
 
+def test_only_the_latest_recent_items_count_beyond_the_limit(stub) -> None:
+    limit = stub.GetModelInfo(pb.GetModelInfoRequest()).max_recent_items
+    latest = [f"item-{n}" for n in range(100, 100 + limit)]
+    older = [f"item-{n}" for n in range(10, 30)]
+    items = ["item-1", "item-2", "item-3"]
+
+    def scores(recent: list[str]) -> list[float]:
+        request = pb.ScoreRequest(user_id=USER, item_ids=items, recent_item_ids=recent, ignore_history=True)
+        return list(stub.Score(request).scores)
+
+    np.testing.assert_allclose(scores(older + latest), scores(latest), atol=1e-6)
+    assert not np.allclose(scores(older[-1:] + latest[:-1]), scores(latest))
+
+
 def test_score_unknown_item_is_not_found_naming_it(stub) -> None:
     request = pb.ScoreRequest(user_id=USER, item_ids=["item-1", "item-does-not-exist"])
     assert_status(lambda: stub.Score(request), grpc.StatusCode.NOT_FOUND, "item-does-not-exist")
