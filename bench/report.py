@@ -32,6 +32,7 @@ PLOT = DOCS / "benchmarks.png"
 PERF_ANALYZER_PLOT = DOCS / "benchmarks-perf-analyzer.png"
 BENCHMARKS = DOCS / "benchmarks.md"
 TARGET_CONCURRENCY = 64
+DEFAULT_CONFIG = "default"  # the server_load configuration the targets compare against
 
 
 def cell(rows: list[dict], config: str, concurrency: int) -> dict | None:
@@ -622,6 +623,56 @@ def live_delta(delta: dict) -> list[str]:
     return [*lines, ""]
 
 
+def server_load_sections(load_results: dict, ceiling: dict | None) -> list[str]:
+    """The targets and the closed-loop table (and its plot) from bench/server_load.py's results."""
+    rows = load_results["rows"]
+    plot(load_results, ceiling)
+    out = [
+        "## Targets",
+        "",
+        *targets(rows, ceiling, DEFAULT_CONFIG),
+        "",
+        "## Server under closed-loop load",
+        "",
+        f"`.venv/bin/python bench/server_load.py` — {load_results['machine']}; {load_results['seconds']:g} s per run, "
+        f"median of {load_results['runs']} runs; load from a separate process ({load_results['load_generator']}) "
+        "on the same cores; Recommend with k=10 for known users with 0–5 recent items.",
+        "",
+        "![throughput and p99 by concurrency](benchmarks.png)",
+        "",
+        "Configurations (`recserve serve` flags):",
+        "",
+    ]
+    out += [f"- **{name}**: `{' '.join(flags)}`" for name, flags in load_results["configs"].items()]
+    return [
+        *out,
+        "",
+        *load_table(rows),
+        "",
+        f"### Where a request's server CPU goes (µs per request, concurrency {TARGET_CONCURRENCY})",
+        "",
+        "Thread groups are measured from /proc; pipeline stages are the wall time each stage spent per request "
+        "(from `GetModelStatistics`).",
+        "",
+        *cpu_table(rows, TARGET_CONCURRENCY),
+        "",
+    ]
+
+
+def ceiling_section(ceiling: dict) -> list[str]:
+    """The in-process pipeline's rows per second by batch size (bench/pipeline_ceiling.py)."""
+    return [
+        "## The ceiling: the in-process pipeline",
+        "",
+        f"`.venv/bin/python bench/pipeline_ceiling.py` — {ceiling['machine']}; no RPC, no batcher; one batch "
+        f"thread and {ceiling.get('ann_threads', 1)} ANN threads (the server's settings); "
+        "medians per batch.",
+        "",
+        *ceiling_table(ceiling),
+        "",
+    ]
+
+
 def replace_section(document: str, section: list[str]) -> str:
     """The document with the `## ` section that starts like `section` replaced (appended if missing); the
     rest is left exactly as it was."""
@@ -648,7 +699,12 @@ TRAILING_SECTIONS: dict[str, Callable[[dict], list[str]]] = {
     "exact_search": exact_search_section,
 }
 # Every section `--only` can re-render in place.
-SECTIONS = {**TRAILING_SECTIONS, "annoy_sweep": annoy_sweep_section}
+SECTIONS: dict[str, Callable[[dict], list[str]]] = {
+    **TRAILING_SECTIONS,
+    "annoy_sweep": annoy_sweep_section,
+    "server_load": lambda results: server_load_sections(results, load("pipeline_ceiling")),
+    "pipeline_ceiling": ceiling_section,
+}
 
 
 def render_only(name: str) -> None:
@@ -657,8 +713,20 @@ def render_only(name: str) -> None:
     results = load(name)
     if results is None:
         raise SystemExit(f"no bench/results/{name}.json: run bench/{name}.py first")
-    section = SECTIONS[name](results)
-    BENCHMARKS.write_text(replace_section(BENCHMARKS.read_text(), section))
+    document = BENCHMARKS.read_text()
+    for section in split_sections(SECTIONS[name](results)):
+        document = replace_section(document, section)
+    BENCHMARKS.write_text(document)
+
+
+def split_sections(lines: list[str]) -> list[list[str]]:
+    """Rendered lines cut at each `## ` heading: some renderers give more than one section."""
+    sections: list[list[str]] = []
+    for line in lines:
+        if line.startswith("## ") or not sections:
+            sections.append([])
+        sections[-1].append(line)
+    return sections
 
 
 def main() -> None:
@@ -678,7 +746,6 @@ def main() -> None:
     ceiling, load_results, sweep = (load(n) for n in ("pipeline_ceiling", "server_load", "annoy_sweep"))
     generator_path = RESULTS / "loadtest_ceiling.md"
     generator = generator_path.read_text().strip() if generator_path.exists() else None
-    default_config = "default"
     out = [
         "# Benchmarks",
         "",
@@ -688,48 +755,9 @@ def main() -> None:
         "",
     ]
     if load_results:
-        rows = load_results["rows"]
-        plot(load_results, ceiling)
-        out += [
-            "## Targets",
-            "",
-            *targets(rows, ceiling, default_config),
-            "",
-            "## Server under closed-loop load",
-            "",
-            f"`.venv/bin/python bench/server_load.py` — {load_results['machine']}; {load_results['seconds']:g} s per run, "
-            f"median of {load_results['runs']} runs; load from a separate process ({load_results['load_generator']}) "
-            "on the same cores; Recommend with k=10 for known users with 0–5 recent items.",
-            "",
-            "![throughput and p99 by concurrency](benchmarks.png)",
-            "",
-            "Configurations (`recserve serve` flags):",
-            "",
-        ]
-        out += [f"- **{name}**: `{' '.join(flags)}`" for name, flags in load_results["configs"].items()]
-        out += [
-            "",
-            *load_table(rows),
-            "",
-            f"### Where a request's server CPU goes (µs per request, concurrency {TARGET_CONCURRENCY})",
-            "",
-            "Thread groups are measured from /proc; pipeline stages are the wall time each stage spent per request "
-            "(from `GetModelStatistics`).",
-            "",
-            *cpu_table(rows, TARGET_CONCURRENCY),
-            "",
-        ]
+        out += server_load_sections(load_results, ceiling)
     if ceiling:
-        out += [
-            "## The ceiling: the in-process pipeline",
-            "",
-            f"`.venv/bin/python bench/pipeline_ceiling.py` — {ceiling['machine']}; no RPC, no batcher; one batch "
-            f"thread and {ceiling.get('ann_threads', 1)} ANN threads (the server's settings); "
-            "medians per batch.",
-            "",
-            *ceiling_table(ceiling),
-            "",
-        ]
+        out += ceiling_section(ceiling)
     if sweep:
         out += annoy_sweep_section(sweep)
     if generator:

@@ -195,3 +195,16 @@ def test_the_annoy_sweep_marks_the_configured_setting(model_repository: Path) ->
     text = "\n".join(annoy_sweep_section(result))
     assert re.search(r"\| 32 \| 3000 \| [\d.]+ \*\*\(configured", text), text
     assert text.count("configured") == 1, text
+
+
+def test_a_report_of_several_sections_replaces_each_in_place() -> None:
+    sys.path.insert(0, str(REPO_ROOT / "bench"))
+    from report import replace_section, split_sections
+
+    document = "# Page\n\n## Targets\n\nold\n\n## Server\n\nold table\n\n## Later\n\nkept\n"
+    rendered = ["## Targets", "", "new", "", "## Server", "", "new table", ""]
+    sections = split_sections(rendered)
+    assert [section[0] for section in sections] == ["## Targets", "## Server"]
+    for section in sections:
+        document = replace_section(document, section)
+    assert document == "# Page\n\n## Targets\n\nnew\n\n## Server\n\nnew table\n\n## Later\n\nkept\n"
