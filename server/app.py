@@ -233,12 +233,14 @@ def _start_metrics(running: RunningServer) -> None:
 
 
 def _model_control_checks(settings: ServerSettings, authorizer: Authorizer) -> dict[str, RoleCheck | None]:
-    """Load and unload need an admin token where model control is on; elsewhere they are refused anyway."""
-    check = (
-        authorizer.admin(INFERENCE_SERVICE.full_name + " model control")
-        if settings.model_control_mode == "explicit"
-        else None
-    )
+    """Load and unload need an admin token where model control is on; elsewhere they are refused anyway.
+
+    A server with tokens authenticates them first in every mode, so an anonymous caller learns nothing more.
+    """
+    if settings.model_control_mode == "explicit":
+        check = authorizer.admin(INFERENCE_SERVICE.full_name + " model control")
+    else:
+        check = authorizer.admin_if_configured()
     return dict.fromkeys(MODEL_CONTROL_METHODS, check)
 
 

@@ -165,6 +165,17 @@ def test_the_inference_protocol_needs_the_read_role_too(channel: grpc.Channel, t
     assert answer.name == "recserve"
 
 
+def test_model_control_authenticates_before_saying_it_is_off(channel: grpc.Channel, tokens: Tokens) -> None:
+    stub = inference_grpc.GRPCInferenceServiceStub(channel)
+    request = inference_pb2.RepositoryModelUnloadRequest(model_name="recommender")
+    code, details = status_of(lambda: stub.RepositoryModelUnload(request, timeout=10))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and "model_control_mode" not in details
+    code, details = status_of(lambda: stub.RepositoryModelUnload(request, metadata=bearer(tokens.read)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "`admin` role" in details
+    code, details = status_of(lambda: stub.RepositoryModelUnload(request, metadata=bearer(tokens.admin)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "model_control_mode: explicit" in details
+
+
 def test_health_and_reflection_stay_open(channel: grpc.Channel) -> None:
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING

@@ -42,6 +42,15 @@ def length_prefixed(*elements: bytes) -> bytes:
 
 
 EMBEDDING = np.full(32, 0.1, dtype=np.float32).tolist()
+# Finite values near float32's limit, of either sign: the ranker's sums overflow to ±inf, and where both
+# meet the probability is NaN (a few of these 64 rows do, whichever rows the trained weights make it).
+SIXTY_FOUR_ITEMS = [f"item-{n}".encode() for n in range(1, 65)]
+HUGE_EMBEDDINGS = [
+    sign * scale
+    for row in range(64)
+    for scale in [(1e38, 3.4e38)[row % 2]]
+    for sign in ([1.0] * 32, [-1.0] * 32, [1.0, -1.0] * 16)[row % 3]
+]
 
 # (case, model, request fields, status, fragments the message must contain)
 CASES = [
@@ -263,6 +272,70 @@ CASES = [
         },
         NOT_FOUND,
         ["'item_id'", "'item-nope'"],
+    ),
+    (
+        "finite ranker embeddings too large to rank",
+        "ranker",
+        {
+            "inputs": [
+                typed("user_embedding", "FP32", [64, 32], fp32_contents=HUGE_EMBEDDINGS),
+                typed("item_id", "BYTES", [64, 1], bytes_contents=SIXTY_FOUR_ITEMS),
+            ]
+        },
+        INVALID,
+        ["'user_embedding'", "too large for the ranker", "unit length"],
+    ),
+    (
+        "classification asked of an output",
+        "recommender",
+        {
+            "inputs": [user(b"user-1")],
+            "outputs": [
+                kpb.ModelInferRequest.InferRequestedOutputTensor(
+                    name="scores", parameters={"classification": kpb.InferParameter(int64_param=3)}
+                )
+            ],
+        },
+        INVALID,
+        ["'scores'", "class_count", "without class_count"],
+    ),
+    (
+        "shared-memory output",
+        "user_tower",
+        {
+            "inputs": [user(b"user-1")],
+            "outputs": [
+                kpb.ModelInferRequest.InferRequestedOutputTensor(
+                    name="embedding",
+                    parameters={"shared_memory_region": kpb.InferParameter(string_param="region-0")},
+                )
+            ],
+        },
+        INVALID,
+        ["output 'embedding'", "'shared_memory_region'", "not supported"],
+    ),
+    (
+        "shared-memory input",
+        "item_tower",
+        {
+            "inputs": [
+                Tensor(
+                    name="item_id",
+                    datatype="BYTES",
+                    shape=[1, 1],
+                    parameters={"shared_memory_region": kpb.InferParameter(string_param="region-0")},
+                )
+            ]
+        },
+        INVALID,
+        ["input 'item_id'", "shared-memory"],
+    ),
+    (
+        "unknown version of a tower",
+        "user_tower",
+        {"model_version": "9", "inputs": [user(b"user-1")]},
+        NOT_FOUND,
+        ["model 'user_tower' version '9'", "served versions: 1"],
     ),
     (
         "priority that is not an integer",

@@ -74,7 +74,12 @@ def test_server_live_ready_and_metadata(triton) -> None:
     metadata = triton.get_server_metadata()
     assert metadata.name == "recserve"
     assert metadata.version == importlib.metadata.version("recserve")
-    assert set(metadata.extensions) == {"model_configuration", "schedule_policy", "statistics"}
+    assert set(metadata.extensions) == {
+        "model_configuration",
+        "schedule_policy",
+        "statistics",
+        "model_repository",
+    }
 
 
 def test_every_model_is_ready_at_the_served_version_only(triton) -> None:
@@ -139,6 +144,7 @@ def test_recommender_config_is_the_batching_config(triton, server: ServerThread)
     (group,) = config.instance_group
     assert group.count == batching.instance_count and group.kind == 2  # KIND_CPU
     assert config.parameters["max_k"].string_value == "200"
+    assert config.version_policy.latest.num_versions == 1  # the default policy: the newest version
     assert not triton.get_model_config("user_tower").config.HasField("dynamic_batching")
 
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 import yaml
 
@@ -80,6 +81,13 @@ def polling_with_writes(
     return settings_for(
         server_settings, model_dir, tmp_path, model_control_mode="poll", auth=tokens.settings(), **enabled
     )
+
+
+def user_id_input(user_id: str):
+    """A tritonclient `user_id` input of one row."""
+    tensor = grpcclient.InferInput("user_id", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[user_id.encode()]], dtype=object))
+    return tensor
 
 
 def served_version(address: str) -> str:
@@ -278,6 +286,14 @@ def test_a_pinned_request_gets_its_version_and_an_unknown_one_is_not_found(
         assert triton.is_model_ready("recommender", "1") and triton.is_model_ready("recommender", "2")
         assert not triton.is_model_ready("recommender", "9")
         assert triton.get_model_metadata("recommender", "1").versions == ["1"]
+        assert triton.get_model_config("user_tower").config.version_policy.latest.num_versions == 2
+        every = triton.get_inference_statistics().model_stats
+        assert [(row.name, row.version) for row in every][:2] == [("recommender", "2"), ("recommender", "1")]
+        assert len(every) == 8, "four models at two versions"
+        pinned_stats = triton.get_inference_statistics("recommender").model_stats
+        assert [row.version for row in pinned_stats] == ["2", "1"]
+        assert all(row.inference_count >= 1 for row in pinned_stats), "each version counts its own calls"
+        assert [row.version for row in triton.get_inference_statistics("ranker", "1").model_stats] == ["1"]
 
 
 def test_explicit_mode_loads_and_unloads_through_tritonclient_with_an_admin_token(
@@ -299,6 +315,16 @@ def test_explicit_mode_loads_and_unloads_through_tritonclient_with_an_admin_toke
             with pytest.raises(grpcclient.InferenceServerException) as refused:
                 triton.unload_model("recommender", headers=headers)
             assert refused.value.status() == f"StatusCode.{status}"
+        for name in ("item_tower", "ranker"):
+            with pytest.raises(grpcclient.InferenceServerException) as alone:
+                triton.unload_model(name, headers=admin)
+            assert alone.value.status() == "StatusCode.INVALID_ARGUMENT"
+            assert "load or unload 'recommender'" in alone.value.message()
+        with pytest.raises(grpcclient.InferenceServerException) as overridden:
+            triton.load_model("recommender", headers=admin, config='{"max_batch_size": 8}')
+        assert overridden.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "overrides the model's configuration" in overridden.value.message()
+        assert triton.is_model_ready("item_tower"), "a refused call changes nothing"
         add_version(version_dir, model_dir, "2")
         time.sleep(5 * POLL_S)
         assert served_version(server.address) == "1", "explicit mode does not poll"
@@ -313,6 +339,10 @@ def test_explicit_mode_loads_and_unloads_through_tritonclient_with_an_admin_toke
                 )
         assert unloaded.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "unloaded" in unloaded.value.details()
+        with pytest.raises(grpcclient.InferenceServerException) as tower_unloaded:
+            triton.infer("user_tower", [user_id_input("user-1")])
+        assert tower_unloaded.value.status() == "StatusCode.UNAVAILABLE"
+        assert "model 'user_tower' is unloaded; load 'recommender'" in tower_unloaded.value.message()
         states = index_of(server.address)
         assert states["2"] == ("UNAVAILABLE", "unloaded")
         triton.load_model("recommender", headers=admin)

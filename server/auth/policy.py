@@ -125,3 +125,7 @@ class Authorizer:
                 "with a token holding the admin role"
             )
         return RoleCheck(Role.ADMIN, self.store)
+
+    def admin_if_configured(self) -> RoleCheck | None:
+        """The admin check where tokens are configured, else None (for calls refused in any case)."""
+        return RoleCheck(Role.ADMIN, self.store) if self.store is not None else None

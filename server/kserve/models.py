@@ -262,7 +262,7 @@ class RankerModel(DirectModel):
         return (TensorSpec("probability", "FP32", (-1, 1)),)
 
     async def infer(self, inputs: dict[str, np.ndarray], options: InferOptions) -> dict[str, np.ndarray]:
-        """Unknown item ids are NOT_FOUND; a NaN or infinite embedding value is INVALID_ARGUMENT."""
+        """Unknown item ids are NOT_FOUND; a NaN, infinite or overflowing embedding is INVALID_ARGUMENT."""
         item_ids = to_strings("item_id", inputs["item_id"])
         embeddings = np.ascontiguousarray(inputs["user_embedding"], dtype=np.float32)
         finite = np.isfinite(embeddings).all(axis=1)
@@ -275,6 +275,13 @@ class RankerModel(DirectModel):
         probabilities = await _naming(
             "item_id", self._execute(len(item_ids), self.service.rank(embeddings, item_ids))
         )
+        defined = np.isfinite(probabilities)
+        if not defined.all():  # finite values so large that the ranker's sums overflow
+            row = int(np.flatnonzero(~defined)[0])
+            raise InvalidArgumentError(
+                f"input 'user_embedding': row {row} is too large for the ranker (its probability is not a "
+                "number); a user_tower output has unit length"
+            )
         return {"probability": probabilities.reshape(-1, 1)}
 
 

@@ -8,7 +8,7 @@ durations are 0.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from recserve.inference import grpc_service_pb2 as pb
@@ -23,6 +23,7 @@ from recserve.server.kserve.service import (
     ModelIndexEntry,
 )
 from recserve.server.kserve.tensors import CONTENTS_FIELD, InputTensor, TensorSpec
+from recserve.server.model_control.policy import VersionPolicy
 from recserve.server.statistics import BatchStatistics
 
 CONFIG_DATATYPES = {
@@ -45,6 +46,7 @@ def infer_request(request: pb.ModelInferRequest, time_remaining_s: float | None)
             f"raw_input_contents has {len(raw)} entries for {len(request.inputs)} inputs: send raw data for "
             "every input, in order, or for none"
         )
+    _check_tensor_parameters(request)
     inputs = [
         InputTensor(
             tensor.name,
@@ -72,6 +74,25 @@ def infer_request(request: pb.ModelInferRequest, time_remaining_s: float | None)
     )
 
 
+def _check_tensor_parameters(request: pb.ModelInferRequest) -> None:
+    """Refuse what a tensor's parameters ask for that recserve does not do, rather than ignore it."""
+    for kind, tensors in (("input", request.inputs), ("output", request.outputs)):
+        for tensor in tensors:
+            region = next((key for key in tensor.parameters if key.startswith("shared_memory")), None)
+            if region is not None:
+                raise InvalidArgumentError(
+                    f"{kind} {tensor.name!r} has the parameter {region!r}: shared-memory tensors are not "
+                    "supported; send tensor data in the request and read outputs from the response"
+                )
+    for output in request.outputs:
+        if "classification" in output.parameters:
+            raise InvalidArgumentError(
+                f"output {output.name!r} asks for classification (class_count): recserve does not "
+                "implement that extension; request the output without class_count (recommender's "
+                "item_ids and scores already are the top k, best first)"
+            )
+
+
 def _integer_parameter(request: pb.ModelInferRequest, name: str) -> int:
     if name not in request.parameters:
         return 0
@@ -80,6 +101,30 @@ def _integer_parameter(request: pb.ModelInferRequest, name: str) -> int:
     if kind not in INTEGER_PARAMETERS:
         raise InvalidArgumentError(f"parameter {name!r} must be an integer (int64_param or uint64_param)")
     return int(getattr(parameter, kind))
+
+
+def check_load_parameters(parameters: Mapping[str, pb.ModelRepositoryParameter]) -> None:
+    """Refuse a load that overrides the configuration or files: recserve loads the repository as it is."""
+    name = next(iter(parameters), None)
+    if name is None:
+        return
+    if name == "config" or name.startswith("file:"):
+        asked = f"overrides the model's {'configuration' if name == 'config' else 'files'}"
+    else:
+        asked = "is not known"
+    raise InvalidArgumentError(
+        f"load parameter {name!r} {asked}: recserve loads the model repository as it is on disk; change "
+        "config.yaml or the version directories there, then load without parameters"
+    )
+
+
+def check_unload_parameters(parameters: Mapping[str, pb.ModelRepositoryParameter]) -> None:
+    """Take `unload_dependents` (every model unloads with `recommender` anyway); refuse any other."""
+    for name, parameter in parameters.items():
+        if name != "unload_dependents":
+            raise InvalidArgumentError(f"unload parameter {name!r} is not known; unload takes none")
+        if parameter.WhichOneof("parameter_choice") != "bool_param":
+            raise InvalidArgumentError("unload parameter 'unload_dependents' must be a bool_param")
 
 
 def infer_response(response: InferResponse, raw: bool) -> pb.ModelInferResponse:
@@ -121,16 +166,14 @@ def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadat
     return pb.ModelMetadataResponse.TensorMetadata(name=spec.name, datatype=spec.datatype, shape=spec.shape)
 
 
-def model_config(model: InferenceModel) -> pb.ModelConfigResponse:
+def model_config(model: InferenceModel, policy: VersionPolicy) -> pb.ModelConfigResponse:
     """The model's configuration in the protocol's shape; dims leave out the batch dimension."""
     config = config_pb.ModelConfig(
         name=model.name,
         platform=PLATFORM,
         backend=PLATFORM,
         max_batch_size=model.max_batch_size,
-        version_policy=config_pb.ModelVersionPolicy(
-            latest=config_pb.ModelVersionPolicy.Latest(num_versions=1)
-        ),
+        version_policy=version_policy(policy),
         input=[
             config_pb.ModelInput(
                 name=spec.name,
@@ -172,6 +215,19 @@ def model_config(model: InferenceModel) -> pb.ModelConfigResponse:
             )
         )
     return pb.ModelConfigResponse(config=config)
+
+
+def version_policy(policy: VersionPolicy) -> config_pb.ModelVersionPolicy:
+    """The policy in ModelConfig's form."""
+    if policy.all:
+        return config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All())
+    if policy.specific is not None:
+        return config_pb.ModelVersionPolicy(
+            specific=config_pb.ModelVersionPolicy.Specific(versions=policy.specific)
+        )
+    return config_pb.ModelVersionPolicy(
+        latest=config_pb.ModelVersionPolicy.Latest(num_versions=policy.latest or 1)
+    )
 
 
 def model_statistics(models: Iterable[InferenceModel]) -> pb.ModelStatisticsResponse:

@@ -1,9 +1,10 @@
 """The inference protocol's operations on the live model: readiness, model lookup, inference, the index.
 
 Nothing here knows protobuf or gRPC: `recserve.server.kserve.protocol` converts the messages, the servicer
-delegates here. Every model serves the version the server loaded; asking for another version is
-NOT_FOUND (the server holds one version, and no other will become ready without a restart, so a retry
-cannot help), and asking for anything while the model loads is UNAVAILABLE.
+delegates here. The four models serve the versions the slot holds (the version policy picks them), all
+four from one model directory: a version not served is NOT_FOUND naming those that are, anything asked
+while nothing serves (loading, or unloaded) is UNAVAILABLE. So they load and unload together, as
+`recommender`: model control names it, and a tower's name there is INVALID_ARGUMENT saying so.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ from recserve.server.exceptions import InvalidArgumentError, NotFoundError
 from recserve.server.kserve.models import MODEL_NAMES, InferenceModel, InferOptions, build_models
 from recserve.server.kserve.tensors import InputTensor, OutputTensor, TensorSpec, element_count
 from recserve.server.model_control.manager import ModelManager
+from recserve.server.model_control.policy import VersionPolicy
 from recserve.server.model_control.slot import ServiceSlot
 from recserve.server.recommender import RecommenderService
 
 SERVER_NAME = "recserve"
 # Protocol extensions implemented: ModelConfig, the priority and timeout request parameters
-# (Triton's schedule_policy), ModelStatistics.
-EXTENSIONS = ("model_configuration", "schedule_policy", "statistics")
-# RepositoryIndex state of the models by the slot's load state.
+# (Triton's schedule_policy), ModelStatistics, RepositoryIndex and load/unload (Triton's model_repository;
+# load and unload answer only with model_control_mode: explicit, as Triton's do).
+EXTENSIONS = ("model_configuration", "schedule_policy", "statistics", "model_repository")
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,20 @@ class InferenceService:
         if name not in MODEL_NAMES:
             raise NotFoundError(f"unknown model {name!r}; this server has {', '.join(MODEL_NAMES)}")
 
+    def check_controllable(self, name: str) -> None:
+        """Raises NotFoundError for an unknown model, InvalidArgumentError for one loaded with another.
+
+        The towers and the ranker are parts of `recommender`'s versions: unloading one alone would unload
+        all four, so model control takes only the name that says so.
+        """
+        self.check_name(name)
+        loaded_as = self._slot.model_name
+        if name != loaded_as:
+            raise InvalidArgumentError(
+                f"model {name!r} is part of {loaded_as!r} (all four models serve from its versions) and "
+                f"cannot load or unload alone: load or unload {loaded_as!r}, which changes all four"
+            )
+
     def model(self, name: str, version: str = "") -> InferenceModel:
         """The model `name` at `version` ("" = the default version).
 
@@ -99,11 +115,26 @@ class InferenceService:
             UnavailableError: nothing serves yet.
         """
         self.check_name(name)
-        return self._live_models(self._slot.get(version))[name]
+        return self._live_models(self._slot.get(version, name))[name]
 
-    def models(self) -> list[InferenceModel]:
-        """Every model at the default version. Raises UnavailableError while nothing serves."""
-        return list(self._live_models(self._slot.get()).values())
+    def models(self, name: str = "") -> list[InferenceModel]:
+        """Model `name` ("" = every model) at every served version, the default version first.
+
+        Raises:
+            NotFoundError: no such model.
+            UnavailableError: nothing serves.
+        """
+        if name:
+            self.check_name(name)
+            self._slot.get(model_name=name)  # UNAVAILABLE naming the model asked for
+        names = [name] if name else list(MODEL_NAMES)
+        services = self._slot.serving()
+        return [self._live_models(service)[n] for n in names for service in services]
+
+    @property
+    def policy(self) -> VersionPolicy:
+        """The version policy that picks the served versions."""
+        return self._manager.policy
 
     def index(self, ready_only: bool = False) -> list[ModelIndexEntry]:
         """Every model at every version with its state and reason (only the ready ones if `ready_only`)."""

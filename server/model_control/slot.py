@@ -60,29 +60,34 @@ class ServiceSlot:
         """Serve `service` alone (or nothing)."""
         self.install({service.model.version: service} if service is not None else {})
 
-    def get(self, version: str = "") -> RecommenderService:
-        """The service of `version` ("" = the default).
+    def get(self, version: str = "", model_name: str | None = None) -> RecommenderService:
+        """The service of `version` ("" = the default); errors name `model_name` (default: this model's).
 
         Raises:
             UnavailableError: nothing serves yet (loading, failed or unloaded).
             NotFoundError: `version` is not among the serving versions; the message names them.
         """
+        name = model_name or self.model_name
         if self._default is None:
             if self.state == "unloaded":
                 raise UnavailableError(
-                    f"model '{self.model_name}' is unloaded; load it (RepositoryModelLoad, "
+                    f"model '{name}' is unloaded; load {self._loaded_as(name)} (RepositoryModelLoad, "
                     "`recserve models load`) to serve again"
                 )
-            raise UnavailableError("the model is still loading or failed to load; retry shortly")
+            raise UnavailableError(f"model '{name}' is still loading or failed to load; retry shortly")
         if not version:
             return self._default
         service = self._services.get(version)
         if service is None:
             raise NotFoundError(
-                f"model '{self.model_name}' version {version!r} is not served; served versions: "
+                f"model '{name}' version {version!r} is not served; served versions: "
                 f"{', '.join(sorted(self._services, key=int))}"
             )
         return service
+
+    def _loaded_as(self, name: str) -> str:
+        """How to name what loads `name`: itself, or the model whose versions it serves with."""
+        return "it" if name == self.model_name else f"'{self.model_name}', whose versions it serves with,"
 
     def serving(self) -> list[RecommenderService]:
         """Every serving version's service, the default first. Raises UnavailableError as `get` does."""

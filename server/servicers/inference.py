@@ -88,7 +88,8 @@ class InferenceServicer:
         self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelConfigResponse:
         """Configuration of one model."""
-        return protocol.model_config(self._inference.model(request.name, request.version))
+        model = self._inference.model(request.name, request.version)
+        return protocol.model_config(model, self._inference.policy)
 
     async def ModelInfer(  # noqa: N802
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
@@ -103,10 +104,10 @@ class InferenceServicer:
     async def ModelStatistics(  # noqa: N802
         self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatisticsResponse:
-        """Statistics of one model, or of every model when no name is given."""
-        if request.name:
+        """Statistics of one model at one version; no version: at every served one; no name: every model."""
+        if request.name and request.version:
             return protocol.model_statistics([self._inference.model(request.name, request.version)])
-        return protocol.model_statistics(self._inference.models())
+        return protocol.model_statistics(self._inference.models(request.name))
 
     async def RepositoryIndex(  # noqa: N802
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
@@ -119,6 +120,7 @@ class InferenceServicer:
     ) -> pb.RepositoryModelLoadResponse:
         """Load (or reload) the model: the versions its policy picks on disk now; returns once they serve."""
         self._check_control(request.model_name)
+        protocol.check_load_parameters(request.parameters)
         if not await self._models.reconcile():
             raise UnavailableError(
                 f"model {request.model_name!r} could not be loaded: {self._inference.rejections()}"
@@ -130,6 +132,7 @@ class InferenceServicer:
     ) -> pb.RepositoryModelUnloadResponse:
         """Stop serving every version; queued requests finish first."""
         self._check_control(request.model_name)
+        protocol.check_unload_parameters(request.parameters)
         await self._models.unload_all()
         return pb.RepositoryModelUnloadResponse()
 
@@ -140,7 +143,7 @@ class InferenceServicer:
                 "model_control_mode: explicit (--model-control-mode explicit, RECSERVE_MODEL_CONTROL_MODE) "
                 "and call with a token holding the admin role"
             )
-        self._inference.check_name(model_name)
+        self._inference.check_controllable(model_name)
 
     def __getattr__(self, method: str) -> Any:
         """The methods in UNSUPPORTED: each raises UnimplementedError, which answers UNIMPLEMENTED."""
