@@ -749,9 +749,13 @@ def main() -> None:
     out = [
         "# Benchmarks",
         "",
-        "Every figure here comes from one `make bench` run on one machine: ratios are measured side by side, "
-        "cells are medians, and the server-load runs interleave configurations so that the machine's drift "
-        "hits them alike. Regenerate with `make bench` (about 40 minutes on 2 cores); the perf_analyzer section with `make bench-perf-analyzer`, the live-state section alone with `make bench-live`.",
+        "Each section comes from one run of its benchmark on one machine (the command is in the section): "
+        "ratios are measured side by side, cells are medians, and the server-load runs interleave "
+        "configurations so that the machine's drift hits them alike. Sections ran at different times, and "
+        "this machine's speed drifts by tens of percent within an hour, so compare ratios within a section, "
+        "not absolute figures across sections. Regenerate everything with `make bench` (about 40 minutes on "
+        "2 cores), or one section with its benchmark and then `bench/report.py --only <section>`; the "
+        "perf_analyzer section with `make bench-perf-analyzer`, the live-state section with `make bench-live`.",
         "",
     ]
     if load_results:
