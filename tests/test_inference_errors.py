@@ -17,6 +17,7 @@ from recserve.inference import grpc_service_pb2_grpc as kpb_grpc
 from recserve.v1 import recommender_pb2 as pb
 
 Tensor = kpb.ModelInferRequest.InferInputTensor
+Requested = kpb.ModelInferRequest.InferRequestedOutputTensor
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
@@ -31,6 +32,10 @@ def user(*ids: bytes, shape: list[int] | None = None) -> Tensor:
 
 def item(*ids: bytes) -> Tensor:
     return typed("item_id", "BYTES", [len(ids), 1], bytes_contents=list(ids))
+
+
+def requested(name: str, **parameters: kpb.InferParameter) -> Requested:
+    return Requested(name=name, parameters=parameters)
 
 
 def header(name: str, datatype: str, shape: list[int]) -> Tensor:
@@ -290,11 +295,7 @@ CASES = [
         "recommender",
         {
             "inputs": [user(b"user-1")],
-            "outputs": [
-                kpb.ModelInferRequest.InferRequestedOutputTensor(
-                    name="scores", parameters={"classification": kpb.InferParameter(int64_param=3)}
-                )
-            ],
+            "outputs": [requested("scores", classification=kpb.InferParameter(int64_param=3))],
         },
         INVALID,
         ["'scores'", "class_count", "without class_count"],
@@ -304,12 +305,7 @@ CASES = [
         "user_tower",
         {
             "inputs": [user(b"user-1")],
-            "outputs": [
-                kpb.ModelInferRequest.InferRequestedOutputTensor(
-                    name="embedding",
-                    parameters={"shared_memory_region": kpb.InferParameter(string_param="region-0")},
-                )
-            ],
+            "outputs": [requested("embedding", shared_memory_region=kpb.InferParameter(string_param="r0"))],
         },
         INVALID,
         ["output 'embedding'", "'shared_memory_region'", "not supported"],
