@@ -126,9 +126,8 @@ class InferenceService:
         """
         if name:
             self.check_name(name)
-            self._slot.get(model_name=name)  # UNAVAILABLE naming the model asked for
         names = [name] if name else list(MODEL_NAMES)
-        services = self._slot.serving()
+        services = self._slot.serving(name or None)
         return [self._live_models(service)[n] for n in names for service in services]
 
     @property

@@ -71,8 +71,8 @@ class ServiceSlot:
         if self._default is None:
             if self.state == "unloaded":
                 raise UnavailableError(
-                    f"model '{name}' is unloaded; load {self._loaded_as(name)} (RepositoryModelLoad, "
-                    "`recserve models load`) to serve again"
+                    f"model '{name}' is unloaded; load '{self.model_name}' (RepositoryModelLoad, "
+                    "`recserve models load`) to serve it again"
                 )
             raise UnavailableError(f"model '{name}' is still loading or failed to load; retry shortly")
         if not version:
@@ -85,11 +85,7 @@ class ServiceSlot:
             )
         return service
 
-    def _loaded_as(self, name: str) -> str:
-        """How to name what loads `name`: itself, or the model whose versions it serves with."""
-        return "it" if name == self.model_name else f"'{self.model_name}', whose versions it serves with,"
-
-    def serving(self) -> list[RecommenderService]:
+    def serving(self, model_name: str | None = None) -> list[RecommenderService]:
         """Every serving version's service, the default first. Raises UnavailableError as `get` does."""
-        default = self.get()
+        default = self.get(model_name=model_name)
         return [default, *(service for service in self._services.values() if service is not default)]
