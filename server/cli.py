@@ -369,7 +369,13 @@ def _configure_logging(level: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `recserve` console script."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:
+        if exit_.code == 2 and argv[:1] == ["loadtest"]:
+            return 1  # a bad command line: ghz exits 1, and scripts written for it check for that
+        raise
     return int(args.func(args) or 0)
 
 

@@ -50,6 +50,7 @@ from recserve.client.loadtest.runner import (
     run_load,
 )
 from recserve.client.loadtest.templates import CallContext, TemplateError, build_plan, compile_string
+from recserve.server.cli import main as recserve_main
 from recserve.v1 import recommender_pb2 as pb
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -200,6 +201,28 @@ def test_config_file_rejects_unknown_keys(tmp_path: Path) -> None:
         parse(["--config", str(config)])
 
 
+def test_config_file_refuses_ghz_options_it_would_ignore_unless_at_their_default(tmp_path: Path) -> None:
+    config = tmp_path / "ghz.json"
+    config.write_text('{"call": "a.B.C", "host": "h:1", "skipTLS": false, "load-schedule": "const"}')
+    assert parse(["--config", str(config)]).call == "a.B.C"
+    for key, value in (("max-duration", '"2s"'), ("skipTLS", "true"), ("load-schedule", '"step"')):
+        config.write_text(f'{{"call": "a.B.C", "host": "h:1", "{key}": {value}}}')
+        with pytest.raises(SetupError, match=f"ghz's option '{key}' is not supported"):
+            parse(["--config", str(config)])
+
+
+@pytest.mark.parametrize(
+    ("flag", "named"), [(["-x", "1s"], "-x/--max-duration"), (["--skipTLS"], "--skipTLS")]
+)
+def test_a_ghz_flag_it_lacks_is_refused_by_name_with_exit_code_1(
+    flag: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = recserve_main(["loadtest", "--insecure", "--call", RECOMMEND, *flag, "127.0.0.1:1"])
+    assert code == 1, "ghz exits 1 on a bad command line"
+    assert f"ghz's {named} is not supported by recserve loadtest" in capsys.readouterr().err
+    assert recserve_main(["loadtest", "--call", RECOMMEND, "-n"]) == 1
+
+
 def test_data_from_stdin_and_file(tmp_path: Path) -> None:
     assert parse(["--call", "a.B.C", "-d", "@", "h:1"], stdin='[{"a": "1"}, {"a": "2"}]').data == [
         {"a": "1"},
@@ -229,6 +252,10 @@ def test_duration_overrides_total() -> None:
         (["--call", "a.B.C", "-O", "html", "h:1"], "summary, csv, json, pretty"),
         (["--call", "a.B.C", "-m", '{"n": 1}', "h:1"], "object of strings"),
         (["--call", "a.B.C", "-t", "5", "h:1"], "Go duration"),
+        (["--call", "a.B.C", "-m", '{"x-name": "caf\u00e9"}', "h:1"], "'x-name' must be printable ASCII"),
+        (["--call", "a.B.C", "-m", '{"x-a": "line\\nbreak"}', "h:1"], "'x-a' must be printable ASCII"),
+        (["--call", "a.B.C", "-m", '{"Bad Key": "v"}', "h:1"], "'Bad Key' is not a valid metadata key"),
+        (["--call", "a.B.C", "-m", '{"grpc-timeout": "1S"}', "h:1"], "not starting with 'grpc-'"),
     ],
 )
 def test_bad_options_are_setup_errors(argv: list[str], message: str) -> None:
@@ -519,6 +546,29 @@ def test_failed_calls_are_counted_with_go_names(
     )
 
 
+def test_a_relative_proto_is_found_through_the_import_paths(
+    server_address: str, capsys: pytest.CaptureFixture[str], monkeypatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = "recserve/v1/recommender.proto"
+    report = loadtest_json(
+        ["--insecure", "--proto", relative, "-i", str(REPO_ROOT / "protos"), "--call", RECOMMEND,
+         "-d", '{"user_id": "user-1"}', "-n", "5", "-c", "1", server_address],
+        capsys,
+    )  # fmt: skip
+    assert report["statusCodeDistribution"] == {"OK": 5}
+    code, _, err = loadtest(
+        ["--insecure", "--proto", "nope/x.proto", "--call", RECOMMEND, server_address], capsys
+    )
+    assert code == 1 and "cannot read proto file nope/x.proto (looked in nope, ." in err
+
+
+def test_an_unknown_service_is_named(server_address: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = loadtest(["--insecure", "--call", "recserve.v1.Nope.Recommend", server_address], capsys)
+    assert (code, out) == (1, "")
+    assert "server reflection does not know the service recserve.v1.Nope" in err
+
+
 def test_unknown_method_is_a_setup_error(server_address: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = loadtest(
         ["--insecure", "--call", "recserve.v1.Recommender.Nope", server_address], capsys
@@ -646,7 +696,8 @@ def test_both_transports_report_the_same_outcomes(
     report = loadtest_json(
         ["--insecure", "--transport", transport, "--call", "recserve.v1.Recommender.Score", "-d",
          '[{"user_id":"user-1","item_ids":["item-1"]},{"user_id":"user-1","item_ids":["item-missing"]}]',
-         "-m", f'{{"x-request-tag":"{tag}"}}', "-n", str(count), "-c", "5", server_address],
+         "-m", f'{{"x-request-tag":"{tag}"}}', "-n", str(count), "-c", "5", "--lb-strategy", "round_robin",
+         server_address],
         capsys,
     )  # fmt: skip
     assert report["count"] == count

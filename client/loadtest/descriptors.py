@@ -112,8 +112,10 @@ def _read_protoset(path: Path) -> list[descriptor_pb2.FileDescriptorProto]:
 def _compile_proto(proto: Path, search_paths: Iterable[str]) -> list[descriptor_pb2.FileDescriptorProto]:
     if proto.suffix != ".proto":
         raise SetupError(f"--proto must name a .proto file, got {proto}")
-    if not proto.is_file():
-        raise SetupError(f"cannot read proto file {proto}")
+    search_paths = list(search_paths)
+    # As protoc (and ghz) do: a relative name is also looked for under each import path.
+    if not proto.is_file() and not any((Path(path) / proto).is_file() for path in search_paths):
+        raise SetupError(f"cannot read proto file {proto} (looked in {', '.join(search_paths)})")
     well_known = str(resources.files("grpc_tools") / "_proto")
     includes = [f"-I{path}" for path in [*search_paths, well_known]]
     with tempfile.TemporaryDirectory(prefix="loadtest-") as scratch:
@@ -158,7 +160,14 @@ class _ReflectionClient:
     def files_for(self, symbol: str) -> list[descriptor_pb2.FileDescriptorProto]:
         """The file defining `symbol` and, transitively, the files it imports."""
         files: dict[str, descriptor_pb2.FileDescriptorProto] = {}
-        _add_files(files, self._ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)))
+        response = self._ask(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+        if response.HasField("error_response"):
+            error = response.error_response
+            raise SetupError(
+                f"server reflection does not know the service {symbol} ({error.error_message}, code "
+                f"{error.error_code}): check --call's package and service name"
+            )
+        _add_files(files, response)
         for _ in range(_MAX_REFLECTION_ROUNDS):
             missing = {dep for f in files.values() for dep in f.dependency if dep not in files}
             if not missing:

@@ -25,6 +25,7 @@ NS_PER_S = 1_000_000_000
 MAX_TOTAL_WITH_DURATION = 2**31 - 1  # ghz sets n = math.MaxInt32 when a duration is given
 FORMATS = ("summary", "csv", "json", "pretty")
 TRANSPORTS = ("auto", "native", "aio")
+LB_STRATEGIES = ("pick_first", "round_robin")
 DURATION_STOPS = ("close", "ignore", "wait")
 
 JsonObject = dict[str, Any]
@@ -58,6 +59,8 @@ class LoadtestOptions:
     """PEM client private key for mutual TLS (with `cert`)."""
     cname: str = ""
     """Server name expected in the server's certificate, when it differs from HOST."""
+    lb_strategy: str = ""
+    """gRPC's client load-balancing policy over the addresses the host resolves to ("" = gRPC's default)."""
     total: int = 200
     """Requests to make in all (ignored when `duration_ns` is set)."""
     concurrency: int = 50
@@ -116,6 +119,8 @@ class LoadtestOptions:
         ]
         if self.cname:
             arguments.append(("grpc.ssl_target_name_override", self.cname))
+        if self.lb_strategy:
+            arguments.append(("grpc.lb_policy_name", self.lb_strategy))
         return arguments
 
     def tls_files(self) -> tuple[bytes, bytes, bytes]:
@@ -175,6 +180,7 @@ _VALUE_FLAGS: tuple[tuple[tuple[str, ...], str, str], ...] = (
     (("--cert",), "cert", "PEM client certificate for mutual TLS"),
     (("--key",), "key", "PEM client key for mutual TLS"),
     (("--cname",), "cname", "server name to verify in the server certificate"),
+    (("--lb-strategy",), "lb-strategy", "spreading calls over the host's addresses: pick_first, round_robin"),
     (("-n", "--total"), "total", "number of requests to run (default 200)"),
     (("-c", "--concurrency"), "concurrency", "number of workers (default 50)"),
     (("--connections",), "connections", "connections to spread the workers over (default 1)"),
@@ -205,8 +211,27 @@ _SWITCH_FLAGS = (
 )
 
 
+# ghz's flags for the options above that take no value; the others take one.
+_UNSUPPORTED_SWITCHES = frozenset(
+    "skipTLS skip-verify async binary enable-compression disable-template-functions "
+    "disable-template-data".split()
+)
+_UNSUPPORTED_SHORT = {"max-duration": "-x", "binary": "-b", "binary-file": "-B", "enable-compression": "-e"}
+
+
+class _Unsupported(argparse.Action):
+    """A ghz flag recserve loadtest does not implement: refused by name, not mistaken for HOST:PORT."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        parser.error(f"ghz's {'/'.join(self.option_strings)} is not supported by recserve loadtest")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ghz's flags and the HOST:PORT argument; nothing is set on the namespace unless given."""
+    for key in sorted(UNSUPPORTED_GHZ_KEYS):
+        flags = [_UNSUPPORTED_SHORT[key]] if key in _UNSUPPORTED_SHORT else []
+        nargs = 0 if key in _UNSUPPORTED_SWITCHES else None
+        parser.add_argument(*flags, f"--{key}", action=_Unsupported, nargs=nargs, help=argparse.SUPPRESS)
     for flags, key, summary in _VALUE_FLAGS:
         metavar = key.upper().replace("-", "_")
         parser.add_argument(*flags, dest=_dest(key), default=argparse.SUPPRESS, metavar=metavar, help=summary)
@@ -250,15 +275,18 @@ _SAME_TARGET = {
 
 # --- config file ---------------------------------------------------------------------------------------
 
-# ghz keys we read, with their aliases; ghz keys we know but do not support are only warned about.
+# ghz keys we read, with their aliases; ghz keys we know but do not support are refused unless they hold
+# ghz's default (a config file written for ghz often spells every option out).
 _ALIASES = {"skip-first": "skipFirst", "qps": "rps", "dial-timeout": "connect-timeout"}
-_IGNORED_GHZ_KEYS = frozenset(
+UNSUPPORTED_GHZ_KEYS = frozenset(
     "skipTLS skip-verify authority async load-schedule load-start load-end load-step load-step-duration "
     "load-max-duration concurrency-schedule concurrency-start concurrency-end concurrency-step "
-    "concurrency-step-duration concurrency-max-duration max-duration binary-file stream-interval "
+    "concurrency-step-duration concurrency-max-duration max-duration binary binary-file stream-interval "
     "stream-call-duration stream-call-count stream-dynamic-messages reflect-metadata keepalive "
-    "enable-compression lb-strategy debug".split()
+    "enable-compression disable-template-functions disable-template-data protoset-binary "
+    "debug".split()
 )
+_GHZ_DEFAULTS = (None, False, 0, "", "0", "0s", "const", {}, [])
 
 
 def load_config(path: Path) -> dict[str, Any]:
@@ -277,10 +305,12 @@ def load_config(path: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {}
     for key, value in raw.items():
         key = _ALIASES.get(key, key)
-        if key in _IGNORED_GHZ_KEYS:
-            sys.stderr.write(
-                f"warning: config option {key!r} is not supported by recserve loadtest; ignored\n"
-            )
+        if key in UNSUPPORTED_GHZ_KEYS:
+            if not any(value == default and type(value) is type(default) for default in _GHZ_DEFAULTS):
+                raise SetupError(
+                    f"config file {path}: ghz's option {key!r} is not supported by recserve loadtest; "
+                    "remove it (or set it to ghz's default) to run without it"
+                )
         elif key in _CONVERTERS or key in ("host", "config"):
             settings[key] = value
         else:
@@ -361,6 +391,29 @@ def _string_map(key: str, value: Any) -> dict[str, str]:
     return parsed
 
 
+# What gRPC allows in metadata (anything else makes the transport refuse, or abort, the call).
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+_METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
+
+
+def _metadata(key: str, value: Any) -> dict[str, str]:
+    """Call metadata: gRPC's legal keys (lower-cased, as ghz sends them) and printable ASCII values."""
+    metadata = _string_map(key, value)
+    for name, text in metadata.items():
+        lowered = name.lower()
+        if not _METADATA_KEY.fullmatch(lowered) or lowered.startswith("grpc-"):
+            raise SetupError(
+                f"{key}: {name!r} is not a valid metadata key: use lower-case letters, digits, '-', '_' and "
+                "'.', not starting with 'grpc-'"
+            )
+        if not lowered.endswith("-bin") and not _METADATA_VALUE.fullmatch(text):
+            raise SetupError(
+                f"{key}: the value of {name!r} must be printable ASCII (no line breaks or other characters); "
+                "binary values need a key ending in -bin"
+            )
+    return metadata
+
+
 def _paths(key: str, value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(part for part in value.split(",") if part)
@@ -390,6 +443,7 @@ _CONVERTERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "cert": ("cert", _text),
     "key": ("key", _text),
     "cname": ("cname", _text),
+    "lb-strategy": ("lb_strategy", _choice(LB_STRATEGIES)),
     "total": ("total", _count),
     "concurrency": ("concurrency", _count),
     "connections": ("connections", _count),
@@ -400,8 +454,8 @@ _CONVERTERS: dict[str, tuple[str, Callable[[str, Any], Any]]] = {
     "connect-timeout": ("connect_timeout_ns", _duration),
     "data": ("data", _json),
     "data-file": ("data", _json),
-    "metadata": ("metadata", _string_map),
-    "metadata-file": ("metadata", _string_map),
+    "metadata": ("metadata", _metadata),
+    "metadata-file": ("metadata", _metadata),
     "format": ("format", _choice(FORMATS)),
     "output": ("output", _text),
     "name": ("name", _text),
