@@ -52,7 +52,11 @@ def details(error: exceptions.RecserveError) -> str:
     Messages quote what the caller sent (`unknown item id '...'`); a 100 kB id made the status's
     grpc-message header larger than clients accept, and the caller saw RESOURCE_EXHAUSTED instead.
     """
-    message = str(error)
+    return clipped(str(error))
+
+
+def clipped(message: str) -> str:
+    """`message` cut to at most MAX_DETAILS_BYTES of UTF-8, for any status that quotes the caller."""
     encoded = message.encode()
     if len(encoded) <= MAX_DETAILS_BYTES:
         return message

@@ -64,8 +64,9 @@ class BatchingSettings(BaseModel):
     )
     deadline_admission: bool = Field(
         True,
-        description="Refuse (RESOURCE_EXHAUSTED, at once) a request whose deadline would pass before its "
-        "batch is done, instead of letting it wait and expire.",
+        description="Refuse at once a request whose deadline would pass before its batch is done, instead "
+        "of letting it wait and expire: RESOURCE_EXHAUSTED when the wait is the queue's (overload), "
+        "DEADLINE_EXCEEDED when even an idle server's batch takes longer than the deadline.",
     )
     priority_levels: int = Field(1, ge=1, description="Priority levels; 1 is the highest.")
     default_priority_level: int = Field(1, ge=1, description="Level of requests that give priority 0.")

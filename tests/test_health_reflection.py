@@ -50,6 +50,11 @@ def test_health_unknown_service_is_not_found(channel) -> None:
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "'no.such.Service'" in caught.value.details()
     assert "recserve.v1.Recommender" in caught.value.details()  # what one may ask for instead
+    with pytest.raises(grpc.RpcError) as long_name:
+        check(channel, "x" * 20_000)  # quoted whole, it made a status header clients refuse
+    assert long_name.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "recserve.v1.Recommender" in long_name.value.details()
+    assert len(long_name.value.details().encode()) <= 1024
 
 
 @pytest.mark.parametrize("method", [V1ALPHA, V1])

@@ -88,7 +88,7 @@ def test_an_id_of_256_bytes_of_utf8_is_allowed() -> None:
     "items, message",
     [
         ([("a", []), ("a", [])], r"items\[1\].item_id 'a' is also items\[0\].item_id"),
-        ([("a", ["t1", "t2", "t3"])], r"items\[0\].tags has 3 entries"),
+        ([("a", ["t1", "t2", "t3"])], r"items\[0\].tags has 3 entries; at most 2 are allowed per item"),
         ([("a", ["", "t"])], r"items\[0\].tags\[0\] is empty"),
         ([("a", []), ("b", []), ("c", [])], "items has 3 entries"),
     ],

@@ -11,7 +11,7 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from recserve.server.errors import decoded
+from recserve.server.errors import clipped, decoded
 
 SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"]
 _serialize = health_pb2.HealthCheckResponse.SerializeToString
@@ -37,8 +37,10 @@ class HealthServicer(health.aio.HealthServicer):
             known = ", ".join(sorted(name for name in self._services if name))
             await context.abort(
                 grpc.StatusCode.NOT_FOUND,
-                f"no health is reported for service {request.service!r}; ask for '' (the whole server) or "
-                f"one of: {known}",
+                clipped(  # what to ask for first: the caller's name is quoted last, cut if long
+                    f"no health is reported for that service; ask for '' (the whole server) or one of: "
+                    f"{known}. Asked for: {request.service!r}"
+                ),
             )
         return await super().Check(request, context)
 

@@ -114,7 +114,7 @@ def checked_upserts(items: Sequence[tuple[str, Sequence[str]]], limits: WriteLim
     for position, (item_id, tags) in enumerate(items):
         field = f"items[{position}]"
         check_id(item_id, f"{field}.item_id")
-        _check_count(len(tags), limits.max_tags_per_item, f"{field}.tags")
+        _check_count(len(tags), limits.max_tags_per_item, f"{field}.tags", per="item")
         for tag_position, tag in enumerate(tags):
             _check_tag(tag, f"{field}.tags[{tag_position}]")
         upserts.append(ItemUpsert(item_id, tuple(dict.fromkeys(tags))))
@@ -142,9 +142,9 @@ def _check_tag(tag: str, field: str) -> None:
         raise InvalidArgumentError(f"{field} is {size} bytes long; tags are at most {MAX_TAG_BYTES} bytes")
 
 
-def _check_count(count: int, limit: int, field: str) -> None:
+def _check_count(count: int, limit: int, field: str, per: str = "call") -> None:
     if count > limit:
-        raise InvalidArgumentError(f"{field} has {count} entries; at most {limit} are allowed per call")
+        raise InvalidArgumentError(f"{field} has {count} entries; at most {limit} are allowed per {per}")
 
 
 def _check_unique(values: Sequence[str], field: str, key: str) -> None:
