@@ -6,8 +6,9 @@
 # never trains the demo model.
 
 # One base for every stage: the venv's interpreter is a link to this image's /usr/local/bin/python3.11.
-# Pin a digest (python:3.11-slim@sha256:...) for reproducible builds.
-ARG PYTHON_IMAGE=python:3.11-slim
+# The Debian release is pinned (trixie): the grpc++ packages below are named by release. Pin a digest
+# (python:3.11-slim-trixie@sha256:...) for reproducible builds.
+ARG PYTHON_IMAGE=python:3.11-slim-trixie
 
 # ---- builder: the only stage with a compiler (Annoy builds from source; so does the grpc++ front end) ------
 FROM ${PYTHON_IMAGE} AS builder
@@ -41,7 +42,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 # grpc++'s shared libraries for the native gRPC front end (same Debian release as the builder).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install --yes --no-install-recommends libgrpc++1.51 \
+    && apt-get install --yes --no-install-recommends libgrpc++1.51t64 \
     && rm -rf /var/lib/apt/lists/*
 # Numeric ids: Kubernetes' runAsNonRoot can only verify a numeric USER.
 RUN groupadd --system --gid 10001 recserve \
