@@ -94,4 +94,10 @@ def grpcpp_extensions() -> list[Pybind11Extension]:
     ]
 
 
-setup(packages=packages(), package_dir=PACKAGE_DIRS, ext_modules=native_extensions())
+setup(
+    packages=packages(),
+    package_dir=PACKAGE_DIRS,
+    # The protos' descriptors with their comments, for server reflection (protos/generate.py).
+    package_data={"recserve": ["descriptors.binpb"]},
+    ext_modules=native_extensions(),
+)

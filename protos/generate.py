@@ -3,6 +3,9 @@
 Run from anywhere: `python protos/generate.py` writes the code beside the .proto files; `--out DIR`
 writes it elsewhere (the drift test compares the two). The include root is protos/, so generated imports
 read `from recserve.v1 import ...` without any patching.
+
+It also writes `recserve/descriptors.binpb`: the files' descriptors with their comments (source info),
+which the generated code leaves out, so server reflection can show them (`grpcurl describe`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 from grpc_tools import protoc
 
 PROTO_ROOT = Path(__file__).resolve().parent
+DESCRIPTORS = Path("recserve") / "descriptors.binpb"
 
 
 def proto_files() -> list[Path]:
@@ -22,7 +26,7 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_dir: Path) -> None:
-    """Run protoc for every .proto file, writing *_pb2.py, *_pb2.pyi and *_pb2_grpc.py into out_dir."""
+    """Run protoc for every .proto file: *_pb2.py, *_pb2.pyi, *_pb2_grpc.py and the descriptor set."""
     out_dir.mkdir(parents=True, exist_ok=True)
     well_known = Path(protoc.__file__).resolve().parent / "_proto"
     args = [
@@ -32,8 +36,11 @@ def generate(out_dir: Path) -> None:
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",
+        f"--descriptor_set_out={out_dir / DESCRIPTORS}",
+        "--include_source_info",
         *[str(p) for p in proto_files()],
     ]
+    (out_dir / DESCRIPTORS).parent.mkdir(parents=True, exist_ok=True)
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed; see the messages above")
 

@@ -116,6 +116,27 @@ def test_every_listed_reflection_service_can_be_described(
     )
 
 
+@pytest.mark.parametrize("method", [V1ALPHA, V1])
+def test_reflection_answers_the_protos_with_their_comments(channel, method: str) -> None:
+    response = reflect(channel, method, file_containing_symbol="recserve.v1.Recommender.Recommend")
+    files = {
+        described.name: described
+        for raw in response.file_descriptor_response.file_descriptor_proto
+        for described in [descriptor_pb2.FileDescriptorProto.FromString(raw)]
+    }
+    comments = [
+        location.leading_comments
+        for location in files["recserve/v1/recommender.proto"].source_code_info.location
+    ]
+    assert any("Top-k items for a user, best first" in comment for comment in comments)
+    # Otherwise the very file the generated code holds.
+    served = files["recserve/v1/recommender.proto"]
+    served.ClearField("source_code_info")
+    generated = descriptor_pb2.FileDescriptorProto()
+    pb.DESCRIPTOR.CopyToProto(generated)
+    assert served == generated
+
+
 def test_reflection_unknown_symbol_is_not_found(channel) -> None:
     response = reflect(channel, V1ALPHA, file_containing_symbol="recserve.v1.Recommender.Nope")
     assert response.error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]

@@ -29,6 +29,10 @@ def test_generated_code_matches_the_proto_files(tmp_path: Path) -> None:
     )
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"generated code is stale for {stale}: run `make proto` and commit the result"
+    descriptors = "recserve/descriptors.binpb"  # the protos with comments, for server reflection
+    assert (tmp_path / descriptors).read_bytes() == (PROTOS / descriptors).read_bytes(), (
+        f"{descriptors} is stale: run `make proto` and commit the result"
+    )
 
 
 def test_every_proto_file_has_generated_code() -> None:

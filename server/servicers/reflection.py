@@ -7,11 +7,16 @@ here, not by grpc: grpc.aio answers a request that does not decode with UNKNOWN,
 
 grpcio-reflection ships only v1alpha's .proto, so `grpc.reflection.v1.ServerReflection` was listed but
 could not be described. v1 is the same file under another package; its descriptor is derived from v1alpha's.
+
+recserve's own files are answered with their comments (`recserve/descriptors.binpb`, written with the
+generated code), so `grpcurl describe` shows what each service, field and status means.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
+from functools import cache
+from importlib import resources
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -46,6 +51,32 @@ def register_v1_descriptor(pool: descriptor_pool.DescriptorPool) -> None:
     pool.AddSerializedFile(proto.SerializeToString())
 
 
+Response = reflection_pb2.ServerReflectionResponse
+
+
+@cache
+def commented_files() -> Mapping[str, descriptor_pb2.SourceCodeInfo]:
+    """The comments (source info) of the project's .proto files, by file name."""
+    raw = (resources.files("recserve") / "descriptors.binpb").read_bytes()
+    return {
+        file.name: file.source_code_info for file in descriptor_pb2.FileDescriptorSet.FromString(raw).file
+    }
+
+
+def with_comments(response: Response) -> Response:
+    """`response` with the comments added to each of the project's files (nothing else changes)."""
+    files = response.file_descriptor_response.file_descriptor_proto
+    if not files:
+        return response
+    comments = commented_files()
+    for position, raw in enumerate(files):
+        described = descriptor_pb2.FileDescriptorProto.FromString(raw)
+        if described.name in comments:
+            described.source_code_info.CopyFrom(comments[described.name])
+            files[position] = described.SerializeToString()
+    return response
+
+
 class MethodAwareReflectionServicer(ReflectionServicer):
     """Reflection whose file_containing_symbol also accepts `package.Service.Method`."""
 
@@ -70,13 +101,14 @@ def add_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> Non
     """
     names = [*service_names, REFLECTION_V1ALPHA, REFLECTION_V1]
     register_v1_descriptor(descriptor_pool.Default())
+    commented_files()  # read now: an install without the file fails at start, not in a client's call
     servicer = MethodAwareReflectionServicer(names)
 
     async def info(
         raw_requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[reflection_pb2.ServerReflectionResponse]:
         async for response in servicer.ServerReflectionInfo(_decoded(raw_requests, context), context):
-            yield response
+            yield with_comments(response)
 
     handler = grpc.stream_stream_rpc_method_handler(
         info, response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString
