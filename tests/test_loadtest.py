@@ -305,6 +305,13 @@ def test_bad_templates(text: str) -> None:
         compile_string(text)
 
 
+def test_a_templated_bool_is_refused_as_json_parsing_refuses_it() -> None:
+    codec = MessageCodec(pb.RecommendRequest)
+    data = {"user_id": "u-{{.RequestNumber}}", "include_recent_items": "{{.IsServerStreaming}}"}
+    with pytest.raises(ValueError, match="true or false"):
+        build_plan(data, None, codec, {"IsServerStreaming": "false"})
+
+
 def test_static_data_is_serialized_once_and_round_robin() -> None:
     codec = MessageCodec(pb.RecommendRequest)
     plan = build_plan([{"user_id": "user-1"}, {"user_id": "user-2", "k": 5}], None, codec, {})
