@@ -32,6 +32,7 @@ from recserve.server.pipeline import (
 )
 from recserve.server.repository import LoadedModel
 from recserve.server.settings import BatchingSettings, ModelConfig
+from recserve.server.state.validation import check_id
 from recserve.server.telemetry.tracing import BatchTracer
 from recserve.server.threads import LoopThreads
 
@@ -222,6 +223,8 @@ class RecommenderService:
     ) -> tuple[UserQuery, list[str]]:
         """The user as the request names them: index, known context rows (latest kept), unknown ids."""
         user_index = self.model.users.index_by_id.get(user_id, 0)
+        if not user_index and user_id:
+            check_id(user_id, "user_id")  # longer than any id can be: refused, not served as cold start
         if not recent_item_ids:
             return UserQuery(user_id, user_index, NO_ROWS, not ignore_history), []
         limit = self.config.limits.max_recent_items
@@ -232,6 +235,8 @@ class RecommenderService:
         unknown = (
             [item_id for item_id, row in zip(recent, found, strict=True) if row == 0] if 0 in found else []
         )
+        for item_id in filter(None, unknown):  # echoed back in unknown_item_ids: only what could be an id
+            check_id(item_id, "an entry of recent_item_ids")
         rows = np.array([row for row in found if row], dtype=np.int32)
         return UserQuery(user_id, user_index, rows, not ignore_history), unknown
 

@@ -89,6 +89,18 @@ def test_unknown_user_with_context_is_personalised(stub) -> None:
     assert not {"item-5", "item-6"} & set(ids(response))
 
 
+def test_ids_longer_than_any_id_can_be_are_invalid_argument(stub) -> None:
+    assert_status(
+        lambda: recommend(stub, user_id="u" * 257), grpc.StatusCode.INVALID_ARGUMENT, "user_id is 257 bytes"
+    )
+    assert_status(
+        lambda: recommend(stub, user_id=USER, recent_item_ids=["item-5", "i" * 100_000]),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "an entry of recent_item_ids is 100000 bytes long; ids are at most 256 bytes",
+    )
+    assert recommend(stub, user_id="u" * 256).cold_start, "256 bytes is still an id"
+
+
 @pytest.mark.parametrize("k", [-1, 201])
 def test_k_out_of_range_is_invalid_argument(stub, k: int) -> None:
     assert_status(
