@@ -211,7 +211,8 @@ _SWITCH_FLAGS = (
 )
 
 
-# ghz's flags for the options above that take no value; the others take one.
+# Of ghz's options that recserve loadtest lacks (UNSUPPORTED_GHZ_KEYS, below): the flags that take no value,
+# and the short spellings.
 _UNSUPPORTED_SWITCHES = frozenset(
     "skipTLS skip-verify async binary enable-compression disable-template-functions "
     "disable-template-data".split()
@@ -397,7 +398,7 @@ _METADATA_VALUE = re.compile(r"[\x20-\x7e]*")
 
 
 def _metadata(key: str, value: Any) -> dict[str, str]:
-    """Call metadata: gRPC's legal keys (lower-cased, as ghz sends them) and printable ASCII values."""
+    """Call metadata as given, checked: keys gRPC allows once lower-cased (as sent), ASCII values."""
     metadata = _string_map(key, value)
     for name, text in metadata.items():
         lowered = name.lower()
