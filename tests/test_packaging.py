@@ -124,6 +124,12 @@ def test_every_source_module_is_in_the_wheel(fresh: FreshEnvironment) -> None:
     assert not missing, f"modules missing from the wheel: {missing}"
 
 
+def test_the_commented_descriptors_are_in_the_wheel(fresh: FreshEnvironment) -> None:
+    # Server reflection answers with them (server/servicers/reflection.py); without, it fails at start.
+    shipped = fresh.site_packages / "recserve" / "descriptors.binpb"
+    assert shipped.read_bytes() == (REPO_ROOT / "protos" / "recserve" / "descriptors.binpb").read_bytes()
+
+
 def test_native_extensions_are_inside_the_namespace(fresh: FreshEnvironment, tmp_path: Path) -> None:
     if not native_available():
         assert not os.environ.get("CI"), "under CI the grpc++ extensions must be built (libgrpc++-dev)"
