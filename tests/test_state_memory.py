@@ -9,7 +9,7 @@ import pytest
 
 from recserve.server.state.events import EventType, ItemDelete, ItemUpsert, UserEvent
 from recserve.server.state.log import HEADER, CorruptLogError
-from recserve.server.state.memory import MemoryBackend
+from recserve.server.state.memory import MemoryBackend, full_below
 
 
 def backend(state_dir: Path, fsync: str = "everysec", compact_log_bytes: int = 1 << 20) -> MemoryBackend:
@@ -126,3 +126,14 @@ async def test_a_large_log_is_compacted_into_a_snapshot(tmp_path: Path) -> None:
     assert {user: await again.user_history(user) for user in expected} == expected
     assert catalog == {"x": ()}
     await again.close()
+
+
+def test_a_small_state_volume_counts_as_full_only_near_its_end() -> None:
+    mib = 1024 * 1024
+    assert full_below(100 * 1024 * mib) == mib  # a real disk: under 1 MiB free is full
+    assert full_below(mib) == mib // 10  # a 1 MiB volume with 900 KiB free is not
+
+
+async def test_a_roomy_state_disk_is_no_problem(tmp_path: Path) -> None:
+    store = backend(tmp_path)
+    assert await store.probe() is None and store.available

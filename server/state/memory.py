@@ -29,8 +29,14 @@ from recserve.server.state.history import (
 from recserve.server.state.log import AppendLog
 
 logger = logging.getLogger(__name__)
-# Below this much free space the state disk counts as full (a write of a 1,000-event call is ~100 KiB).
+# Below this much free space the state disk counts as full (a write of a 1,000-event call is ~100 KiB), or
+# below a tenth of a smaller volume: on a 1 MiB volume, a fixed 1 MiB would call it full however empty.
 PROBE_FREE_BYTES = 1024 * 1024
+
+
+def full_below(volume_bytes: int) -> int:
+    """Free bytes under which a volume of `volume_bytes` counts as full."""
+    return min(PROBE_FREE_BYTES, volume_bytes // 10)
 
 SNAPSHOT_CHUNK = 1000  # users or items per snapshot record
 
@@ -163,7 +169,7 @@ class MemoryBackend:
         except OSError as error:
             return f"cannot read the state directory ({error.strerror})"
         free = status.f_bavail * status.f_frsize
-        if free < PROBE_FREE_BYTES:
+        if free < full_below(status.f_blocks * status.f_frsize):
             self.problem = self.problem or "the state disk is full"
             return f"{self.problem} ({free // 1024} KiB free under {self._state_dir})"
         self.problem = None
