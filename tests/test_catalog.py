@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -12,7 +16,7 @@ import pytest
 
 from recserve.server.catalog import view as view_module
 from recserve.server.catalog.live import BaseCatalog, LiveCatalog
-from recserve.server.catalog.rebuild import IndexRebuilder, RebuildPolicy
+from recserve.server.catalog.rebuild import INDEX_DIR_PREFIX, IndexRebuilder, RebuildPolicy, index_directory
 from recserve.server.catalog.view import Retrieval, on_this_thread
 from recserve.server.runtime.ann_index import AnnIndex
 from recserve.server.state.events import ItemDelete, ItemUpsert
@@ -191,3 +195,22 @@ def test_exact_search_follows_the_catalog_size(base: BaseCatalog) -> None:
     rows, scores = view.similar(4, 10)
     assert 4 not in rows and 3 not in rows and np.all(np.diff(scores) <= 1e-6)
     assert set(rows.tolist()) == exact_top(view, view.embeddings[4][None, :], [Retrieval(0, 11)])[0] - {4}
+
+
+def test_index_directories_of_processes_gone_are_removed_and_live_ones_kept() -> None:
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    killed = Path(tempfile.mkdtemp(prefix=f"{INDEX_DIR_PREFIX}{int(gone.stdout)}-"))
+    (killed / "index-3.ann").write_bytes(b"left by a server killed with SIGKILL")
+    restarted = Path(tempfile.mkdtemp(prefix=f"{INDEX_DIR_PREFIX}{os.getpid()}-"))  # same pid, not made here
+    running = Path(tempfile.mkdtemp(prefix=f"{INDEX_DIR_PREFIX}1-"))  # init runs as long as we do
+    mine = index_directory()
+    second = index_directory()
+    try:
+        assert mine.name.startswith(f"{INDEX_DIR_PREFIX}{os.getpid()}-")
+        assert not killed.exists(), "a dead process's directory is removed"
+        assert not restarted.exists(), "one with this pid that this process did not make is stale"
+        assert running.exists(), "a running process's directory is kept"
+        assert mine.is_dir() and second.is_dir(), "this process's own stay"
+    finally:
+        for directory in (running, mine, second):
+            directory.rmdir()

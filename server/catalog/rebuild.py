@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -22,6 +23,37 @@ from recserve.server.runtime.ann_index import AnnIndex
 from recserve.server.runtime.index_build import build_in_child
 
 logger = logging.getLogger(__name__)
+
+INDEX_DIR_PREFIX = "recserve-index-"
+_OWN_DIRECTORIES: set[Path] = set()  # this process's, which a stale one with its pid (reused) is not
+
+
+def index_directory() -> Path:
+    """A new directory for this process's rebuilt indexes, named by its pid.
+
+    Those of processes no longer running are removed first: a server killed with SIGKILL cannot remove its
+    own, and a crash loop would fill the disk with them (in a container every start may get the same pid,
+    so one with this pid that this process did not make is stale too).
+    """
+    for stale in Path(tempfile.gettempdir()).glob(f"{INDEX_DIR_PREFIX}*-*"):
+        pid = stale.name[len(INDEX_DIR_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or stale in _OWN_DIRECTORIES:
+            continue
+        if int(pid) == os.getpid() or not _running(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    directory = Path(tempfile.mkdtemp(prefix=f"{INDEX_DIR_PREFIX}{os.getpid()}-"))
+    _OWN_DIRECTORIES.add(directory)
+    return directory
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 @dataclass(frozen=True)
@@ -53,7 +85,7 @@ class IndexRebuilder:
     def __init__(self, catalog: LiveCatalog, policy: RebuildPolicy) -> None:
         self._catalog = catalog
         self._policy = policy
-        self._directory = Path(tempfile.mkdtemp(prefix="recserve-index-"))
+        self._directory = index_directory()
         self._running: asyncio.Task[None] | None = None
         self._timer: asyncio.Task[None] | None = None
         self._current_file: Path | None = None
@@ -85,6 +117,7 @@ class IndexRebuilder:
         if self._running is not None:
             await asyncio.gather(self._running, return_exceptions=True)
         shutil.rmtree(self._directory, ignore_errors=True)
+        _OWN_DIRECTORIES.discard(self._directory)
 
     async def _every_interval(self) -> None:
         while True:

@@ -38,6 +38,7 @@ def full_below(volume_bytes: int) -> int:
     """Free bytes under which a volume of `volume_bytes` counts as full."""
     return min(PROBE_FREE_BYTES, volume_bytes // 10)
 
+
 SNAPSHOT_CHUNK = 1000  # users or items per snapshot record
 
 
