@@ -27,7 +27,7 @@ from recserve.server.servicers.events import EventsServicer
 from recserve.server.settings import ServerSettings
 from recserve.server.state import backend_from_settings, write_limits
 from recserve.server.state.events import CatalogChange
-from recserve.server.state.log import CorruptLogError
+from recserve.server.state.log import CorruptLogError, StateDirInUseError
 from recserve.server.state.memory import MemoryBackend
 from recserve.server.state.redis_backend import RedisBackend
 from recserve.server.state.writes import StateWrites
@@ -109,6 +109,11 @@ class LiveState:
             except CorruptLogError as error:
                 raise StartupError(
                     f"{error}: restore it from a backup, or move it away to start empty"
+                ) from error
+            except StateDirInUseError as error:
+                raise StartupError(
+                    f"{error}: give each server its own state.state_dir (--state-dir), or share state "
+                    "through the redis backend (state.backend: redis)"
                 ) from error
             except OSError as error:
                 directory = self.settings.state.state_dir.resolve()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
 
 from recserve.server.state.events import EventType, ItemDelete, ItemUpsert, UserEvent
-from recserve.server.state.log import HEADER, CorruptLogError
+from recserve.server.state.log import HEADER, CorruptLogError, StateDirInUseError
 from recserve.server.state.memory import MemoryBackend, full_below
 
 
@@ -137,3 +138,12 @@ def test_a_small_state_volume_counts_as_full_only_near_its_end() -> None:
 async def test_a_roomy_state_disk_is_no_problem(tmp_path: Path) -> None:
     store = backend(tmp_path)
     assert await store.probe() is None and store.available
+
+
+async def test_a_state_directory_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    first, _ = await opened(tmp_path)
+    with pytest.raises(StateDirInUseError, match=f"in use by another server \\(pid {os.getpid()}\\)"):
+        await backend(tmp_path).open()
+    await first.close()
+    second, _ = await opened(tmp_path)  # the lock goes with the first one's close (or its process's death)
+    await second.close()

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import re
@@ -41,6 +42,13 @@ EVERYSEC_INTERVAL_S = 1.0
 
 class CorruptLogError(RuntimeError):
     """A record in the middle of the log does not read back; the state cannot be rebuilt safely."""
+
+
+class StateDirInUseError(RuntimeError):
+    """Another process has the state directory open: two writers would each miss the other's writes."""
+
+
+LOCK_FILE = "LOCK"
 
 
 def frame(payload: bytes) -> bytes:
@@ -97,6 +105,7 @@ class AppendLog:
         self._sync_task: asyncio.Task[None] | None = None
         self._everysec_task: asyncio.Task[None] | None = None
         self._compaction_lock = asyncio.Lock()
+        self._lock_fd = -1
         self.snapshot_bytes = 0
         """Size of the newest snapshot: compacting is worth it once the log has grown about as large."""
 
@@ -112,6 +121,7 @@ class AppendLog:
             CorruptLogError: a record before the last one is damaged.
         """
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock()
         snapshots = self._generations(SNAPSHOT)
         base = snapshots[-1] if snapshots else None
         records: list[bytes] = []
@@ -137,6 +147,26 @@ class AppendLog:
         self._open_segment(self.generation)
         self._remove_superseded(base)
         return Replay(records, base, len(segments), truncated)
+
+    def _lock(self) -> None:
+        """Hold the directory's lock for as long as the log is open (the kernel drops it if the process dies).
+
+        Raises:
+            StateDirInUseError: another process holds it.
+        """
+        path = self.directory / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StateDirInUseError(
+                f"the state directory {self.directory.resolve()} is in use by another server (pid {holder})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
 
     def start(self) -> None:
         """Start the once-a-second fsync (policy everysec); call from the event loop."""
@@ -236,6 +266,9 @@ class AppendLog:
             fd, self._fd = self._fd, -1
             await self._sync(fd, self._appended)
             os.close(fd)
+        if self._lock_fd >= 0:
+            lock_fd, self._lock_fd = self._lock_fd, -1
+            os.close(lock_fd)  # releases the lock
 
     def _open_segment(self, generation: int) -> None:
         path = self._segment_path(generation)
