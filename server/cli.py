@@ -340,7 +340,7 @@ def _retrain(args: argparse.Namespace) -> int:
     except ValidationError as error:
         sys.stderr.write(f"error: invalid settings: {_validation_message(error)}\n")
         return 2
-    except FileNotFoundError as error:
+    except (ValueError, FileNotFoundError) as error:
         sys.stderr.write(f"error: invalid settings: {error}\n")
         return 2
     _configure_logging("INFO")

@@ -392,15 +392,35 @@ def load_server_settings(config_file: Path | None = None, **overrides: Any) -> S
     Raises:
         pydantic.ValidationError: a value is of the wrong type or out of range; the message names it.
         FileNotFoundError: the config file does not exist.
+        ValueError: the config file is not YAML holding a mapping of settings.
     """
     config_file = config_file or _env_config_file()
-    file_values: dict[str, Any] = {}
-    if config_file is not None:
-        file_values = yaml.safe_load(Path(config_file).read_text()) or {}
+    file_values = read_config_file(Path(config_file)) if config_file is not None else {}
     cli_values = _without_none(overrides)
     settings = ServerSettings(**_merged(_merged(file_values, _env_values()), cli_values))
     check_workers(settings)
     return settings
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The settings in a YAML config file (empty file: none).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not YAML, or not a mapping of settings.
+    """
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise ValueError(f"config file {path} is not valid YAML{where}: {problem}") from error
+    if not isinstance(values, dict):
+        raise ValueError(
+            f"config file {path} must hold a mapping of settings (key: value), not a {type(values).__name__}"
+        )
+    return values
 
 
 def check_workers(settings: ServerSettings) -> None:

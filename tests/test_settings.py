@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from recserve.server.cli import main as recserve_main
 from recserve.server.settings import (
     ModelConfig,
     ServerSettings,
@@ -62,6 +63,22 @@ def test_bad_values_and_unknown_keys_are_rejected(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("RECSERVE_MAX_BATCH_SIZE", "zero")
     with pytest.raises(ValidationError, match="max_batch_size"):
         load_server_settings()
+
+
+@pytest.mark.parametrize(
+    ("text", "complaint"),
+    [("grpc_port: [8021\n", "is not valid YAML"), ("- grpc_port: 1\n", "must hold a mapping of settings")],
+)
+def test_a_config_file_that_is_no_mapping_is_one_clear_error(
+    tmp_path: Path, text: str, complaint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "server.yaml"
+    config.write_text(text)
+    with pytest.raises(ValueError, match=complaint):
+        load_server_settings(config)
+    assert recserve_main(["serve", "--config", str(config)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+    assert line.startswith("error: invalid settings: config file") and complaint in line
 
 
 def test_committed_model_config_parses() -> None:
