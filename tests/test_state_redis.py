@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+import redis
 
 from recserve.server.exceptions import UnavailableError
 from recserve.server.state.events import EventType, ItemDelete, ItemUpsert, UserEvent
@@ -119,6 +120,23 @@ async def test_redis_down_fails_writes_and_serves_reads_without_history(
             break
         await asyncio.sleep(0.1)
     assert received == [(ItemUpsert("after", ()), version)], "the follower did not reconnect"
+
+
+async def test_reads_skip_a_redis_that_fails_its_ping_until_it_answers_again(
+    redis_server: RedisServer, replicas: tuple[RedisBackend, RedisBackend]
+) -> None:
+    first, _ = replicas
+    await first.record_events(views("u", "a"))
+    control = redis.Redis.from_url(redis_server.url)
+    control.execute_command("CLIENT", "PAUSE", "1500", "ALL")  # a Redis too slow to answer in time
+    assert await first.probe() is not None
+    errors = first.errors
+    assert first.profiles(["u"])[0].context == (), "answered without history"
+    assert first.errors == errors, "without asking Redis: it would hold the batch for the whole timeout"
+    await asyncio.sleep(1.6)  # the pause is over
+    assert await first.probe() is None
+    assert first.profiles(["u"])[0].context == ("a",)
+    control.close()
 
 
 async def _collect(into: list[VersionedChange], changes: list[VersionedChange]) -> None:

@@ -11,8 +11,9 @@ A catalog write is one Lua script (append to the stream, update the hash, atomic
 its version: a replica applies a change only if it is newer than what it has for that item, so its own writes
 (applied at once) and the stream's copy of them agree, and replicas converge to the same last write.
 
-When Redis does not answer, writes fail UNAVAILABLE; reads answer with no history at once for a second
-(counted in `read_fallbacks`) instead of waiting on every batch, then try again; the follower reconnects
+When Redis does not answer, writes fail UNAVAILABLE; reads answer with no history at once (counted in
+`read_fallbacks`) instead of waiting on every batch, for a second after a failed read and for as long as the
+watcher's PINGs fail, then try again; the follower reconnects
 and, if the stream was trimmed past what it had read, reloads the whole `catalog` hash.
 """
 
@@ -260,8 +261,12 @@ class RedisBackend:
         except RedisError as error:
             self.available = False
             self.problem = f"Redis at {self.url} does not answer ({error})"
+            # Reads answer without history until a PING succeeds: a slow Redis would otherwise hold a batch
+            # for the whole timeout every READ_RETRY_S. Past the next probe, which clears it.
+            self._reads_paused_until = time.monotonic() + 2 * READ_RETRY_S
             return self.problem
         self.available, self.problem = True, None
+        self._reads_paused_until = 0.0
         return None
 
     async def _follow(self, on_changes: ChangeHandler) -> None:
