@@ -109,6 +109,8 @@ async def test_damage_before_the_last_record_refuses_to_start(tmp_path: Path) ->
     segment.write_bytes(bytes(data))
     with pytest.raises(CorruptLogError, match="damaged"):
         await backend(tmp_path).open()
+    with pytest.raises(CorruptLogError, match="damaged"):  # the failed open let go of the directory
+        await backend(tmp_path).open()
 
 
 async def test_a_large_log_is_compacted_into_a_snapshot(tmp_path: Path) -> None:

@@ -122,6 +122,13 @@ class AppendLog:
         """
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock()
+        try:
+            return self._read_back()
+        except BaseException:
+            self._unlock()  # a log that did not open holds nothing: the directory may be retried or moved
+            raise
+
+    def _read_back(self) -> Replay:
         snapshots = self._generations(SNAPSHOT)
         base = snapshots[-1] if snapshots else None
         records: list[bytes] = []
@@ -266,6 +273,9 @@ class AppendLog:
             fd, self._fd = self._fd, -1
             await self._sync(fd, self._appended)
             os.close(fd)
+        self._unlock()
+
+    def _unlock(self) -> None:
         if self._lock_fd >= 0:
             lock_fd, self._lock_fd = self._lock_fd, -1
             os.close(lock_fd)  # releases the lock
