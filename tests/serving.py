@@ -6,11 +6,13 @@ import asyncio
 import concurrent.futures
 import contextlib
 import faulthandler
+import fcntl
 import os
 import re
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Coroutine, Iterator
@@ -22,6 +24,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from recserve.client import RecommenderClient
 from recserve.server.app import RunningServer, load_and_serve_model, start_server, stop_server
 from recserve.server.settings import ServerSettings
+from recserve.server.state.log import LOCK_FILE
 
 T = TypeVar("T")
 
@@ -61,6 +64,7 @@ class ServerThread:
 
     def start(self, load_model: bool = True) -> ServerThread:
         """Bind, start, and (by default) load the model and wait until SERVING."""
+        self.settings = with_a_free_state_dir(self.settings)
         self._thread.start()
         self.running = self.run(start_server(self.settings, self.tracer_provider))
         if load_model:
@@ -79,6 +83,31 @@ class ServerThread:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def with_a_free_state_dir(settings: ServerSettings) -> ServerSettings:
+    """`settings`, or a copy with a fresh state directory if another server holds theirs.
+
+    Test servers start from the session's settings, and a state directory admits one server at a time
+    (`state_dir/LOCK`); a test that means to reopen a directory gives its server its own.
+    """
+    state = settings.state
+    if state.backend != "memory" or not _locked(state.state_dir / LOCK_FILE):
+        return settings
+    fresh = Path(tempfile.mkdtemp(prefix="state-", dir=state.state_dir.parent))
+    return settings.model_copy(update={"state": state.model_copy(update={"state_dir": fresh})})
+
+
+def _locked(path: Path) -> bool:
+    if not path.exists():
+        return False
+    with path.open("rb") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return False
 
 
 def print_stacks(loop: asyncio.AbstractEventLoop) -> None:
